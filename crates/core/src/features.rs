@@ -1,0 +1,313 @@
+//! The feature catalog: every value a rule (and later a model) can read, by name and type.
+//!
+//! The catalog is the single source of truth: live scoring, replay and training all fill the
+//! same [`FeatureValues`] through [`crate::state::EntityState::features`], and rules bind to
+//! features by their dotted names at compile time. Numbers and booleans live in one `f64`
+//! array (booleans as `0.0` / `1.0`); a missing value (absent entity, no history yet) is `NaN`.
+//! Text values are borrowed from the transaction.
+
+/// Bumped whenever a feature is added, removed or changes meaning; recorded by trained models.
+pub const CATALOG_VERSION: u32 = 1;
+
+/// The type a feature has in the rule language.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeatureType {
+    /// A real number; missing is `NaN`.
+    Number,
+    /// True or false; stored as `1.0` / `0.0`, missing is `NaN`.
+    Bool,
+    /// Text from the transaction; missing is `None`.
+    Text,
+}
+
+impl FeatureType {
+    /// The type's name as the rule language reports it.
+    pub fn name(self) -> &'static str {
+        match self {
+            FeatureType::Number => "number",
+            FeatureType::Bool => "bool",
+            FeatureType::Text => "string",
+        }
+    }
+}
+
+/// One entry in the catalog.
+#[derive(Clone, Copy, Debug)]
+pub struct FeatureDef {
+    /// Dotted name, e.g. `card.count_1m`.
+    pub name: &'static str,
+    /// Its type.
+    pub ty: FeatureType,
+    /// Index into [`FeatureValues::num`] (Number, Bool) or [`FeatureValues::text`] (Text).
+    pub index: usize,
+    /// What it measures, for analysts.
+    pub description: &'static str,
+}
+
+macro_rules! numeric_features {
+    ($( $variant:ident => $name:literal, $ty:ident, $desc:literal; )*) => {
+        /// Numeric and boolean features, in catalog order.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(usize)]
+        pub enum Num { $( #[doc = $desc] $variant ),* }
+
+        /// Definitions of the numeric and boolean features, indexed by [`Num`].
+        pub const NUM_FEATURES: &[FeatureDef] = &[
+            $( FeatureDef { name: $name, ty: FeatureType::$ty, index: Num::$variant as usize, description: $desc } ),*
+        ];
+    };
+}
+
+macro_rules! text_features {
+    ($( $variant:ident => $name:literal, $desc:literal; )*) => {
+        /// Text features, in catalog order.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(usize)]
+        pub enum Text { $( #[doc = $desc] $variant ),* }
+
+        /// Definitions of the text features, indexed by [`Text`].
+        pub const TEXT_FEATURES: &[FeatureDef] = &[
+            $( FeatureDef { name: $name, ty: FeatureType::Text, index: Text::$variant as usize, description: $desc } ),*
+        ];
+    };
+}
+
+numeric_features! {
+    TxAmount => "tx.amount", Number, "Amount of this transaction.";
+    TxHour => "tx.hour", Number, "Hour of the day (UTC, 0-23) of this transaction.";
+    TxHasCardNumber => "tx.has_card_number", Bool, "The client sent a raw card number (tokenised at the edge).";
+    TxHasLocation => "tx.has_location", Bool, "The transaction carries lat/lon.";
+    CardCount1m => "card.count_1m", Number, "Transactions of this card in the last minute, before this one.";
+    CardSum1m => "card.sum_1m", Number, "Amount spent by this card in the last minute, before this one.";
+    CardCount10m => "card.count_10m", Number, "Transactions of this card in the last 10 minutes, before this one.";
+    CardSum10m => "card.sum_10m", Number, "Amount spent by this card in the last 10 minutes, before this one.";
+    CardCount1h => "card.count_1h", Number, "Transactions of this card in the last hour, before this one.";
+    CardSum1h => "card.sum_1h", Number, "Amount spent by this card in the last hour, before this one.";
+    CardCount24h => "card.count_24h", Number, "Transactions of this card in the last 24 hours, before this one.";
+    CardSum24h => "card.sum_24h", Number, "Amount spent by this card in the last 24 hours, before this one.";
+    CardCount7d => "card.count_7d", Number, "Transactions of this card in the last 7 days, before this one.";
+    CardSum7d => "card.sum_7d", Number, "Amount spent by this card in the last 7 days, before this one.";
+    UserCount1m => "user.count_1m", Number, "Transactions of this user in the last minute, before this one.";
+    UserSum1m => "user.sum_1m", Number, "Amount spent by this user in the last minute, before this one.";
+    UserCount10m => "user.count_10m", Number, "Transactions of this user in the last 10 minutes, before this one.";
+    UserSum10m => "user.sum_10m", Number, "Amount spent by this user in the last 10 minutes, before this one.";
+    UserCount1h => "user.count_1h", Number, "Transactions of this user in the last hour, before this one.";
+    UserSum1h => "user.sum_1h", Number, "Amount spent by this user in the last hour, before this one.";
+    UserCount24h => "user.count_24h", Number, "Transactions of this user in the last 24 hours, before this one.";
+    UserSum24h => "user.sum_24h", Number, "Amount spent by this user in the last 24 hours, before this one.";
+    UserCount7d => "user.count_7d", Number, "Transactions of this user in the last 7 days, before this one.";
+    UserSum7d => "user.sum_7d", Number, "Amount spent by this user in the last 7 days, before this one.";
+    DeviceCount1m => "device.count_1m", Number, "Transactions of this device in the last minute, before this one.";
+    DeviceSum1m => "device.sum_1m", Number, "Amount spent by this device in the last minute, before this one.";
+    DeviceCount10m => "device.count_10m", Number, "Transactions of this device in the last 10 minutes, before this one.";
+    DeviceSum10m => "device.sum_10m", Number, "Amount spent by this device in the last 10 minutes, before this one.";
+    DeviceCount1h => "device.count_1h", Number, "Transactions of this device in the last hour, before this one.";
+    DeviceSum1h => "device.sum_1h", Number, "Amount spent by this device in the last hour, before this one.";
+    DeviceCount24h => "device.count_24h", Number, "Transactions of this device in the last 24 hours, before this one.";
+    DeviceSum24h => "device.sum_24h", Number, "Amount spent by this device in the last 24 hours, before this one.";
+    DeviceCount7d => "device.count_7d", Number, "Transactions of this device in the last 7 days, before this one.";
+    DeviceSum7d => "device.sum_7d", Number, "Amount spent by this device in the last 7 days, before this one.";
+    IpCount1m => "ip.count_1m", Number, "Transactions of this ip in the last minute, before this one.";
+    IpSum1m => "ip.sum_1m", Number, "Amount spent by this ip in the last minute, before this one.";
+    IpCount10m => "ip.count_10m", Number, "Transactions of this ip in the last 10 minutes, before this one.";
+    IpSum10m => "ip.sum_10m", Number, "Amount spent by this ip in the last 10 minutes, before this one.";
+    IpCount1h => "ip.count_1h", Number, "Transactions of this ip in the last hour, before this one.";
+    IpSum1h => "ip.sum_1h", Number, "Amount spent by this ip in the last hour, before this one.";
+    IpCount24h => "ip.count_24h", Number, "Transactions of this ip in the last 24 hours, before this one.";
+    IpSum24h => "ip.sum_24h", Number, "Amount spent by this ip in the last 24 hours, before this one.";
+    IpCount7d => "ip.count_7d", Number, "Transactions of this ip in the last 7 days, before this one.";
+    IpSum7d => "ip.sum_7d", Number, "Amount spent by this ip in the last 7 days, before this one.";
+    MerchantCount1m => "merchant.count_1m", Number, "Transactions of this merchant in the last minute, before this one.";
+    MerchantSum1m => "merchant.sum_1m", Number, "Amount spent by this merchant in the last minute, before this one.";
+    MerchantCount10m => "merchant.count_10m", Number, "Transactions of this merchant in the last 10 minutes, before this one.";
+    MerchantSum10m => "merchant.sum_10m", Number, "Amount spent by this merchant in the last 10 minutes, before this one.";
+    MerchantCount1h => "merchant.count_1h", Number, "Transactions of this merchant in the last hour, before this one.";
+    MerchantSum1h => "merchant.sum_1h", Number, "Amount spent by this merchant in the last hour, before this one.";
+    MerchantCount24h => "merchant.count_24h", Number, "Transactions of this merchant in the last 24 hours, before this one.";
+    MerchantSum24h => "merchant.sum_24h", Number, "Amount spent by this merchant in the last 24 hours, before this one.";
+    MerchantCount7d => "merchant.count_7d", Number, "Transactions of this merchant in the last 7 days, before this one.";
+    MerchantSum7d => "merchant.sum_7d", Number, "Amount spent by this merchant in the last 7 days, before this one.";
+    TerminalCount1m => "terminal.count_1m", Number, "Transactions of this terminal in the last minute, before this one.";
+    TerminalSum1m => "terminal.sum_1m", Number, "Amount spent by this terminal in the last minute, before this one.";
+    TerminalCount10m => "terminal.count_10m", Number, "Transactions of this terminal in the last 10 minutes, before this one.";
+    TerminalSum10m => "terminal.sum_10m", Number, "Amount spent by this terminal in the last 10 minutes, before this one.";
+    TerminalCount1h => "terminal.count_1h", Number, "Transactions of this terminal in the last hour, before this one.";
+    TerminalSum1h => "terminal.sum_1h", Number, "Amount spent by this terminal in the last hour, before this one.";
+    TerminalCount24h => "terminal.count_24h", Number, "Transactions of this terminal in the last 24 hours, before this one.";
+    TerminalSum24h => "terminal.sum_24h", Number, "Amount spent by this terminal in the last 24 hours, before this one.";
+    TerminalCount7d => "terminal.count_7d", Number, "Transactions of this terminal in the last 7 days, before this one.";
+    TerminalSum7d => "terminal.sum_7d", Number, "Amount spent by this terminal in the last 7 days, before this one.";
+    CardSmallCount10m => "card.small_count_10m", Number, "Transactions of this card under the small-amount threshold in the last 10 minutes, before this one.";
+    CardTxCount => "card.tx_count", Number, "Transactions of this card seen so far (within the idle expiry).";
+    CardAmountMean => "card.amount_mean", Number, "Mean amount of this card's earlier transactions.";
+    CardAmountStd => "card.amount_std", Number, "Standard deviation of this card's earlier amounts.";
+    CardAmountZscore => "card.amount_zscore", Number, "How many standard deviations this amount is above the card's mean.";
+    CardAmountRatio => "card.amount_ratio", Number, "This amount divided by the card's mean amount.";
+    CardSecsSinceLast => "card.secs_since_last", Number, "Seconds since this card's previous transaction.";
+    CardKmFromLast => "card.km_from_last", Number, "Kilometres from this card's previous located transaction.";
+    CardSpeedKmh => "card.speed_kmh", Number, "Implied travel speed (km/h) from this card's previous located transaction.";
+    UserTxCount => "user.tx_count", Number, "Transactions of this user seen so far (within the idle expiry).";
+    UserAmountMean => "user.amount_mean", Number, "Mean amount of this user's earlier transactions.";
+    UserAmountStd => "user.amount_std", Number, "Standard deviation of this user's earlier amounts.";
+    UserAmountZscore => "user.amount_zscore", Number, "How many standard deviations this amount is above the user's mean.";
+    UserAmountRatio => "user.amount_ratio", Number, "This amount divided by the user's mean amount.";
+    UserSecsSinceLast => "user.secs_since_last", Number, "Seconds since this user's previous transaction.";
+    UserKmFromLast => "user.km_from_last", Number, "Kilometres from this user's previous located transaction.";
+    UserSpeedKmh => "user.speed_kmh", Number, "Implied travel speed (km/h) from this user's previous located transaction.";
+    UserNewDevice => "user.new_device", Bool, "This user has not used this device before (in the remembered history).";
+    UserNewMerchant => "user.new_merchant", Bool, "This user has not paid this merchant before (in the remembered history).";
+    UserDevices24h => "user.devices_24h", Number, "Distinct devices this user used in the last 24 hours, before this transaction.";
+    UserCards24h => "user.cards_24h", Number, "Distinct cards this user used in the last 24 hours, before this transaction.";
+    DeviceUsers24h => "device.users_24h", Number, "Distinct users on this device in the last 24 hours, before this transaction.";
+    DeviceCards24h => "device.cards_24h", Number, "Distinct cards on this device in the last 24 hours, before this transaction.";
+    DeviceOtherUsers24h => "device.other_users_24h", Number, "Distinct users other than this one on this device in the last 24 hours.";
+    DeviceOtherCards24h => "device.other_cards_24h", Number, "Distinct cards other than this one on this device in the last 24 hours.";
+    RingSize => "ring.size", Number, "Users, cards and devices linked (by shared use) to this transaction's user, card and device, counting them.";
+    RingUsers => "ring.users", Number, "Distinct users in that linked group, counting this transaction's user.";
+    RingHasFraud => "ring.has_fraud", Bool, "A member of that linked group carries a confirmed-fraud label.";
+    AccountAlerts => "account.alerts", Number, "Alerts raised for this account (user, else card) in the escalation window, before this transaction.";
+}
+
+text_features! {
+    TxKind => "tx.kind", "Kind of transaction: payment, purchase, return or refund.";
+    TxCurrency => "tx.currency", "ISO 4217 currency code.";
+    TxCountry => "tx.country", "ISO 3166 country code.";
+    TxMerchant => "tx.merchant", "Merchant of this transaction.";
+    TxMerchantCategory => "tx.merchant_category", "Merchant category of this transaction.";
+    TxUserId => "tx.user_id", "User id of this transaction.";
+    TxCardId => "tx.card_id", "Card id (or card token) of this transaction.";
+    TxDeviceId => "tx.device_id", "Device id of this transaction.";
+    TxIp => "tx.ip", "IP address of this transaction.";
+    TxTerminalId => "tx.terminal_id", "Terminal id of this transaction.";
+    TxStoreId => "tx.store_id", "Store id of this transaction.";
+}
+
+/// Number of numeric and boolean features.
+pub const NUM_COUNT: usize = NUM_FEATURES.len();
+/// Number of text features.
+pub const TEXT_COUNT: usize = TEXT_FEATURES.len();
+
+/// Looks a feature up by its dotted name.
+pub fn lookup(name: &str) -> Option<&'static FeatureDef> {
+    NUM_FEATURES
+        .iter()
+        .chain(TEXT_FEATURES.iter())
+        .find(|d| d.name == name)
+}
+
+/// Every feature in the catalog: numeric and boolean first, then text.
+pub fn all() -> impl Iterator<Item = &'static FeatureDef> {
+    NUM_FEATURES.iter().chain(TEXT_FEATURES.iter())
+}
+
+/// The feature values of one transaction, read from the state before it was applied.
+#[derive(Clone, Debug)]
+pub struct FeatureValues<'a> {
+    /// Numbers and booleans by [`Num`]; `NaN` when missing.
+    pub num: [f64; NUM_COUNT],
+    /// Text by [`Text`]; `None` when missing.
+    pub text: [Option<&'a str>; TEXT_COUNT],
+}
+
+impl Default for FeatureValues<'_> {
+    fn default() -> Self {
+        FeatureValues {
+            num: [f64::NAN; NUM_COUNT],
+            text: [None; TEXT_COUNT],
+        }
+    }
+}
+
+impl<'a> FeatureValues<'a> {
+    /// A numeric or boolean value (`NaN` when missing).
+    #[inline]
+    pub fn get(&self, n: Num) -> f64 {
+        self.num[n as usize]
+    }
+
+    /// Sets a numeric value.
+    #[inline]
+    pub fn set(&mut self, n: Num, v: f64) {
+        self.num[n as usize] = v;
+    }
+
+    /// Sets a boolean value.
+    #[inline]
+    pub fn set_bool(&mut self, n: Num, v: bool) {
+        self.num[n as usize] = if v { 1.0 } else { 0.0 };
+    }
+
+    /// A text value.
+    #[inline]
+    pub fn text(&self, t: Text) -> Option<&'a str> {
+        self.text[t as usize]
+    }
+
+    /// The value of any feature as JSON (`null` when missing), for APIs and explanations.
+    pub fn json_value(&self, def: &FeatureDef) -> serde_json::Value {
+        match def.ty {
+            FeatureType::Text => self.text[def.index]
+                .map(|s| serde_json::Value::String(s.to_owned()))
+                .unwrap_or(serde_json::Value::Null),
+            FeatureType::Bool => {
+                let v = self.num[def.index];
+                if v.is_nan() {
+                    serde_json::Value::Null
+                } else {
+                    serde_json::Value::Bool(v != 0.0)
+                }
+            }
+            FeatureType::Number => serde_json::Number::from_f64(self.num[def.index])
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_indices_match_order() {
+        let mut names: Vec<_> = all().map(|d| d.name).collect();
+        names.sort_unstable();
+        let n = names.len();
+        names.dedup();
+        assert_eq!(n, names.len(), "duplicate feature name");
+        for (i, d) in NUM_FEATURES.iter().enumerate() {
+            assert_eq!(d.index, i, "{}", d.name);
+        }
+        for (i, d) in TEXT_FEATURES.iter().enumerate() {
+            assert_eq!(d.index, i, "{}", d.name);
+        }
+    }
+
+    #[test]
+    fn window_features_are_laid_out_count_sum_per_window() {
+        // EntityState writes windows as base + 2 * window + {0: count, 1: sum}.
+        for (base, prefix) in [
+            (Num::CardCount1m, "card"),
+            (Num::UserCount1m, "user"),
+            (Num::DeviceCount1m, "device"),
+            (Num::IpCount1m, "ip"),
+            (Num::MerchantCount1m, "merchant"),
+            (Num::TerminalCount1m, "terminal"),
+        ] {
+            for (w, label) in ["1m", "10m", "1h", "24h", "7d"].iter().enumerate() {
+                let count = &NUM_FEATURES[base as usize + 2 * w];
+                let sum = &NUM_FEATURES[base as usize + 2 * w + 1];
+                assert_eq!(count.name, format!("{prefix}.count_{label}"));
+                assert_eq!(sum.name, format!("{prefix}.sum_{label}"));
+            }
+        }
+    }
+
+    #[test]
+    fn lookup_finds_both_kinds() {
+        assert_eq!(lookup("card.count_1m").unwrap().ty, FeatureType::Number);
+        assert_eq!(lookup("tx.kind").unwrap().ty, FeatureType::Text);
+        assert_eq!(lookup("ring.has_fraud").unwrap().ty, FeatureType::Bool);
+        assert!(lookup("card.nope").is_none());
+    }
+}

@@ -1,0 +1,1 @@
+//! The analyst rule language (being written).
