@@ -19,7 +19,12 @@ pub enum Action {
 
 impl Action {
     /// Every action, least severe first.
-    pub const ALL: [Action; 4] = [Action::Approve, Action::Review, Action::Challenge, Action::Block];
+    pub const ALL: [Action; 4] = [
+        Action::Approve,
+        Action::Review,
+        Action::Challenge,
+        Action::Block,
+    ];
 
     /// The lowercase wire name.
     pub fn as_str(self) -> &'static str {

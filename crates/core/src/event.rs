@@ -61,7 +61,8 @@ impl Timestamp {
         if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
             return Ok(Timestamp((t.unix_timestamp_nanos() / 1_000_000) as i64));
         }
-        let naive = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+        let naive =
+            time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
         match time::PrimitiveDateTime::parse(s, naive) {
             Ok(t) => Ok(Timestamp(
                 (t.assume_utc().unix_timestamp_nanos() / 1_000_000) as i64,
@@ -158,11 +159,17 @@ impl EntityId {
         if value.len() > MAX_ID_LEN {
             return Err(FieldError::new(
                 field,
-                format!("is {} bytes long; at most {MAX_ID_LEN} are allowed", value.len()),
+                format!(
+                    "is {} bytes long; at most {MAX_ID_LEN} are allowed",
+                    value.len()
+                ),
             ));
         }
         if value.chars().any(char::is_control) {
-            return Err(FieldError::new(field, "must not contain control characters"));
+            return Err(FieldError::new(
+                field,
+                "must not contain control characters",
+            ));
         }
         Ok(EntityId(value.into()))
     }
@@ -268,11 +275,7 @@ impl<'de> Deserialize<'de> for PanInput {
 impl PanInput {
     /// The digits of the card number, spaces and dashes removed.
     fn digits(&self) -> Result<String, FieldError> {
-        let digits: String = self
-            .0
-            .chars()
-            .filter(|c| *c != ' ' && *c != '-')
-            .collect();
+        let digits: String = self.0.chars().filter(|c| *c != ' ' && *c != '-').collect();
         if !digits.bytes().all(|b| b.is_ascii_digit()) {
             return Err(FieldError::new(
                 "card_number",
@@ -488,9 +491,10 @@ impl Transaction {
         let ip = match raw.ip {
             None => None,
             Some(s) => {
-                let addr: IpAddr = s.trim().parse().map_err(|_| {
-                    FieldError::new("ip", "is not a valid IPv4 or IPv6 address")
-                })?;
+                let addr: IpAddr = s
+                    .trim()
+                    .parse()
+                    .map_err(|_| FieldError::new("ip", "is not a valid IPv4 or IPv6 address"))?;
                 Some(EntityId(addr.to_string().into()))
             }
         };
@@ -578,7 +582,10 @@ mod tests {
         let long = "x".repeat(MAX_ID_LEN + 1);
         let e = cx_parse(&format!(r#"{{"amount":1,"user_id":"{long}"}}"#)).unwrap_err();
         assert_eq!(e.field, "user_id");
-        assert_eq!(cx_parse(r#"{"amount":1,"card_id":""}"#).unwrap_err().field, "card_id");
+        assert_eq!(
+            cx_parse(r#"{"amount":1,"card_id":""}"#).unwrap_err().field,
+            "card_id"
+        );
     }
 
     #[test]
@@ -600,17 +607,42 @@ mod tests {
 
     #[test]
     fn kind_timestamp_location_and_codes_are_checked() {
-        assert_eq!(cx_parse(r#"{"amount":1,"kind":"steal"}"#).unwrap_err().field, "kind");
         assert_eq!(
-            cx_parse(r#"{"amount":1,"timestamp":"yesterday"}"#).unwrap_err().field,
+            cx_parse(r#"{"amount":1,"kind":"steal"}"#)
+                .unwrap_err()
+                .field,
+            "kind"
+        );
+        assert_eq!(
+            cx_parse(r#"{"amount":1,"timestamp":"yesterday"}"#)
+                .unwrap_err()
+                .field,
             "timestamp"
         );
-        assert_eq!(cx_parse(r#"{"amount":1,"lat":91,"lon":0}"#).unwrap_err().field, "lat");
-        assert_eq!(cx_parse(r#"{"amount":1,"lat":10}"#).unwrap_err().field, "lon");
-        assert_eq!(cx_parse(r#"{"amount":1,"ip":"999.1.1.1"}"#).unwrap_err().field, "ip");
-        assert_eq!(cx_parse(r#"{"amount":1,"currency":"EURO"}"#).unwrap_err().field, "currency");
-        let tx = cx_parse(r#"{"amount":1,"timestamp":"2018-04-01 00:00:31","currency":"eur"}"#)
-            .unwrap();
+        assert_eq!(
+            cx_parse(r#"{"amount":1,"lat":91,"lon":0}"#)
+                .unwrap_err()
+                .field,
+            "lat"
+        );
+        assert_eq!(
+            cx_parse(r#"{"amount":1,"lat":10}"#).unwrap_err().field,
+            "lon"
+        );
+        assert_eq!(
+            cx_parse(r#"{"amount":1,"ip":"999.1.1.1"}"#)
+                .unwrap_err()
+                .field,
+            "ip"
+        );
+        assert_eq!(
+            cx_parse(r#"{"amount":1,"currency":"EURO"}"#)
+                .unwrap_err()
+                .field,
+            "currency"
+        );
+        let tx =
+            cx_parse(r#"{"amount":1,"timestamp":"2018-04-01 00:00:31","currency":"eur"}"#).unwrap();
         assert_eq!(tx.timestamp.to_rfc3339(), "2018-04-01T00:00:31Z");
         assert_eq!(tx.currency.as_deref(), Some("EUR"));
     }
@@ -625,8 +657,14 @@ mod tests {
 
     #[test]
     fn haversine_is_sane() {
-        let paris = GeoPoint { lat: 48.8566, lon: 2.3522 };
-        let london = GeoPoint { lat: 51.5074, lon: -0.1278 };
+        let paris = GeoPoint {
+            lat: 48.8566,
+            lon: 2.3522,
+        };
+        let london = GeoPoint {
+            lat: 51.5074,
+            lon: -0.1278,
+        };
         let d = paris.distance_km(london);
         assert!((d - 343.5).abs() < 2.0, "{d}");
     }

@@ -1,1 +1,260 @@
-//! (in progress)
+//! The link graph of users, cards and devices: two of them are linked when they appear in the
+//! same transaction. Connected components are fraud-ring candidates.
+//!
+//! Incremental union-find (union by size, path halving on writes) keeps, per component, its
+//! size, its number of users and its number of members carrying a confirmed-fraud label.
+//! Reads use a non-compressing `find` so scoring can read the graph through `&self`.
+//!
+//! Components only grow: union-find cannot split them, so nodes are not expired with their
+//! entities. That bounds memory by the number of distinct users, cards and devices ever
+//! linked, which is the price of exact ring sizes.
+
+use std::collections::HashMap;
+
+/// A node to link or look up: its 64-bit key and whether it is a user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeRef {
+    /// Entity key (kind-tagged hash of the id).
+    pub key: u64,
+    /// Whether the node is a user (counted in [`Component::users`]).
+    pub is_user: bool,
+}
+
+/// Summary of one connected component.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Component {
+    /// Users, cards and devices in it.
+    pub size: u32,
+    /// Users in it.
+    pub users: u32,
+    /// Members carrying a confirmed-fraud label.
+    pub fraud_members: u32,
+}
+
+/// The union-find forest.
+#[derive(Clone, Debug, Default)]
+pub struct LinkGraph {
+    index: HashMap<u64, u32>,
+    parent: Vec<u32>,
+    comp: Vec<Component>,
+    /// Confirmed-fraud labels on each node (a node is flagged while this is above zero).
+    fraud_labels: Vec<u32>,
+}
+
+impl LinkGraph {
+    /// Number of nodes.
+    pub fn len(&self) -> usize {
+        self.parent.len()
+    }
+
+    /// Whether the graph has no node.
+    pub fn is_empty(&self) -> bool {
+        self.parent.is_empty()
+    }
+
+    fn find_ro(&self, mut x: u32) -> u32 {
+        while self.parent[x as usize] != x {
+            x = self.parent[x as usize];
+        }
+        x
+    }
+
+    fn find(&mut self, mut x: u32) -> u32 {
+        while self.parent[x as usize] != x {
+            let grand = self.parent[self.parent[x as usize] as usize];
+            self.parent[x as usize] = grand;
+            x = grand;
+        }
+        x
+    }
+
+    fn node(&mut self, n: NodeRef) -> u32 {
+        if let Some(&i) = self.index.get(&n.key) {
+            return i;
+        }
+        let i = self.parent.len() as u32;
+        self.parent.push(i);
+        self.comp.push(Component {
+            size: 1,
+            users: u32::from(n.is_user),
+            fraud_members: 0,
+        });
+        self.fraud_labels.push(0);
+        self.index.insert(n.key, i);
+        i
+    }
+
+    /// The component of a node, if the node exists.
+    pub fn component_of(&self, key: u64) -> Option<Component> {
+        let i = *self.index.get(&key)?;
+        Some(self.comp[self.find_ro(i) as usize])
+    }
+
+    /// The component that linking `nodes` would form, without linking them: the union of
+    /// their current components plus any node not seen yet.
+    pub fn preview(&self, nodes: &[NodeRef]) -> Component {
+        let mut roots: [u32; 8] = [u32::MAX; 8];
+        let mut n_roots = 0;
+        let mut out = Component::default();
+        for n in nodes.iter().take(8) {
+            match self.index.get(&n.key) {
+                None => {
+                    out.size += 1;
+                    out.users += u32::from(n.is_user);
+                }
+                Some(&i) => {
+                    let r = self.find_ro(i);
+                    if !roots[..n_roots].contains(&r) {
+                        roots[n_roots] = r;
+                        n_roots += 1;
+                        let c = self.comp[r as usize];
+                        out.size += c.size;
+                        out.users += c.users;
+                        out.fraud_members += c.fraud_members;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Links all `nodes` into one component.
+    pub fn link(&mut self, nodes: &[NodeRef]) {
+        let mut first: Option<u32> = None;
+        for n in nodes {
+            let i = self.node(*n);
+            match first {
+                None => first = Some(i),
+                Some(f) => self.union(f, i),
+            }
+        }
+    }
+
+    fn union(&mut self, a: u32, b: u32) {
+        let (ra, rb) = (self.find(a), self.find(b));
+        if ra == rb {
+            return;
+        }
+        let (big, small) = if self.comp[ra as usize].size >= self.comp[rb as usize].size {
+            (ra, rb)
+        } else {
+            (rb, ra)
+        };
+        self.parent[small as usize] = big;
+        let s = self.comp[small as usize];
+        let c = &mut self.comp[big as usize];
+        c.size += s.size;
+        c.users += s.users;
+        c.fraud_members += s.fraud_members;
+    }
+
+    /// Adds (`fraud = true`) or withdraws one confirmed-fraud label on a node. Withdrawing
+    /// more labels than were added is ignored. Unknown nodes are created so a label that
+    /// arrives before the node's first link is kept.
+    pub fn label(&mut self, n: NodeRef, fraud: bool) {
+        let i = self.node(n);
+        let before = self.fraud_labels[i as usize];
+        let after = if fraud {
+            before.saturating_add(1)
+        } else {
+            before.saturating_sub(1)
+        };
+        self.fraud_labels[i as usize] = after;
+        let root = self.find(i) as usize;
+        match (before > 0, after > 0) {
+            (false, true) => self.comp[root].fraud_members += 1,
+            (true, false) => self.comp[root].fraud_members -= 1,
+            _ => {}
+        }
+    }
+
+    /// Whether a node carries a confirmed-fraud label.
+    pub fn is_flagged(&self, key: u64) -> bool {
+        self.index
+            .get(&key)
+            .is_some_and(|&i| self.fraud_labels[i as usize] > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(k: u64) -> NodeRef {
+        NodeRef {
+            key: k,
+            is_user: true,
+        }
+    }
+    fn d(k: u64) -> NodeRef {
+        NodeRef {
+            key: k,
+            is_user: false,
+        }
+    }
+
+    #[test]
+    fn links_merge_components_with_sizes_and_users() {
+        let mut g = LinkGraph::default();
+        g.link(&[u(1), d(100), d(200)]);
+        g.link(&[u(2), d(300)]);
+        assert_eq!(g.component_of(1).unwrap().size, 3);
+        assert_eq!(g.component_of(2).unwrap().size, 2);
+        g.link(&[u(2), d(100)]); // user 2 uses user 1's device
+        let c = g.component_of(300).unwrap();
+        assert_eq!((c.size, c.users), (5, 2));
+        assert_eq!(g.len(), 5);
+    }
+
+    #[test]
+    fn preview_does_not_change_the_graph() {
+        let mut g = LinkGraph::default();
+        g.link(&[u(1), d(100)]);
+        let p = g.preview(&[u(2), d(100)]);
+        assert_eq!((p.size, p.users), (3, 2));
+        assert_eq!(g.component_of(1).unwrap().size, 2);
+        assert!(g.component_of(2).is_none());
+        let same = g.preview(&[u(1), d(100)]);
+        assert_eq!(same.size, 2, "two nodes of one component count once");
+    }
+
+    #[test]
+    fn fraud_labels_propagate_through_unions_and_can_be_withdrawn() {
+        let mut g = LinkGraph::default();
+        g.link(&[u(1), d(100)]);
+        g.label(u(1), true);
+        assert_eq!(g.component_of(100).unwrap().fraud_members, 1);
+        g.link(&[u(2), d(200)]);
+        assert_eq!(g.preview(&[u(2), d(100)]).fraud_members, 1);
+        g.link(&[u(2), d(100)]);
+        assert_eq!(g.component_of(200).unwrap().fraud_members, 1);
+        g.label(u(1), true);
+        g.label(u(1), false);
+        assert!(
+            g.is_flagged(1),
+            "one of two labels withdrawn: still flagged"
+        );
+        g.label(u(1), false);
+        assert!(!g.is_flagged(1));
+        assert_eq!(g.component_of(200).unwrap().fraud_members, 0);
+        g.label(u(1), false);
+        assert_eq!(
+            g.component_of(200).unwrap().fraud_members,
+            0,
+            "no underflow"
+        );
+    }
+
+    #[test]
+    fn long_chains_stay_correct() {
+        let mut g = LinkGraph::default();
+        for i in 0..10_000u64 {
+            g.link(&[u(i), d(1_000_000 + i)]);
+            if i > 0 {
+                g.link(&[u(i), d(1_000_000 + i - 1)]);
+            }
+        }
+        let c = g.component_of(0).unwrap();
+        assert_eq!((c.size, c.users), (20_000, 10_000));
+    }
+}

@@ -1,1 +1,560 @@
-//! (in progress)
+//! Per-entity state and the two operations on it: [`EntityState::features`] reads the state as
+//! it was *before* a transaction, [`EntityState::apply`] then records the transaction.
+//!
+//! Keeping the read and the write apart is what keeps features free of leakage: a
+//! transaction never sees itself in its own counters, and since all time comes from event
+//! timestamps, applying the same events in the same order always yields the same state.
+//!
+//! Entities are keyed by a 64-bit SipHash (fixed key, so keys are stable across runs) of their
+//! kind and id. Idle entities are swept once the event-time watermark has moved on by the
+//! configured time to live; the sweep is driven by events, so it is deterministic too.
+
+use std::collections::HashMap;
+use std::hash::Hasher;
+
+use siphasher::sip::SipHasher13;
+
+use crate::distinct::RecentKeys;
+use crate::event::{Transaction, TxKind};
+use crate::features::{FeatureValues, Num, Text};
+use crate::graph::{LinkGraph, NodeRef};
+use crate::profile::{LastSeen, SpendProfile};
+use crate::window::{Ring, Windows};
+
+/// The kinds of entity the engine keeps state for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntityKind {
+    /// A payment card (client card id or card token).
+    Card,
+    /// A customer account.
+    User,
+    /// A device fingerprint.
+    Device,
+    /// An IP address.
+    Ip,
+    /// A merchant.
+    Merchant,
+    /// A POS or ATM terminal.
+    Terminal,
+}
+
+impl EntityKind {
+    /// Every kind.
+    pub const ALL: [EntityKind; 6] = [
+        EntityKind::Card,
+        EntityKind::User,
+        EntityKind::Device,
+        EntityKind::Ip,
+        EntityKind::Merchant,
+        EntityKind::Terminal,
+    ];
+
+    /// The lowercase name used in feature names and URLs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntityKind::Card => "card",
+            EntityKind::User => "user",
+            EntityKind::Device => "device",
+            EntityKind::Ip => "ip",
+            EntityKind::Merchant => "merchant",
+            EntityKind::Terminal => "terminal",
+        }
+    }
+
+    /// Parses a lowercase name.
+    pub fn parse(s: &str) -> Option<EntityKind> {
+        EntityKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// First window feature of this kind (count_1m); the ten window features follow it.
+    fn window_base(self) -> Num {
+        match self {
+            EntityKind::Card => Num::CardCount1m,
+            EntityKind::User => Num::UserCount1m,
+            EntityKind::Device => Num::DeviceCount1m,
+            EntityKind::Ip => Num::IpCount1m,
+            EntityKind::Merchant => Num::MerchantCount1m,
+            EntityKind::Terminal => Num::TerminalCount1m,
+        }
+    }
+}
+
+/// The stable 64-bit key of an entity.
+pub fn entity_key(kind: EntityKind, id: &str) -> u64 {
+    let mut h = SipHasher13::new_with_keys(0x5269_6e67_6665_6e63, 0x6b65_7973_2d76_3031);
+    h.write_u8(kind as u8);
+    h.write(id.as_bytes());
+    h.finish()
+}
+
+/// Tunables of the state that change feature values (and so must match between live scoring
+/// and replay).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StateConfig {
+    /// Amounts strictly below this count as "small" for card testing.
+    pub small_amount: f64,
+    /// Entities idle for longer than this are forgotten (milliseconds).
+    pub idle_ttl_ms: i64,
+    /// Length of the per-account alert window of the escalation ladder (milliseconds).
+    pub alert_window_ms: i64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            small_amount: 2.0,
+            idle_ttl_ms: 30 * 86_400_000,
+            alert_window_ms: 86_400_000,
+        }
+    }
+}
+
+const DAY_MS: i64 = 86_400_000;
+/// Distinct users / cards / devices remembered per entity over 24 h.
+const DISTINCT_CAP: usize = 32;
+/// Devices remembered per user for "new device".
+const SEEN_DEVICES_CAP: usize = 16;
+/// Merchants remembered per user for "new merchant".
+const SEEN_MERCHANTS_CAP: usize = 32;
+/// Buckets of the per-account alert window.
+const ALERT_BUCKETS: usize = 24;
+/// Events between two checks for idle entities.
+const SWEEP_EVERY: u32 = 4096;
+
+/// State of an entity that only has windows (ip, merchant, terminal).
+#[derive(Clone, Debug, Default)]
+struct Plain {
+    windows: Windows,
+    last_ms: i64,
+}
+
+/// State of a card.
+#[derive(Clone, Debug, Default)]
+struct CardState {
+    windows: Windows,
+    small_10m: Ring<10>,
+    profile: SpendProfile,
+    seen: LastSeen,
+    alerts: Ring<ALERT_BUCKETS>,
+    last_ms: i64,
+}
+
+/// State of a user.
+#[derive(Clone, Debug, Default)]
+struct UserState {
+    windows: Windows,
+    profile: SpendProfile,
+    seen: LastSeen,
+    devices: RecentKeys,
+    merchants: RecentKeys,
+    devices_24h: RecentKeys,
+    cards_24h: RecentKeys,
+    alerts: Ring<ALERT_BUCKETS>,
+    last_ms: i64,
+}
+
+/// State of a device.
+#[derive(Clone, Debug, Default)]
+struct DeviceState {
+    windows: Windows,
+    users_24h: RecentKeys,
+    cards_24h: RecentKeys,
+    last_ms: i64,
+}
+
+/// The keys of the entities one transaction touches, computed once per transaction.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TxKeys {
+    /// Card key.
+    pub card: Option<u64>,
+    /// User key.
+    pub user: Option<u64>,
+    /// Device key.
+    pub device: Option<u64>,
+    /// IP key.
+    pub ip: Option<u64>,
+    /// Merchant key.
+    pub merchant: Option<u64>,
+    /// Terminal key.
+    pub terminal: Option<u64>,
+}
+
+impl TxKeys {
+    /// Keys of `tx`'s entities.
+    pub fn of(tx: &Transaction) -> TxKeys {
+        let k = |kind, id: &Option<crate::event::EntityId>| {
+            id.as_ref().map(|id| entity_key(kind, id.as_str()))
+        };
+        TxKeys {
+            card: k(EntityKind::Card, &tx.card_id),
+            user: k(EntityKind::User, &tx.user_id),
+            device: k(EntityKind::Device, &tx.device_id),
+            ip: k(EntityKind::Ip, &tx.ip),
+            merchant: k(EntityKind::Merchant, &tx.merchant),
+            terminal: k(EntityKind::Terminal, &tx.terminal_id),
+        }
+    }
+
+    /// The account whose alerts drive escalation: the user, else the card.
+    pub fn account(&self) -> Option<(EntityKind, u64)> {
+        self.user
+            .map(|k| (EntityKind::User, k))
+            .or(self.card.map(|k| (EntityKind::Card, k)))
+    }
+
+    fn ring_nodes(&self, out: &mut [NodeRef; 3]) -> usize {
+        let mut n = 0;
+        for (key, is_user) in [(self.user, true), (self.card, false), (self.device, false)] {
+            if let Some(key) = key {
+                out[n] = NodeRef { key, is_user };
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// Counts of what the state holds, for stats and memory accounting.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StateCounts {
+    /// Cards held.
+    pub cards: usize,
+    /// Users held.
+    pub users: usize,
+    /// Devices held.
+    pub devices: usize,
+    /// IPs held.
+    pub ips: usize,
+    /// Merchants held.
+    pub merchants: usize,
+    /// Terminals held.
+    pub terminals: usize,
+    /// Nodes of the link graph.
+    pub graph_nodes: usize,
+}
+
+/// All entity state of one engine.
+#[derive(Clone, Debug, Default)]
+pub struct EntityState {
+    config: StateConfig,
+    cards: HashMap<u64, CardState>,
+    users: HashMap<u64, UserState>,
+    devices: HashMap<u64, DeviceState>,
+    ips: HashMap<u64, Plain>,
+    merchants: HashMap<u64, Plain>,
+    terminals: HashMap<u64, Plain>,
+    graph: LinkGraph,
+    watermark: i64,
+    last_sweep: i64,
+    since_sweep: u32,
+}
+
+fn bucket(ts: i64, window_ms: i64, buckets: usize) -> i64 {
+    ts.div_euclid((window_ms / buckets as i64).max(1))
+}
+
+impl EntityState {
+    /// Empty state with `config`.
+    pub fn new(config: StateConfig) -> Self {
+        EntityState {
+            config,
+            watermark: i64::MIN,
+            last_sweep: i64::MIN,
+            ..EntityState::default()
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &StateConfig {
+        &self.config
+    }
+
+    /// Fills `f` with the features of `tx` from the state before `tx`.
+    pub fn features<'a>(&self, tx: &'a Transaction, keys: &TxKeys, f: &mut FeatureValues<'a>) {
+        let ts = tx.timestamp.millis();
+        f.set(Num::TxAmount, tx.amount);
+        f.set(Num::TxHour, f64::from(tx.timestamp.hour_of_day()));
+        f.set_bool(Num::TxHasCardNumber, tx.card_token.is_some());
+        f.set_bool(Num::TxHasLocation, tx.location.is_some());
+        let t = &mut f.text;
+        t[Text::TxKind as usize] = Some(tx.kind.as_str());
+        t[Text::TxCurrency as usize] = tx.currency.as_deref();
+        t[Text::TxCountry as usize] = tx.country.as_deref();
+        t[Text::TxMerchant as usize] = tx.merchant.as_ref().map(|e| e.as_str());
+        t[Text::TxMerchantCategory as usize] = tx.merchant_category.as_ref().map(|e| e.as_str());
+        t[Text::TxUserId as usize] = tx.user_id.as_ref().map(|e| e.as_str());
+        t[Text::TxCardId as usize] = tx.card_id.as_ref().map(|e| e.as_str());
+        t[Text::TxDeviceId as usize] = tx.device_id.as_ref().map(|e| e.as_str());
+        t[Text::TxIp as usize] = tx.ip.as_ref().map(|e| e.as_str());
+        t[Text::TxTerminalId as usize] = tx.terminal_id.as_ref().map(|e| e.as_str());
+        t[Text::TxStoreId as usize] = tx.store_id.as_ref().map(|e| e.as_str());
+
+        let since_24h = ts - DAY_MS;
+
+        if let Some(k) = keys.card {
+            let card = self.cards.get(&k);
+            self.windows_into(EntityKind::Card, card.map(|c| &c.windows), ts, f);
+            let empty = CardState::default();
+            let c = card.unwrap_or(&empty);
+            f.set(
+                Num::CardSmallCount10m,
+                f64::from(c.small_10m.read(ts.div_euclid(60_000)).0),
+            );
+            f.set(Num::CardTxCount, f64::from(c.profile.count()));
+            f.set(Num::CardAmountMean, c.profile.mean());
+            f.set(Num::CardAmountStd, c.profile.std());
+            f.set(Num::CardAmountZscore, c.profile.zscore(tx.amount));
+            f.set(Num::CardAmountRatio, c.profile.ratio(tx.amount));
+            f.set(Num::CardSecsSinceLast, c.seen.secs_since(ts));
+            let (km, kmh) = c.seen.travel(ts, tx.location);
+            f.set(Num::CardKmFromLast, km);
+            f.set(Num::CardSpeedKmh, kmh);
+        }
+        if let Some(k) = keys.user {
+            let user = self.users.get(&k);
+            self.windows_into(EntityKind::User, user.map(|u| &u.windows), ts, f);
+            let empty = UserState::default();
+            let u = user.unwrap_or(&empty);
+            f.set(Num::UserTxCount, f64::from(u.profile.count()));
+            f.set(Num::UserAmountMean, u.profile.mean());
+            f.set(Num::UserAmountStd, u.profile.std());
+            f.set(Num::UserAmountZscore, u.profile.zscore(tx.amount));
+            f.set(Num::UserAmountRatio, u.profile.ratio(tx.amount));
+            f.set(Num::UserSecsSinceLast, u.seen.secs_since(ts));
+            let (km, kmh) = u.seen.travel(ts, tx.location);
+            f.set(Num::UserKmFromLast, km);
+            f.set(Num::UserSpeedKmh, kmh);
+            if let Some(d) = keys.device {
+                f.set_bool(Num::UserNewDevice, !u.devices.contains(d));
+            }
+            if let Some(m) = keys.merchant {
+                f.set_bool(Num::UserNewMerchant, !u.merchants.contains(m));
+            }
+            f.set(
+                Num::UserDevices24h,
+                u.devices_24h.count_since(since_24h) as f64,
+            );
+            f.set(Num::UserCards24h, u.cards_24h.count_since(since_24h) as f64);
+        }
+        if let Some(k) = keys.device {
+            let device = self.devices.get(&k);
+            self.windows_into(EntityKind::Device, device.map(|d| &d.windows), ts, f);
+            let empty = DeviceState::default();
+            let d = device.unwrap_or(&empty);
+            f.set(
+                Num::DeviceUsers24h,
+                d.users_24h.count_since(since_24h) as f64,
+            );
+            f.set(
+                Num::DeviceCards24h,
+                d.cards_24h.count_since(since_24h) as f64,
+            );
+            f.set(
+                Num::DeviceOtherUsers24h,
+                d.users_24h.count_since_except(since_24h, keys.user) as f64,
+            );
+            f.set(
+                Num::DeviceOtherCards24h,
+                d.cards_24h.count_since_except(since_24h, keys.card) as f64,
+            );
+        }
+        for (kind, key, map) in [
+            (EntityKind::Ip, keys.ip, &self.ips),
+            (EntityKind::Merchant, keys.merchant, &self.merchants),
+            (EntityKind::Terminal, keys.terminal, &self.terminals),
+        ] {
+            if let Some(k) = key {
+                self.windows_into(kind, map.get(&k).map(|p| &p.windows), ts, f);
+            }
+        }
+
+        let mut nodes = [NodeRef {
+            key: 0,
+            is_user: false,
+        }; 3];
+        let n = keys.ring_nodes(&mut nodes);
+        if n > 0 {
+            let ring = self.graph.preview(&nodes[..n]);
+            f.set(Num::RingSize, f64::from(ring.size));
+            f.set(Num::RingUsers, f64::from(ring.users));
+            f.set_bool(Num::RingHasFraud, ring.fraud_members > 0);
+        }
+
+        if let Some((kind, k)) = keys.account() {
+            let alerts = match kind {
+                EntityKind::User => self.users.get(&k).map(|u| &u.alerts),
+                _ => self.cards.get(&k).map(|c| &c.alerts),
+            };
+            let now = bucket(ts, self.config.alert_window_ms, ALERT_BUCKETS);
+            f.set(
+                Num::AccountAlerts,
+                f64::from(alerts.map_or(0, |r| r.read(now).0)),
+            );
+        }
+    }
+
+    fn windows_into(
+        &self,
+        kind: EntityKind,
+        w: Option<&Windows>,
+        ts: i64,
+        f: &mut FeatureValues<'_>,
+    ) {
+        let base = kind.window_base() as usize;
+        let out = &mut f.num[base..base + 10];
+        match w {
+            Some(w) => w.read_into(ts, out),
+            None => out.fill(0.0),
+        }
+    }
+
+    /// Records `tx` (and whether its decision raised an alert) into the state.
+    pub fn apply(&mut self, tx: &Transaction, keys: &TxKeys, alert: bool) {
+        let ts = tx.timestamp.millis();
+        let amount = tx.amount;
+        let spends = matches!(tx.kind, TxKind::Payment | TxKind::Purchase);
+        let forget_24h = ts - DAY_MS;
+        let alert_bucket = bucket(ts, self.config.alert_window_ms, ALERT_BUCKETS);
+        let account = keys.account();
+
+        if let Some(k) = keys.card {
+            let c = self.cards.entry(k).or_default();
+            c.windows.add(ts, amount);
+            if amount < self.config.small_amount {
+                c.small_10m.add(ts.div_euclid(60_000), 0);
+            }
+            if spends {
+                c.profile.add(amount);
+            }
+            c.seen.update(ts, tx.location);
+            if alert && matches!(account, Some((EntityKind::Card, _))) {
+                c.alerts.add(alert_bucket, 0);
+            }
+            c.last_ms = c.last_ms.max(ts);
+        }
+        if let Some(k) = keys.user {
+            let u = self.users.entry(k).or_default();
+            u.windows.add(ts, amount);
+            if spends {
+                u.profile.add(amount);
+            }
+            u.seen.update(ts, tx.location);
+            if let Some(d) = keys.device {
+                u.devices.touch(d, ts, i64::MIN, SEEN_DEVICES_CAP);
+                u.devices_24h.touch(d, ts, forget_24h, DISTINCT_CAP);
+            }
+            if let Some(m) = keys.merchant {
+                u.merchants.touch(m, ts, i64::MIN, SEEN_MERCHANTS_CAP);
+            }
+            if let Some(c) = keys.card {
+                u.cards_24h.touch(c, ts, forget_24h, DISTINCT_CAP);
+            }
+            if alert {
+                u.alerts.add(alert_bucket, 0);
+            }
+            u.last_ms = u.last_ms.max(ts);
+        }
+        if let Some(k) = keys.device {
+            let d = self.devices.entry(k).or_default();
+            d.windows.add(ts, amount);
+            if let Some(u) = keys.user {
+                d.users_24h.touch(u, ts, forget_24h, DISTINCT_CAP);
+            }
+            if let Some(c) = keys.card {
+                d.cards_24h.touch(c, ts, forget_24h, DISTINCT_CAP);
+            }
+            d.last_ms = d.last_ms.max(ts);
+        }
+        for (key, map) in [
+            (keys.ip, &mut self.ips),
+            (keys.merchant, &mut self.merchants),
+            (keys.terminal, &mut self.terminals),
+        ] {
+            if let Some(k) = key {
+                let p = map.entry(k).or_default();
+                p.windows.add(ts, amount);
+                p.last_ms = p.last_ms.max(ts);
+            }
+        }
+
+        let mut nodes = [NodeRef {
+            key: 0,
+            is_user: false,
+        }; 3];
+        let n = keys.ring_nodes(&mut nodes);
+        if n > 1 {
+            self.graph.link(&nodes[..n]);
+        }
+
+        self.watermark = self.watermark.max(ts);
+        self.since_sweep += 1;
+        if self.since_sweep >= SWEEP_EVERY {
+            self.since_sweep = 0;
+            self.sweep_idle();
+        }
+    }
+
+    /// Adds or withdraws a confirmed-fraud label on the user, card and device of a
+    /// transaction (ring membership).
+    pub fn label(&mut self, keys: &TxKeys, fraud: bool) {
+        let mut nodes = [NodeRef {
+            key: 0,
+            is_user: false,
+        }; 3];
+        let n = keys.ring_nodes(&mut nodes);
+        for node in &nodes[..n] {
+            self.graph.label(*node, fraud);
+        }
+    }
+
+    /// Forgets entities idle for longer than the time to live, at most once per hour of event
+    /// time.
+    fn sweep_idle(&mut self) {
+        if self.watermark.saturating_sub(self.last_sweep) < 3_600_000 {
+            return;
+        }
+        self.last_sweep = self.watermark;
+        let cutoff = self.watermark.saturating_sub(self.config.idle_ttl_ms);
+        self.cards.retain(|_, e| e.last_ms >= cutoff);
+        self.users.retain(|_, e| e.last_ms >= cutoff);
+        self.devices.retain(|_, e| e.last_ms >= cutoff);
+        self.ips.retain(|_, e| e.last_ms >= cutoff);
+        self.merchants.retain(|_, e| e.last_ms >= cutoff);
+        self.terminals.retain(|_, e| e.last_ms >= cutoff);
+    }
+
+    /// Newest event time applied so far, if any.
+    pub fn watermark(&self) -> Option<i64> {
+        (self.watermark != i64::MIN).then_some(self.watermark)
+    }
+
+    /// Whether the state holds the entity.
+    pub fn contains(&self, kind: EntityKind, key: u64) -> bool {
+        match kind {
+            EntityKind::Card => self.cards.contains_key(&key),
+            EntityKind::User => self.users.contains_key(&key),
+            EntityKind::Device => self.devices.contains_key(&key),
+            EntityKind::Ip => self.ips.contains_key(&key),
+            EntityKind::Merchant => self.merchants.contains_key(&key),
+            EntityKind::Terminal => self.terminals.contains_key(&key),
+        }
+    }
+
+    /// The link-graph component of an entity (users, cards and devices only).
+    pub fn ring_of(&self, key: u64) -> Option<crate::graph::Component> {
+        self.graph.component_of(key)
+    }
+
+    /// How much the state holds.
+    pub fn counts(&self) -> StateCounts {
+        StateCounts {
+            cards: self.cards.len(),
+            users: self.users.len(),
+            devices: self.devices.len(),
+            ips: self.ips.len(),
+            merchants: self.merchants.len(),
+            terminals: self.terminals.len(),
+            graph_nodes: self.graph.len(),
+        }
+    }
+}

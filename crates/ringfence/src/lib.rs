@@ -1,5 +1,24 @@
-//! Ringfence: the binary's library (HTTP API, storage, simulator, benchmarks).
+//! Ringfence's binary as a library, so tests start the real server in-process.
+//!
+//! # Layout
+//! - [`config`]: flags, environment and config file, resolved into [`config::Settings`].
+//! - [`startup`]: [`startup::Application`]: build (bind, rebuild state), run, shut down.
+//! - [`host`]: [`host::EngineHost`]: the engine, the order of decisions and durable writes.
+//! - [`http`]: the API, one module per resource.
+//! - [`store`]: records (transactions, decisions, alerts, labels); [`store::sqlite`] embedded.
+//! - [`metrics`]: Prometheus counters and histograms.
+//! - [`simulate`]: synthetic traffic with ground truth, the simulator CLI and the demo feed.
+//! - [`client`]: a small HTTP client (simulator, benchmarks, tests).
+//! - [`bench`]: the HTTP load generator; [`engine_bench`]: the engine-only benchmark.
 
 pub mod bench;
 pub mod client;
+pub mod config;
+pub mod demo;
+pub mod engine_bench;
+pub mod host;
+pub mod http;
+pub mod metrics;
 pub mod simulate;
+pub mod startup;
+pub mod store;

@@ -1,1 +1,111 @@
-fn main() {}
+//! The `ringfence` command: `serve`, `demo`, `simulate`, `bench`.
+
+use clap::{Parser, Subcommand};
+use ringfence::bench::BenchArgs;
+use ringfence::config::{ServeArgs, Settings};
+use ringfence::demo::DemoArgs;
+use ringfence::simulate::SimulateArgs;
+use ringfence::startup::Application;
+use tracing_subscriber::EnvFilter;
+
+/// Ringfence: real-time fraud detection.
+#[derive(Parser, Debug)]
+#[command(name = "ringfence", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the engine: HTTP API, rules, embedded storage.
+    Serve(ServeArgs),
+    /// Run the engine with live simulated traffic and print what it catches.
+    Demo(DemoArgs),
+    /// Generate simulated traffic with ground-truth labels (to a server or a file).
+    Simulate(SimulateArgs),
+    /// Measure the engine alone, or a running server over HTTP (--target).
+    Bench(BenchArgs),
+}
+
+fn init_logging(default: &str, json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result: Result<(), String> = match cli.command {
+        Command::Serve(args) => match Settings::resolve(&args) {
+            Err(e) => Err(e.to_string()),
+            Ok(settings) => {
+                init_logging("info", settings.log_format == "json");
+                match Application::build(settings).await {
+                    Err(e) => Err(e.to_string()),
+                    Ok(app) => {
+                        tracing::info!(address = %app.local_addr(), "ringfence serving");
+                        app.run_until_stopped().await.map_err(|e| e.to_string())
+                    }
+                }
+            }
+        },
+        Command::Demo(args) => {
+            init_logging("warn", false);
+            ringfence::demo::run(args).await.map_err(|e| e.to_string())
+        }
+        Command::Simulate(args) => {
+            init_logging("warn", false);
+            ringfence::simulate::run(args)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Command::Bench(args) => {
+            init_logging("warn", false);
+            match &args.target {
+                Some(_) => match ringfence::bench::run_http(&args).await {
+                    Ok(report) => {
+                        if args.json {
+                            println!(
+                                "{}",
+                                serde_json::to_string_pretty(&report).unwrap_or_default()
+                            );
+                        } else {
+                            println!("{}", report.to_text());
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+                None => match ringfence::engine_bench::run(args.count, args.seed) {
+                    Ok(report) => {
+                        if args.json {
+                            println!(
+                                "{}",
+                                serde_json::to_string_pretty(&report).unwrap_or_default()
+                            );
+                        } else {
+                            println!("{}", report.to_text());
+                        }
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+            }
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

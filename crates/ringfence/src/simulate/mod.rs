@@ -1,1 +1,401 @@
-//! (in progress)
+//! Realistic, seeded synthetic traffic with ground truth: the `simulate` subcommand and the
+//! demo feed.
+//!
+//! # Layout
+//! - `world`: the cities, merchants and customers (with their cards, devices, habits) that
+//!   traffic is drawn from.
+//! - [`generator`]: the time-ordered stream of everyday payments and labelled fraud scenarios
+//!   (velocity bursts, card testing, fraud rings, account takeover, impossible travel).
+//! - `driver`: pacing that stream in real time to a server, or writing it to NDJSON.
+//! - [`tally`]: counting the server's decisions against the ground truth.
+//! - `demo`: the once-a-second status feed of `run_demo_feed`.
+
+mod demo;
+mod driver;
+pub mod generator;
+#[cfg(test)]
+pub(crate) mod stub;
+pub mod tally;
+mod world;
+
+use std::fs::File;
+use std::io::{self, BufWriter};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ringfence_core::event::Timestamp;
+
+pub use demo::run_demo_feed;
+pub use generator::{
+    Generator, GeneratorConfig, LabeledTransaction, SimTransaction, DEFAULT_START_MS, SCENARIOS,
+};
+pub use tally::{Outcome, Tally, Totals};
+
+use crate::client::{endpoint_url, ClientError, HttpClient};
+use driver::{ctrl_c, lock, send_paced, write_ndjson, Anchor, Pacing};
+
+/// Command-line options of `ringfence simulate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimulateArgs {
+    /// Seed of the simulated world and traffic; the same seed gives the same stream.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Mean transactions per second.
+    #[arg(long, default_value_t = 100.0)]
+    pub tps: f64,
+    /// Share of fraudulent transactions, 0 to 0.9.
+    #[arg(long, default_value_t = 0.02)]
+    pub fraud_rate: f64,
+    /// Seconds of simulated traffic.
+    #[arg(long, default_value_t = 30.0)]
+    pub duration: f64,
+    /// Stop after this many transactions.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Base URL of a running server (e.g. http://127.0.0.1:8080): send paced in real time.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Write NDJSON with `label` and `scenario` fields to this file (`-` for stdout).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Most requests in flight at once (with --target).
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Simulated start time for --out, RFC 3339.
+    #[arg(long, default_value = "2026-01-01T00:00:00Z")]
+    pub start: String,
+}
+
+impl Default for SimulateArgs {
+    fn default() -> Self {
+        SimulateArgs {
+            seed: 42,
+            tps: 100.0,
+            fraud_rate: 0.02,
+            duration: 30.0,
+            count: None,
+            target: None,
+            out: None,
+            concurrency: 16,
+            start: "2026-01-01T00:00:00Z".to_string(),
+        }
+    }
+}
+
+/// Why a simulation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    /// The options do not make sense together.
+    #[error("{0}")]
+    Usage(String),
+    /// The target URL is unusable.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Writing the output file failed.
+    #[error("writing {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A background task panicked or was cancelled.
+    #[error("simulation task failed: {0}")]
+    Task(String),
+}
+
+/// Most requests in flight that `--concurrency` accepts.
+const MAX_CONCURRENCY: usize = 4096;
+
+/// Checks a rate and a fraud share given on the command line.
+fn check_rates(tps: f64, fraud_rate: f64) -> Result<(), SimulateError> {
+    if !(tps.is_finite() && tps > 0.0 && tps <= 1e6) {
+        return Err(SimulateError::Usage(format!(
+            "--tps must be above 0 and at most 1000000, got {tps}"
+        )));
+    }
+    if !(0.0..=0.9).contains(&fraud_rate) {
+        return Err(SimulateError::Usage(format!(
+            "--fraud-rate must be between 0 and 0.9, got {fraud_rate}"
+        )));
+    }
+    Ok(())
+}
+
+/// Where the traffic goes, once the options are checked.
+enum Destination {
+    Target(String),
+    File(PathBuf),
+}
+
+impl SimulateArgs {
+    fn check(&self) -> Result<Destination, SimulateError> {
+        check_rates(self.tps, self.fraud_rate)?;
+        if !(self.duration.is_finite() && self.duration > 0.0) {
+            return Err(SimulateError::Usage(format!(
+                "--duration must be a positive number of seconds, got {}",
+                self.duration
+            )));
+        }
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            return Err(SimulateError::Usage(format!(
+                "--concurrency must be between 1 and {MAX_CONCURRENCY}, got {}",
+                self.concurrency
+            )));
+        }
+        match (&self.target, &self.out) {
+            (Some(target), None) => Ok(Destination::Target(endpoint_url(
+                target,
+                "/v1/transactions",
+            )?)),
+            (None, Some(path)) => Ok(Destination::File(path.clone())),
+            (Some(_), Some(_)) => Err(SimulateError::Usage(
+                "give either --target URL (send to a server) or --out FILE (write NDJSON), not both"
+                    .to_string(),
+            )),
+            (None, None) => Err(SimulateError::Usage(
+                "say where the traffic goes: --target URL (send to a server) or --out FILE (write NDJSON)"
+                    .to_string(),
+            )),
+        }
+    }
+
+    fn generator_config(&self, start_ms: i64) -> GeneratorConfig {
+        GeneratorConfig {
+            seed: self.seed,
+            fraud_rate: self.fraud_rate,
+            tps: self.tps,
+            start_ms,
+            ..GeneratorConfig::default()
+        }
+    }
+}
+
+/// Runs `ringfence simulate`: writes NDJSON (`--out`) or sends paced traffic (`--target`) and
+/// prints a summary.
+pub async fn run(args: SimulateArgs) -> Result<(), SimulateError> {
+    match args.check()? {
+        Destination::File(path) => {
+            let written = tokio::task::spawn_blocking(move || write_file(&args, &path))
+                .await
+                .map_err(|e| SimulateError::Task(e.to_string()))??;
+            eprintln!("{written}");
+            Ok(())
+        }
+        Destination::Target(url) => {
+            eprintln!(
+                "sending ~{} tx/s to {url} for {} s (Ctrl-C stops early)",
+                args.tps, args.duration
+            );
+            let totals = send_to_target(&args, url, ctrl_c()).await;
+            println!("{}", totals.summary());
+            Ok(())
+        }
+    }
+}
+
+/// File mode: no pacing, `tps * duration` transactions unless `--count`. Returns a one-line
+/// report.
+fn write_file(args: &SimulateArgs, path: &std::path::Path) -> Result<String, SimulateError> {
+    let start = Timestamp::parse(&args.start)
+        .map_err(|problem| SimulateError::Usage(format!("--start: {problem}")))?;
+    let count = args
+        .count
+        .unwrap_or_else(|| (args.tps * args.duration).round() as u64);
+    let generator = Generator::new(args.generator_config(start.millis()));
+    let name = path.display().to_string();
+    let io_error = |source| SimulateError::Io {
+        path: name.clone(),
+        source,
+    };
+    let written = if name == "-" {
+        let mut out = BufWriter::new(io::stdout().lock());
+        write_ndjson(&mut out, generator, count).map_err(io_error)?
+    } else {
+        let file = File::create(path).map_err(io_error)?;
+        let mut out = BufWriter::new(file);
+        write_ndjson(&mut out, generator, count).map_err(io_error)?
+    };
+    Ok(format!(
+        "wrote {} transactions ({} fraudulent) to {name}",
+        written.transactions, written.fraud
+    ))
+}
+
+/// Target mode: paced sending until the duration, the count or `shutdown`.
+async fn send_to_target(
+    args: &SimulateArgs,
+    url: String,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Totals {
+    let anchor = Anchor::now();
+    let tally = Arc::new(Mutex::new(Tally::new()));
+    let pacing = Pacing {
+        url,
+        concurrency: args.concurrency,
+        duration: Some(Duration::from_secs_f64(args.duration)),
+        count: args.count,
+    };
+    send_paced(
+        HttpClient::new().with_timeout(Duration::from_secs(10)),
+        pacing,
+        Generator::new(args.generator_config(anchor.epoch_ms)),
+        anchor,
+        Arc::clone(&tally),
+        shutdown,
+    )
+    .await;
+    let totals = lock(&tally).totals().clone();
+    totals
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringfence_core::event::{CardHasher, ParseContext, RawTransaction, Transaction};
+    use std::io::BufRead;
+    use std::sync::atomic::Ordering;
+
+    fn usage_error(args: SimulateArgs) -> String {
+        match args.check() {
+            Err(SimulateError::Usage(m)) => m,
+            Err(e) => panic!("not a usage error: {e}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    #[test]
+    fn exactly_one_destination() {
+        assert!(usage_error(SimulateArgs::default()).contains("--target URL"));
+        let both = SimulateArgs {
+            target: Some("http://127.0.0.1:1".into()),
+            out: Some("x.ndjson".into()),
+            ..SimulateArgs::default()
+        };
+        assert!(usage_error(both).contains("not both"));
+        let bad_rate = SimulateArgs {
+            out: Some("x.ndjson".into()),
+            fraud_rate: 1.5,
+            ..SimulateArgs::default()
+        };
+        assert!(usage_error(bad_rate).contains("--fraud-rate"));
+        let bad_url = SimulateArgs {
+            target: Some("localhost:8080".into()),
+            ..SimulateArgs::default()
+        };
+        assert!(matches!(bad_url.check(), Err(SimulateError::Client(_))));
+    }
+
+    #[test]
+    fn file_mode_writes_labelled_ndjson_that_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("traffic.ndjson");
+        let args = SimulateArgs {
+            out: Some(path.clone()),
+            tps: 50.0,
+            duration: 20.0,
+            fraud_rate: 0.1,
+            start: "2025-06-01T12:00:00Z".into(),
+            ..SimulateArgs::default()
+        };
+        let report = write_file(&args, &path).unwrap();
+        assert!(report.starts_with("wrote 1000 transactions"), "{report}");
+
+        let hasher = CardHasher::new(b"k");
+        let cx = ParseContext {
+            card_hasher: &hasher,
+            now: Timestamp::from_millis(0),
+            generated_id: &|| "unused".to_string(),
+        };
+        let file = std::io::BufReader::new(File::open(&path).unwrap());
+        let mut lines = 0;
+        let mut fraud = 0;
+        for line in file.lines() {
+            let line = line.unwrap();
+            let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let label = value["label"].as_bool().unwrap();
+            assert_eq!(label, value["scenario"].is_string());
+            fraud += usize::from(label);
+            let raw: RawTransaction = serde_json::from_str(&line).unwrap();
+            let tx = Transaction::parse(raw, &cx).unwrap();
+            if lines == 0 {
+                assert_eq!(tx.timestamp.to_rfc3339(), "2025-06-01T12:00:00Z");
+            }
+            lines += 1;
+        }
+        assert_eq!(lines, 1000);
+        assert!(fraud > 0);
+
+        let capped = SimulateArgs {
+            count: Some(7),
+            ..args
+        };
+        assert!(write_file(&capped, &path).unwrap().starts_with("wrote 7 "));
+    }
+
+    #[tokio::test]
+    async fn target_mode_sends_paced_traffic_and_counts_against_truth() {
+        let (base, seen) = stub::spawn(10).await;
+        let args = SimulateArgs {
+            target: Some(base),
+            tps: 400.0,
+            duration: 5.0,
+            count: Some(120),
+            fraud_rate: 0.2,
+            concurrency: 4,
+            ..SimulateArgs::default()
+        };
+        let Ok(Destination::Target(url)) = args.check() else {
+            panic!("target expected");
+        };
+        let totals = send_to_target(&args, url, std::future::pending()).await;
+        assert_eq!(totals.sent, 120);
+        assert_eq!(seen.requests.load(Ordering::Relaxed), 120);
+        assert_eq!(totals.errors.get("503"), Some(&12));
+        assert_eq!(totals.accepted, 108);
+        assert_eq!(
+            totals.fraud_caught + totals.fraud_missed + totals.false_alarms + totals.legit_approved,
+            108
+        );
+        assert!(totals.fraud_caught + totals.fraud_missed > 0);
+        assert_eq!(seen.with_timestamp.load(Ordering::Relaxed), 108);
+    }
+
+    #[tokio::test]
+    async fn demo_feed_prints_a_line_per_second_and_stops() {
+        let (base, _seen) = stub::spawn(0).await;
+        let config = GeneratorConfig {
+            tps: 200.0,
+            fraud_rate: 0.1,
+            ..GeneratorConfig::default()
+        };
+        let mut lines = Vec::new();
+        let totals = demo::feed(
+            &base,
+            config,
+            Some(Duration::from_millis(2_300)),
+            std::future::pending(),
+            |line| lines.push(line.to_string()),
+        )
+        .await
+        .unwrap();
+        assert!(lines.len() >= 2, "{lines:?}");
+        assert!(lines[0].starts_with("[   1s] "), "{}", lines[0]);
+        assert!(lines[0].contains(" tx/s | approve "), "{}", lines[0]);
+        assert!(lines[0].contains("engine p50 5µs p99 5µs"), "{}", lines[0]);
+        assert!(totals.sent > 100);
+        assert_eq!(totals.accepted, totals.sent);
+    }
+
+    #[tokio::test]
+    async fn demo_feed_stops_on_shutdown() {
+        let (base, _seen) = stub::spawn(0).await;
+        let shutdown = tokio::time::sleep(Duration::from_millis(300));
+        let totals = demo::feed(&base, GeneratorConfig::default(), None, shutdown, |_| {})
+            .await
+            .unwrap();
+        assert!(totals.sent > 0);
+    }
+}

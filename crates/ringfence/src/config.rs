@@ -1,0 +1,307 @@
+//! Configuration: one TOML file, `RINGFENCE_*` environment variables and CLI flags, in
+//! increasing order of precedence. Every flag of `serve` has a config-file key of the same
+//! name (dashes become underscores) and an environment variable `RINGFENCE_<NAME>`.
+//! Secrets are wrapped in [`Secret`] so they never print.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ringfence_core::decision::{EscalationPolicy, Thresholds};
+use ringfence_core::engine::EngineConfig;
+use serde::Deserialize;
+
+/// A value that must never be printed or logged.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+/// Flags of `ringfence serve` (and the server part of `demo`). Every one is optional here so
+/// that the config file can fill what the command line and environment leave unset.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ServeArgs {
+    /// TOML config file whose keys are these flags' names with underscores.
+    #[arg(long, env = "RINGFENCE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "RINGFENCE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (SQLite records, the card-hash key when generated).
+    #[arg(long, env = "RINGFENCE_DATA")]
+    pub data: Option<PathBuf>,
+    /// Rules file (TOML); hot-reloaded on change. Built-in default rules when absent.
+    #[arg(long, env = "RINGFENCE_RULES")]
+    pub rules: Option<PathBuf>,
+    /// Secret key for hashing card numbers (HMAC). Generated and kept in the data
+    /// directory when absent.
+    #[arg(long, env = "RINGFENCE_CARD_HASH_KEY", hide_env_values = true)]
+    pub card_hash_key: Option<Secret>,
+    /// Score at or above which a transaction is reviewed.
+    #[arg(long, env = "RINGFENCE_REVIEW_THRESHOLD")]
+    pub review_threshold: Option<f64>,
+    /// Score at or above which a transaction is challenged (e.g. 3-D Secure).
+    #[arg(long, env = "RINGFENCE_CHALLENGE_THRESHOLD")]
+    pub challenge_threshold: Option<f64>,
+    /// Score at or above which a transaction is blocked.
+    #[arg(long, env = "RINGFENCE_BLOCK_THRESHOLD")]
+    pub block_threshold: Option<f64>,
+    /// Length of the per-account alert window of the escalation ladder, in seconds.
+    #[arg(long, env = "RINGFENCE_ESCALATION_WINDOW_SECS")]
+    pub escalation_window_secs: Option<i64>,
+    /// More alerts than this in the window: at least review.
+    #[arg(long, env = "RINGFENCE_ESCALATE_REVIEW_OVER")]
+    pub escalate_review_over: Option<u32>,
+    /// More alerts than this in the window: at least challenge.
+    #[arg(long, env = "RINGFENCE_ESCALATE_CHALLENGE_OVER")]
+    pub escalate_challenge_over: Option<u32>,
+    /// More alerts than this in the window: block.
+    #[arg(long, env = "RINGFENCE_ESCALATE_BLOCK_OVER")]
+    pub escalate_block_over: Option<u32>,
+    /// Amounts below this count as small (card testing).
+    #[arg(long, env = "RINGFENCE_SMALL_AMOUNT")]
+    pub small_amount: Option<f64>,
+    /// Entities idle this many days are forgotten.
+    #[arg(long, env = "RINGFENCE_IDLE_TTL_DAYS")]
+    pub idle_ttl_days: Option<i64>,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "RINGFENCE_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Most transactions in one batch request.
+    #[arg(long, env = "RINGFENCE_MAX_BATCH")]
+    pub max_batch: Option<usize>,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "RINGFENCE_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The same keys as read from the config file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data: Option<PathBuf>,
+    rules: Option<PathBuf>,
+    card_hash_key: Option<Secret>,
+    review_threshold: Option<f64>,
+    challenge_threshold: Option<f64>,
+    block_threshold: Option<f64>,
+    escalation_window_secs: Option<i64>,
+    escalate_review_over: Option<u32>,
+    escalate_challenge_over: Option<u32>,
+    escalate_block_over: Option<u32>,
+    small_amount: Option<f64>,
+    idle_ttl_days: Option<i64>,
+    max_body_bytes: Option<usize>,
+    max_batch: Option<usize>,
+    log_format: Option<String>,
+}
+
+/// A configuration problem, named precisely.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has unknown keys.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+/// Fully resolved settings of a server.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data: PathBuf,
+    /// Rules file, if any.
+    pub rules: Option<PathBuf>,
+    /// Card hash key, if configured (else generated in the data directory).
+    pub card_hash_key: Option<Secret>,
+    /// Engine configuration.
+    pub engine: EngineConfig,
+    /// Request body limit.
+    pub max_body_bytes: usize,
+    /// Batch size limit.
+    pub max_batch: usize,
+    /// `text` or `json`.
+    pub log_format: String,
+}
+
+/// Largest batch a client may send.
+pub const DEFAULT_MAX_BATCH: usize = 10_000;
+
+impl Settings {
+    /// Resolves flags (already merged with the environment by clap) over the config file over
+    /// the defaults, and validates the result.
+    pub fn resolve(args: &ServeArgs) -> Result<Settings, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file_config(path)?,
+            None => FileConfig::default(),
+        };
+        macro_rules! pick {
+            ($name:ident, $default:expr) => {
+                args.$name
+                    .clone()
+                    .or(file.$name.clone())
+                    .unwrap_or($default)
+            };
+        }
+        let defaults = EngineConfig::default();
+        let thresholds = Thresholds {
+            review: pick!(review_threshold, defaults.thresholds.review),
+            challenge: pick!(challenge_threshold, defaults.thresholds.challenge),
+            block: pick!(block_threshold, defaults.thresholds.block),
+        };
+        thresholds.validate().map_err(ConfigError::Invalid)?;
+        let escalation = EscalationPolicy {
+            window_ms: pick!(escalation_window_secs, defaults.escalation.window_ms / 1000)
+                .saturating_mul(1000),
+            review_over: pick!(escalate_review_over, defaults.escalation.review_over),
+            challenge_over: pick!(escalate_challenge_over, defaults.escalation.challenge_over),
+            block_over: pick!(escalate_block_over, defaults.escalation.block_over),
+        };
+        if escalation.window_ms < 60_000 {
+            return Err(ConfigError::Invalid(
+                "escalation_window_secs must be at least 60".into(),
+            ));
+        }
+        let small_amount = pick!(small_amount, defaults.small_amount);
+        if !(small_amount.is_finite() && small_amount >= 0.0) {
+            return Err(ConfigError::Invalid("small_amount must be >= 0".into()));
+        }
+        let idle_ttl_days = pick!(idle_ttl_days, defaults.idle_ttl_ms / 86_400_000);
+        if idle_ttl_days < 8 {
+            return Err(ConfigError::Invalid(
+                "idle_ttl_days must be at least 8 (longer than the 7-day window)".into(),
+            ));
+        }
+        let max_batch = pick!(max_batch, DEFAULT_MAX_BATCH);
+        if max_batch == 0 || max_batch > 100_000 {
+            return Err(ConfigError::Invalid(
+                "max_batch must be within 1..=100000".into(),
+            ));
+        }
+        let log_format = pick!(log_format, "text".to_string());
+        if log_format != "text" && log_format != "json" {
+            return Err(ConfigError::Invalid(
+                "log_format must be `text` or `json`".into(),
+            ));
+        }
+        Ok(Settings {
+            listen: pick!(listen, SocketAddr::from(([127, 0, 0, 1], 8080))),
+            data: pick!(data, PathBuf::from("./data")),
+            rules: args.rules.clone().or(file.rules),
+            card_hash_key: args.card_hash_key.clone().or(file.card_hash_key),
+            engine: EngineConfig {
+                thresholds,
+                escalation,
+                small_amount,
+                idle_ttl_ms: idle_ttl_days * 86_400_000,
+            },
+            max_body_bytes: pick!(max_body_bytes, 16 * 1024 * 1024),
+            max_batch,
+            log_format,
+        })
+    }
+}
+
+fn read_file_config(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.message().to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ringfence.toml");
+        std::fs::write(
+            &path,
+            "review_threshold = 40\nblock_threshold = 90\ncard_hash_key = \"hunter2\"\n",
+        )
+        .expect("write");
+        let args = ServeArgs {
+            config: Some(path),
+            block_threshold: Some(95.0),
+            ..ServeArgs::default()
+        };
+        let s = Settings::resolve(&args).expect("valid");
+        assert_eq!(s.engine.thresholds.review, 40.0);
+        assert_eq!(s.engine.thresholds.block, 95.0);
+        assert_eq!(s.engine.thresholds.challenge, 70.0);
+        assert!(!format!("{s:?}").contains("hunter2"), "secret printed");
+        assert_eq!(
+            s.card_hash_key.as_ref().map(Secret::expose),
+            Some("hunter2")
+        );
+    }
+
+    #[test]
+    fn bad_values_and_unknown_keys_are_rejected() {
+        let args = ServeArgs {
+            review_threshold: Some(90.0),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            Settings::resolve(&args),
+            Err(ConfigError::Invalid(_))
+        ));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "lisen = \"127.0.0.1:1\"\n").expect("write");
+        let args = ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        };
+        let err = Settings::resolve(&args).expect_err("unknown key");
+        assert!(err.to_string().contains("lisen"), "{err}");
+    }
+}

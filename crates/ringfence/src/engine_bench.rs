@@ -1,0 +1,99 @@
+//! The engine-only benchmark: features, rules and decision per transaction on one core, with
+//! no HTTP and no storage. Traffic comes from the simulator and is parsed before timing.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ringfence_core::engine::{Engine, EngineConfig};
+use ringfence_core::event::{CardHasher, ParseContext, RawTransaction, Timestamp, Transaction};
+use ringfence_core::rules::RuleSet;
+use serde::Serialize;
+
+use crate::host::DEFAULT_RULES;
+use crate::simulate::generator::{Generator, GeneratorConfig};
+
+/// Result of one engine benchmark run.
+#[derive(Debug, Serialize)]
+pub struct EngineReport {
+    /// Transactions scored.
+    pub transactions: usize,
+    /// Rules active.
+    pub rules: usize,
+    /// Wall time of the scoring loop, seconds.
+    pub seconds: f64,
+    /// Transactions per second on one core.
+    pub per_second: f64,
+    /// Mean nanoseconds per transaction.
+    pub mean_ns: f64,
+    /// Decisions other than approve.
+    pub flagged: usize,
+}
+
+impl EngineReport {
+    /// Human-readable summary.
+    pub fn to_text(&self) -> String {
+        format!(
+            "engine-only: {} transactions, {} rules, {:.3} s -> {:.0} tx/s per core ({:.0} ns/tx), {} flagged",
+            self.transactions, self.rules, self.seconds, self.per_second, self.mean_ns, self.flagged
+        )
+    }
+}
+
+/// Error of the engine benchmark.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineBenchError {
+    /// A generated transaction did not parse (a simulator bug).
+    #[error("generated transaction {0} is invalid: {1}")]
+    Invalid(usize, String),
+    /// The default rules failed to compile.
+    #[error("default rules: {0}")]
+    Rules(String),
+}
+
+/// Generates `count` simulated transactions and times scoring them with the default rules.
+pub fn run(count: usize, seed: u64) -> Result<EngineReport, EngineBenchError> {
+    let hasher = CardHasher::new(b"bench");
+    let gen_id = || String::from("unused");
+    let cx = ParseContext {
+        card_hasher: &hasher,
+        now: Timestamp::from_millis(0),
+        generated_id: &gen_id,
+    };
+    let generator = Generator::new(GeneratorConfig {
+        seed,
+        tps: 500.0,
+        ..GeneratorConfig::default()
+    });
+    let mut txs: Vec<Transaction> = Vec::with_capacity(count);
+    for (i, l) in generator.take(count).enumerate() {
+        let json =
+            serde_json::to_vec(&l.tx).map_err(|e| EngineBenchError::Invalid(i, e.to_string()))?;
+        let raw: RawTransaction = serde_json::from_slice(&json)
+            .map_err(|e| EngineBenchError::Invalid(i, e.to_string()))?;
+        txs.push(
+            Transaction::parse(raw, &cx)
+                .map_err(|e| EngineBenchError::Invalid(i, e.to_string()))?,
+        );
+    }
+    let rules =
+        RuleSet::from_toml(DEFAULT_RULES).map_err(|e| EngineBenchError::Rules(e.to_string()))?;
+    let n_rules = rules.len();
+    let mut engine = Engine::new(EngineConfig::default(), Arc::new(rules));
+    let mut flagged = 0;
+    let t0 = Instant::now();
+    for tx in &txs {
+        let scored = engine.score(tx);
+        if scored.decision.decision > ringfence_core::decision::Action::Approve {
+            flagged += 1;
+        }
+    }
+    let seconds = t0.elapsed().as_secs_f64();
+    Ok(EngineReport {
+        transactions: txs.len(),
+        rules: n_rules,
+        seconds,
+        per_second: txs.len() as f64 / seconds,
+        mean_ns: seconds * 1e9 / txs.len().max(1) as f64,
+        flagged,
+    })
+}

@@ -1,0 +1,670 @@
+//! The engine host: owns the one [`Engine`], orders its decisions with their durable writes,
+//! and is the only place where time, ids and card-hash keys enter the pure core.
+//!
+//! Why a `std::sync::Mutex` around the engine and not an async one or an actor: scoring takes
+//! microseconds and never awaits, so a plain mutex held for exactly that long is the cheapest
+//! correct choice. The write for a decision is enqueued *while the lock is held*, which makes
+//! the store's sequence order equal to the engine's apply order — the property that lets a
+//! restart rebuild exactly the same state. The queue place is reserved before scoring, so a
+//! full queue turns a request away before it changes any state.
+
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use ringfence_core::engine::Engine;
+use ringfence_core::event::{
+    CardHasher, EntityId, FieldError, ParseContext, RawTransaction, Timestamp, Transaction,
+};
+use ringfence_core::rules::{RuleErrors, RuleSet};
+use ringfence_core::state::EntityKind;
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::store::sqlite::{self, SqliteStore};
+use crate::store::{DecisionRecord, HistoryItem, LabelRecord, StoreError, TxRecord, WriteOp};
+
+/// The rules used when no rules file is configured.
+pub const DEFAULT_RULES: &str = include_str!("../rules/default.toml");
+
+/// Transaction ids remembered in memory to catch duplicates still on their way to disk.
+const RECENT_IDS: usize = 1 << 18;
+
+/// Why the host could not take a request.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The write queue is full: try again shortly.
+    #[error("the server is at capacity; retry shortly")]
+    Overloaded,
+    /// A write failed; the node refuses new work until restarted (its state may hold events
+    /// that are not stored).
+    #[error("storage is unavailable: {0}")]
+    Storage(String),
+    /// The referenced record does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A store read failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// A decided (or already decided) transaction.
+#[derive(Clone, Debug, Serialize)]
+pub struct Submitted {
+    /// The decision.
+    #[serde(flatten)]
+    pub record: DecisionRecord,
+    /// True when the transaction id had been decided before and this is the stored decision.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+/// A parsed transaction and whether its id was generated here.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The transaction.
+    pub tx: Transaction,
+    /// True when the client sent no id (so it cannot be a duplicate).
+    pub generated_id: bool,
+}
+
+/// The state of the rules: where they come from and how the last load went.
+#[derive(Clone, Debug, Serialize)]
+pub struct RulesStatus {
+    /// Rules file, if any (built-in defaults otherwise).
+    pub path: Option<PathBuf>,
+    /// Increments on every successful load.
+    pub version: u64,
+    /// When the active rules were loaded.
+    pub loaded_at: Timestamp,
+    /// The errors of the last failed load, if the last load failed.
+    pub last_error: Option<RuleErrors>,
+    #[serde(skip)]
+    fingerprint: Option<(SystemTime, u64)>,
+}
+
+/// Ids decided recently, in insertion order, bounded.
+#[derive(Default)]
+struct RecentIds {
+    set: HashSet<Box<str>>,
+    order: VecDeque<Box<str>>,
+}
+
+impl RecentIds {
+    fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+
+    fn insert(&mut self, id: &str) {
+        if self.set.insert(id.into()) {
+            self.order.push_back(id.into());
+            if self.order.len() > RECENT_IDS {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+struct Locked {
+    engine: Engine,
+    recent: RecentIds,
+    latency: Histogram<u64>,
+    /// Transactions decided per wall-clock second, newest last (at most 60 entries).
+    per_second: VecDeque<(u64, u64)>,
+}
+
+/// The engine, its store and everything that orders them.
+pub struct EngineHost {
+    locked: Mutex<Locked>,
+    store: SqliteStore,
+    hasher: CardHasher,
+    metrics: Arc<Metrics>,
+    storage_failed: AtomicBool,
+    id_counter: AtomicU64,
+    id_salt: u32,
+    rules: Mutex<RulesStatus>,
+    labels: tokio::sync::Mutex<()>,
+    started: Instant,
+    settings: Settings,
+}
+
+/// Wall-clock time now.
+pub fn now() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    Timestamp::from_millis(ms)
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // Falls back to time-derived bits if the OS has no randomness to give.
+    if getrandom::fill(&mut b).is_err() {
+        return now().millis() as u64 ^ 0x9e37_79b9_7f4a_7c15;
+    }
+    u64::from_le_bytes(b)
+}
+
+/// Loads the card-hash key from settings, or from (creating) `card_hash.key` in the data dir.
+fn card_hash_key(settings: &Settings) -> Result<Vec<u8>, StoreError> {
+    if let Some(k) = &settings.card_hash_key {
+        return Ok(k.expose().as_bytes().to_vec());
+    }
+    let path = settings.data.join("card_hash.key");
+    match std::fs::read_to_string(&path) {
+        Ok(hex) => Ok(hex.trim().as_bytes().to_vec()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = format!(
+                "{:016x}{:016x}{:016x}{:016x}",
+                random_u64(),
+                random_u64(),
+                random_u64(),
+                random_u64()
+            );
+            write_private(&path, key.as_bytes())?;
+            tracing::info!(path = %path.display(), "generated a new card-hash key");
+            Ok(key.into_bytes())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Errors of loading rules at start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The rules file could not be read.
+    #[error("cannot read rules file {path}: {source}")]
+    RulesRead {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The rules file does not compile.
+    #[error("rules file {path} has errors:\n{errors}")]
+    Rules {
+        /// The file.
+        path: String,
+        /// The errors.
+        errors: RuleErrors,
+    },
+    /// The store could not be opened or read.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+fn load_rules(path: Option<&Path>) -> Result<RuleSet, StartError> {
+    let (name, source) = match path {
+        Some(p) => (
+            p.display().to_string(),
+            std::fs::read_to_string(p).map_err(|source| StartError::RulesRead {
+                path: p.to_owned(),
+                source,
+            })?,
+        ),
+        None => (
+            "<built-in default rules>".to_string(),
+            DEFAULT_RULES.to_string(),
+        ),
+    };
+    RuleSet::from_toml(&source).map_err(|errors| StartError::Rules { path: name, errors })
+}
+
+impl EngineHost {
+    /// Opens the store, loads the rules and rebuilds entity state from stored history.
+    pub fn start(settings: Settings, metrics: Arc<Metrics>) -> Result<Arc<EngineHost>, StartError> {
+        let store = SqliteStore::open(&settings.data)?;
+        let hasher = CardHasher::new(&card_hash_key(&settings)?);
+        let rules = load_rules(settings.rules.as_deref())?;
+        let mut engine = Engine::new(settings.engine, Arc::new(rules));
+        let began = Instant::now();
+        let mut labels = 0u64;
+        let txs = store.for_each_history(|item| match item {
+            HistoryItem::Tx { tx, alert } => engine.apply_recorded(&tx, alert),
+            HistoryItem::Label {
+                tx,
+                fraud,
+                previous,
+            } => {
+                labels += 1;
+                engine.apply_label(&tx, fraud, previous);
+            }
+        })?;
+        tracing::info!(
+            transactions = txs,
+            labels,
+            ms = began.elapsed().as_millis() as u64,
+            "entity state rebuilt from stored history"
+        );
+        let latency = Histogram::new_with_bounds(1, 60_000_000, 3)
+            .unwrap_or_else(|_| unreachable!("static histogram bounds are valid"));
+        Ok(Arc::new(EngineHost {
+            locked: Mutex::new(Locked {
+                engine,
+                recent: RecentIds::default(),
+                latency,
+                per_second: VecDeque::new(),
+            }),
+            store,
+            hasher,
+            metrics,
+            storage_failed: AtomicBool::new(false),
+            id_counter: AtomicU64::new(0),
+            id_salt: random_u64() as u32,
+            rules: Mutex::new(RulesStatus {
+                fingerprint: settings.rules.as_deref().and_then(fingerprint),
+                path: settings.rules.clone(),
+                version: 1,
+                loaded_at: now(),
+                last_error: None,
+            }),
+            labels: tokio::sync::Mutex::new(()),
+            started: Instant::now(),
+            settings,
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Locked> {
+        // A panic while holding the lock cannot leave the engine half-updated in a way that
+        // matters more than losing the node, and scoring does not panic: recover the guard.
+        self.locked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The records store.
+    pub fn store(&self) -> &SqliteStore {
+        &self.store
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The resolved settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Whether the node can take work (storage healthy).
+    pub fn ready(&self) -> bool {
+        !self.storage_failed.load(Ordering::Relaxed)
+    }
+
+    /// Seconds since start.
+    pub fn uptime_secs(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    fn next_id(&self, at: Timestamp) -> String {
+        let n = self.id_counter.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "tx_{:011x}{:08x}{:06x}",
+            at.millis(),
+            self.id_salt,
+            n & 0xff_ffff
+        )
+    }
+
+    /// Validates a raw transaction (server time and a generated id fill what is absent).
+    pub fn parse(&self, raw: RawTransaction) -> Result<Parsed, FieldError> {
+        let generated_id = raw.transaction_id.is_none();
+        let at = now();
+        let gen = || self.next_id(at);
+        let cx = ParseContext {
+            card_hasher: &self.hasher,
+            now: at,
+            generated_id: &gen,
+        };
+        Transaction::parse(raw, &cx).map(|tx| Parsed { tx, generated_id })
+    }
+
+    /// Decides transactions in order, each durable before this returns. Ids decided before
+    /// return their stored decision, marked `duplicate`.
+    pub async fn submit(&self, batch: Vec<Parsed>) -> Result<Vec<Submitted>, HostError> {
+        if !self.ready() {
+            return Err(HostError::Storage(
+                "an earlier write failed; restart the node to recover".into(),
+            ));
+        }
+        let received = Instant::now();
+        let lookups: Vec<String> = batch
+            .iter()
+            .filter(|p| !p.generated_id)
+            .map(|p| p.tx.transaction_id.as_str().to_owned())
+            .collect();
+        let stored = if lookups.is_empty() {
+            Default::default()
+        } else {
+            self.store.decisions_of(lookups).await?
+        };
+        let fresh = batch
+            .iter()
+            .filter(|p| !stored.contains_key(p.tx.transaction_id.as_str()))
+            .count();
+
+        enum Slot {
+            Pending(
+                tokio::sync::oneshot::Receiver<Result<i64, String>>,
+                DecisionRecord,
+            ),
+            Stored(String),
+            InFlight(String),
+        }
+        let mut slots = Vec::with_capacity(batch.len());
+        {
+            let mut permits = if fresh == 0 {
+                None
+            } else {
+                match self.store.writer().try_reserve_many(fresh) {
+                    Some(p) => Some(p),
+                    None => {
+                        self.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
+                        return Err(HostError::Overloaded);
+                    }
+                }
+            };
+            let mut guard = self.lock();
+            let locked = &mut *guard;
+            let second = (now().millis() / 1000) as u64;
+            for p in batch {
+                let id = p.tx.transaction_id.as_str();
+                if let Some(decision) = stored.get(id) {
+                    slots.push(Slot::Stored(decision.clone()));
+                    continue;
+                }
+                if locked.recent.contains(id) {
+                    slots.push(Slot::InFlight(id.to_owned()));
+                    continue;
+                }
+                let Some(permit) = permits.as_mut().and_then(Iterator::next) else {
+                    // Cannot happen (one place was reserved per fresh transaction); refuse
+                    // rather than apply without a place to store it.
+                    return Err(HostError::Overloaded);
+                };
+                let t0 = Instant::now();
+                let scored = locked.engine.score(&p.tx);
+                let us = t0.elapsed().as_micros() as u64;
+                let _ = locked.latency.record(us.max(1));
+                self.metrics.engine_latency.observe_us(us);
+                locked.recent.insert(id);
+                match locked.per_second.back_mut() {
+                    Some((s, n)) if *s == second => *n += 1,
+                    _ => {
+                        locked.per_second.push_back((second, 1));
+                        if locked.per_second.len() > 60 {
+                            locked.per_second.pop_front();
+                        }
+                    }
+                }
+                let record = DecisionRecord {
+                    decision: scored.decision,
+                    processing_us: us,
+                    timestamp: p.tx.timestamp,
+                };
+                let ack = sqlite::send(
+                    permit,
+                    WriteOp::Tx(Box::new(TxRecord {
+                        tx: p.tx,
+                        decision: record.clone(),
+                    })),
+                );
+                slots.push(Slot::Pending(ack, record));
+            }
+        }
+
+        let mut out = Vec::with_capacity(slots.len());
+        for slot in slots {
+            match slot {
+                Slot::Pending(ack, record) => {
+                    match ack.await {
+                        Ok(Ok(_seq)) => {}
+                        Ok(Err(e)) => return Err(self.storage_failed(e)),
+                        Err(_) => return Err(self.storage_failed("writer stopped".into())),
+                    }
+                    self.metrics.decision(record.decision.decision);
+                    if record.decision.alert {
+                        self.metrics.alerts.fetch_add(1, Ordering::Relaxed);
+                    }
+                    out.push(Submitted {
+                        record,
+                        duplicate: false,
+                    });
+                }
+                Slot::Stored(json) => out.push(Submitted {
+                    record: decode_decision(&json)?,
+                    duplicate: true,
+                }),
+                Slot::InFlight(id) => {
+                    let record = if let Some(prev) = out
+                        .iter()
+                        .rev()
+                        .find(|s| s.record.decision.transaction_id == id)
+                    {
+                        prev.record.clone()
+                    } else {
+                        self.wait_stored(id).await?
+                    };
+                    out.push(Submitted {
+                        record,
+                        duplicate: true,
+                    });
+                }
+            }
+        }
+        self.metrics
+            .durable_latency
+            .observe_us(received.elapsed().as_micros() as u64);
+        Ok(out)
+    }
+
+    /// Waits for a transaction decided by another request to become durable.
+    async fn wait_stored(&self, id: String) -> Result<DecisionRecord, HostError> {
+        for _ in 0..200 {
+            if let Some(json) = self.store.decisions_of(vec![id.clone()]).await?.remove(&id) {
+                return decode_decision(&json);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Err(HostError::Overloaded)
+    }
+
+    fn storage_failed(&self, e: String) -> HostError {
+        self.storage_failed.store(true, Ordering::Relaxed);
+        tracing::error!(error = %e, "write failed: refusing new work until restart");
+        HostError::Storage(e)
+    }
+
+    /// Records a verdict on a stored transaction and updates ring membership.
+    pub async fn label(
+        &self,
+        transaction_id: String,
+        fraud: bool,
+        source: Option<String>,
+        note: Option<String>,
+    ) -> Result<LabelRecord, HostError> {
+        if !self.ready() {
+            return Err(HostError::Storage("an earlier write failed".into()));
+        }
+        // Labels are rare: serialise them so "previous verdict" is never stale.
+        let _one_at_a_time = self.labels.lock().await;
+        let Some((tx, previous)) = self.store.event_and_label(transaction_id.clone()).await? else {
+            return Err(HostError::NotFound(format!(
+                "transaction `{transaction_id}` is not stored"
+            )));
+        };
+        let record = LabelRecord {
+            transaction_id,
+            fraud,
+            previous,
+            source,
+            note,
+            labeled_at: now(),
+        };
+        let ack = {
+            let Some(permit) = self.store.writer().try_reserve() else {
+                self.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
+                return Err(HostError::Overloaded);
+            };
+            let mut locked = self.lock();
+            locked.engine.apply_label(&tx, fraud, previous);
+            sqlite::send(permit, WriteOp::Label(record.clone()))
+        };
+        match ack.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(self.storage_failed(e)),
+            Err(_) => return Err(self.storage_failed("writer stopped".into())),
+        }
+        self.metrics.labels.fetch_add(1, Ordering::Relaxed);
+        Ok(record)
+    }
+
+    /// Re-reads the rules file; on error the running rules stay and the error is kept.
+    pub fn reload_rules(&self) -> Result<usize, RuleErrors> {
+        let mut status = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        let path = status.path.clone();
+        let result = match &path {
+            None => RuleSet::from_toml(DEFAULT_RULES),
+            Some(p) => match std::fs::read_to_string(p) {
+                Ok(src) => RuleSet::from_toml(&src),
+                Err(e) => Err(RuleErrors(vec![ringfence_core::rules::RuleError {
+                    rule: None,
+                    line: 0,
+                    column: 0,
+                    message: format!("cannot read {}: {e}", p.display()),
+                }])),
+            },
+        };
+        status.fingerprint = path.as_deref().and_then(fingerprint);
+        match result {
+            Ok(rules) => {
+                let n = rules.len();
+                self.lock().engine.set_rules(Arc::new(rules));
+                status.version += 1;
+                status.loaded_at = now();
+                status.last_error = None;
+                self.metrics.rule_reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(rules = n, version = status.version, "rules reloaded");
+                Ok(n)
+            }
+            Err(errors) => {
+                self.metrics
+                    .rule_reload_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(errors = %errors, "rules reload failed; keeping the running rules");
+                status.last_error = Some(errors.clone());
+                Err(errors)
+            }
+        }
+    }
+
+    /// Reloads the rules if the file changed since the last load (called periodically).
+    pub fn reload_rules_if_changed(&self) {
+        let changed = {
+            let status = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+            match &status.path {
+                Some(p) => fingerprint(p) != status.fingerprint,
+                None => false,
+            }
+        };
+        if changed {
+            let _ = self.reload_rules();
+        }
+    }
+
+    /// The rules status and the active rules with their hit counts.
+    pub fn rules_view(&self) -> serde_json::Value {
+        let status = self.rules.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let locked = self.lock();
+        let rules: Vec<_> = locked
+            .engine
+            .rules()
+            .rules()
+            .iter()
+            .zip(locked.engine.rule_hits())
+            .map(|(r, hits)| {
+                serde_json::json!({
+                    "name": r.name,
+                    "description": r.description,
+                    "category": r.category,
+                    "when": r.when,
+                    "score": r.weight,
+                    "action": r.action,
+                    "reason": r.reason,
+                    "mode": r.mode,
+                    "features": r.features(),
+                    "hits": hits,
+                })
+            })
+            .collect();
+        serde_json::json!({ "status": status, "rules": rules })
+    }
+
+    /// Current features of an entity, if the engine holds state for it.
+    pub fn entity_features(
+        &self,
+        kind: EntityKind,
+        id: &EntityId,
+    ) -> Option<Vec<(&'static str, serde_json::Value)>> {
+        let locked = self.lock();
+        let at = locked.engine.watermark().map_or(now(), |w| w.max(now()));
+        locked.engine.entity_features(kind, id, at)
+    }
+
+    /// Engine-side statistics.
+    pub fn engine_stats(&self) -> serde_json::Value {
+        let locked = self.lock();
+        let h = &locked.latency;
+        let this_second = (now().millis() / 1000) as u64;
+        // The last complete 10 seconds.
+        let recent: u64 = locked
+            .per_second
+            .iter()
+            .filter(|(s, _)| *s < this_second && *s + 10 >= this_second)
+            .map(|(_, n)| n)
+            .sum();
+        serde_json::json!({
+            "transactions_per_second": recent as f64 / 10.0,
+            "engine_latency_us": {
+                "count": h.len(),
+                "p50": h.value_at_quantile(0.5),
+                "p99": h.value_at_quantile(0.99),
+                "p999": h.value_at_quantile(0.999),
+                "max": h.max(),
+            },
+            "state": locked.engine.state_counts(),
+            "watermark": locked.engine.watermark(),
+            "rules": locked.engine.rules().len(),
+            "write_backlog": self.store.writer().backlog(),
+        })
+    }
+}
+
+fn decode_decision(json: &str) -> Result<DecisionRecord, HostError> {
+    serde_json::from_str(json).map_err(|e| HostError::Store(StoreError::Corrupt(e.to_string())))
+}

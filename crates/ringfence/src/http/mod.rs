@@ -1,0 +1,155 @@
+//! The HTTP API: one module per resource, a shared [`ApiContext`], one router.
+//!
+//! Every response to bad input is a 4xx with `{"error": {"code", "field", "message"}}`;
+//! every request gets an `x-request-id` (the caller's, or a new one) that tags its log lines.
+
+pub mod alerts;
+pub mod entities;
+pub mod error;
+pub mod labels;
+pub mod rules;
+pub mod stats;
+pub mod transactions;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tracing::Instrument;
+
+use crate::host::EngineHost;
+use error::ApiError;
+
+/// What every route can reach.
+#[derive(Clone)]
+pub struct ApiContext {
+    /// The engine host.
+    pub host: Arc<EngineHost>,
+}
+
+impl ApiContext {
+    /// Counts a rejected transaction.
+    pub fn rejected(&self) {
+        self.host.metrics().rejected.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Every route, as `(method, path)`, kept in step with the router and the OpenAPI document
+/// (a test checks both).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/transaction"),
+    ("post", "/v1/transactions"),
+    ("post", "/v1/transactions/batch"),
+    ("get", "/v1/transactions/{id}"),
+    ("get", "/v1/entities/{type}/{id}"),
+    ("get", "/v1/alerts"),
+    ("post", "/v1/labels"),
+    ("get", "/v1/rules"),
+    ("post", "/v1/rules/reload"),
+    ("get", "/v1/features"),
+    ("get", "/v1/stats"),
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+];
+
+/// The OpenAPI document.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Builds the router.
+pub fn router(host: Arc<EngineHost>) -> Router {
+    let max_body = host.settings().max_body_bytes;
+    let cx = ApiContext { host };
+    Router::new()
+        .route("/", get(index))
+        .route("/transaction", post(transactions::create))
+        .route("/v1/transactions", post(transactions::create))
+        .route("/v1/transactions/batch", post(transactions::create_batch))
+        .route("/v1/transactions/{id}", get(transactions::get))
+        .route("/v1/entities/{type}/{id}", get(entities::get))
+        .route("/v1/alerts", get(alerts::list))
+        .route("/v1/labels", post(labels::create))
+        .route("/v1/rules", get(rules::list))
+        .route("/v1/rules/reload", post(rules::reload))
+        .route("/v1/features", get(rules::catalog))
+        .route("/v1/stats", get(stats::stats))
+        .route("/healthz", get(stats::healthz))
+        .route("/readyz", get(stats::readyz))
+        .route("/metrics", get(stats::metrics))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(cx.clone(), observe))
+        .with_state(cx)
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route; see /openapi.json".into())
+}
+
+async fn method_not_allowed() -> Response {
+    let mut res = ApiError::NotFound("method not allowed on this route".into()).into_response();
+    *res.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    res
+}
+
+async fn index() -> Html<&'static str> {
+    Html(concat!(
+        "<!doctype html><meta charset=utf-8><title>Ringfence</title>",
+        "<h1>Ringfence</h1><p>Real-time fraud detection engine.</p><ul>",
+        "<li><a href=/v1/stats>/v1/stats</a> — throughput, decisions, latency</li>",
+        "<li><a href=/v1/alerts>/v1/alerts</a> — the alert queue</li>",
+        "<li><a href=/v1/rules>/v1/rules</a> — active rules and hit counts</li>",
+        "<li><a href=/v1/features>/v1/features</a> — the feature catalog</li>",
+        "<li><a href=/metrics>/metrics</a> — Prometheus metrics</li>",
+        "<li><a href=/openapi.json>/openapi.json</a> — the API</li></ul>"
+    ))
+}
+
+static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Request id, span, per-route response counts.
+async fn observe(State(cx): State<ApiContext>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("r{:x}", REQUEST_SEQ.fetch_add(1, Ordering::Relaxed)));
+    let method = req.method().clone();
+    let span = tracing::info_span!("request", %method, %route, request_id = %request_id);
+    let started = Instant::now();
+    let mut res = next.run(req).instrument(span.clone()).await;
+    let status = res.status().as_u16();
+    cx.host.metrics().http(&route, status);
+    span.in_scope(|| {
+        let us = started.elapsed().as_micros() as u64;
+        if status >= 500 {
+            tracing::warn!(status, us, "request failed");
+        } else {
+            tracing::debug!(status, us, "request");
+        }
+    });
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    res
+}

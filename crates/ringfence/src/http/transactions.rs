@@ -1,0 +1,144 @@
+//! `POST /transaction`, `POST /v1/transactions`, `POST /v1/transactions/batch` and
+//! `GET /v1/transactions/{id}`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ringfence_core::event::{RawTransaction, MAX_ID_LEN};
+use serde_json::value::RawValue;
+
+use super::error::ApiError;
+use super::ApiContext;
+use crate::host::Parsed;
+
+/// Turns a body rejection (e.g. over the size limit) into our JSON error.
+pub fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|r| {
+        if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge("the request body is larger than the server accepts".into())
+        } else {
+            ApiError::MalformedJson(r.body_text())
+        }
+    })
+}
+
+/// Parses one transaction, naming the field on error.
+fn parse_raw(bytes: &[u8]) -> Result<RawTransaction, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let raw: RawTransaction = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_data() && path != "." {
+            let msg = inner.to_string();
+            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
+            ApiError::InvalidField(ringfence_core::event::FieldError::new(path, msg))
+        } else if inner.is_data() {
+            ApiError::MalformedJson("expected a JSON object".into())
+        } else {
+            ApiError::MalformedJson(inner.to_string())
+        }
+    })?;
+    de.end()
+        .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    Ok(raw)
+}
+
+/// `POST /v1/transactions` (and the legacy `POST /transaction`): decide one transaction.
+pub async fn create(
+    State(cx): State<ApiContext>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_or_error(body)?;
+    let raw = parse_raw(&body).inspect_err(|_| cx.rejected())?;
+    let parsed = cx.host.parse(raw).inspect_err(|_| cx.rejected())?;
+    let mut out = cx.host.submit(vec![parsed]).await?;
+    match out.pop() {
+        Some(s) => Ok(Json(s).into_response()),
+        None => Err(ApiError::Internal("submit returned no decision".into())),
+    }
+}
+
+/// `POST /v1/transactions/batch`: a JSON array or NDJSON of transactions; one result per
+/// input, in order. Invalid entries are reported by index (0-based, counting non-empty
+/// NDJSON lines) and the rest are decided.
+pub async fn create_batch(
+    State(cx): State<ApiContext>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_or_error(body)?;
+    let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    let is_array = first == Some(b'[');
+    let items: Vec<&[u8]> = if is_array {
+        let raws: Vec<&RawValue> = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::MalformedJson(format!("batch array: {e}")))?;
+        raws.into_iter().map(|r| r.get().as_bytes()).collect()
+    } else {
+        body.split(|b| *b == b'\n')
+            .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
+            .collect()
+    };
+    let max = cx.host.settings().max_batch;
+    if items.len() > max {
+        return Err(ApiError::TooLarge(format!(
+            "the batch has {} transactions; at most {max} are accepted per request",
+            items.len()
+        )));
+    }
+
+    let mut results: Vec<Option<serde_json::Value>> = vec![None; items.len()];
+    let mut valid: Vec<(usize, Parsed)> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match parse_raw(item).and_then(|raw| cx.host.parse(raw).map_err(ApiError::from)) {
+            Ok(p) => valid.push((i, p)),
+            Err(e) => {
+                cx.rejected();
+                results[i] = Some(serde_json::json!({"index": i, "error": e.body()}));
+            }
+        }
+    }
+    let (indices, parsed): (Vec<usize>, Vec<Parsed>) = valid.into_iter().unzip();
+    let decided = if parsed.is_empty() {
+        Vec::new()
+    } else {
+        cx.host.submit(parsed).await?
+    };
+    for (i, s) in indices.into_iter().zip(decided) {
+        results[i] = Some(serde_json::to_value(&s).map_err(|e| ApiError::Internal(e.to_string()))?);
+    }
+    let results = results
+        .into_iter()
+        .map(|r| r.unwrap_or(serde_json::Value::Null));
+    if is_array {
+        Ok(Json(results.collect::<Vec<_>>()).into_response())
+    } else {
+        let mut out = String::new();
+        for r in results {
+            out.push_str(&r.to_string());
+            out.push('\n');
+        }
+        Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
+    }
+}
+
+/// `GET /v1/transactions/{id}`: the stored event, its decision and its labels.
+pub async fn get(
+    State(cx): State<ApiContext>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(ApiError::BadParam {
+            field: "id",
+            message: format!("must be 1 to {MAX_ID_LEN} bytes"),
+        });
+    }
+    match cx.host.store().transaction(id.clone()).await {
+        Ok(Some(v)) => Ok(Json(v)),
+        Ok(None) => Err(ApiError::NotFound(format!(
+            "transaction `{id}` is not stored"
+        ))),
+        Err(e) => Err(ApiError::Internal(e.to_string())),
+    }
+}

@@ -1,0 +1,126 @@
+//! One way to start the server, used by `main` and by the tests: [`Application::build`] binds
+//! the listener (port 0 in tests), rebuilds state, and [`Application::run_until`] serves until
+//! a shutdown signal, then drains in-flight requests.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use crate::host::{EngineHost, StartError};
+use crate::http;
+use crate::metrics::Metrics;
+
+/// How often the rules file is checked for changes.
+const RULES_POLL: Duration = Duration::from_millis(500);
+
+/// A built, bound, not yet serving application.
+pub struct Application {
+    listener: TcpListener,
+    host: Arc<EngineHost>,
+}
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Engine or store start failed.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("server error: {0}")]
+    Serve(std::io::Error),
+}
+
+impl Application {
+    /// Opens the store, rebuilds state and binds the listener.
+    pub async fn build(settings: Settings) -> Result<Application, AppError> {
+        let addr = settings.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::Bind { addr, source })?;
+        let metrics = Arc::new(Metrics::default());
+        let host = tokio::task::spawn_blocking(move || EngineHost::start(settings, metrics))
+            .await
+            .map_err(|e| AppError::Serve(std::io::Error::other(e.to_string())))??;
+        Ok(Application { listener, host })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// The engine host (for in-process inspection).
+    pub fn host(&self) -> &Arc<EngineHost> {
+        &self.host
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), AppError> {
+        let watcher_host = Arc::clone(&self.host);
+        let watcher = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(RULES_POLL);
+            loop {
+                tick.tick().await;
+                let h = Arc::clone(&watcher_host);
+                let _ = tokio::task::spawn_blocking(move || h.reload_rules_if_changed()).await;
+            }
+        });
+        let router = http::router(Arc::clone(&self.host));
+        let result = axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(AppError::Serve);
+        watcher.abort();
+        result
+    }
+
+    /// Serves until Ctrl-C or SIGTERM.
+    pub async fn run_until_stopped(self) -> Result<(), AppError> {
+        self.run_until(shutdown_signal()).await
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,170 @@
+//! Records: every transaction with its decision, alerts and labels, durably stored.
+//!
+//! # Layout
+//! - this module: the record types shared by every backend.
+//! - [`sqlite`]: the embedded default (WAL, one writer thread, group commit).
+//!
+//! A decision is acknowledged to the caller only after its record is durable; records carry a
+//! sequence number in the order the engine applied them, which is the order a restart replays
+//! them in.
+
+pub mod sqlite;
+
+use ringfence_core::decision::Decision;
+use ringfence_core::event::{Timestamp, Transaction};
+use serde::{Deserialize, Serialize};
+
+/// A decision as returned to the caller and stored with its transaction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// The decision itself.
+    #[serde(flatten)]
+    pub decision: Decision,
+    /// Time the engine spent (features, rules, decision), in microseconds.
+    pub processing_us: u64,
+    /// Event time of the transaction.
+    pub timestamp: Timestamp,
+}
+
+/// A transaction and its decision, as written.
+#[derive(Clone, Debug)]
+pub struct TxRecord {
+    /// The validated transaction (no raw card number can be in it).
+    pub tx: Transaction,
+    /// Its decision.
+    pub decision: DecisionRecord,
+}
+
+/// An analyst's (or a chargeback feed's) verdict on a transaction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LabelRecord {
+    /// The labelled transaction.
+    pub transaction_id: String,
+    /// Confirmed fraud (`true`) or not fraud (`false`).
+    pub fraud: bool,
+    /// The verdict this one replaces, if there was one.
+    pub previous: Option<bool>,
+    /// Who or what gave the label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Free-text note.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// When the label was received.
+    pub labeled_at: Timestamp,
+}
+
+/// One write, in engine order.
+#[derive(Debug)]
+pub enum WriteOp {
+    /// A decided transaction.
+    Tx(Box<TxRecord>),
+    /// A label.
+    Label(LabelRecord),
+}
+
+/// One item of stored history, in the order the engine applied it.
+#[derive(Debug)]
+pub enum HistoryItem {
+    /// A transaction and whether its decision raised an alert.
+    Tx {
+        /// The transaction.
+        tx: Transaction,
+        /// Its stored alert flag.
+        alert: bool,
+    },
+    /// A label on a transaction.
+    Label {
+        /// The labelled transaction.
+        tx: Transaction,
+        /// The verdict.
+        fraud: bool,
+        /// The verdict it replaced.
+        previous: Option<bool>,
+    },
+}
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A filesystem operation failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// A stored record could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// The writer thread is gone.
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// A compact view of a stored transaction for lists.
+#[derive(Clone, Debug, Serialize)]
+pub struct TxSummary {
+    /// Its id.
+    pub transaction_id: String,
+    /// Event time.
+    pub timestamp: Timestamp,
+    /// Amount.
+    pub amount: f64,
+    /// Decision taken.
+    pub decision: String,
+    /// Score.
+    pub score: f64,
+    /// Merchant, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merchant: Option<String>,
+}
+
+/// A stored alert.
+#[derive(Clone, Debug, Serialize)]
+pub struct AlertRow {
+    /// Alert id (increasing).
+    pub id: i64,
+    /// The transaction that raised it.
+    pub transaction_id: String,
+    /// Event time of that transaction.
+    pub timestamp: Timestamp,
+    /// The account (user, else card).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// Decision taken.
+    pub decision: String,
+    /// Score.
+    pub score: f64,
+    /// Category of the strongest reason (`velocity`, `ring`, ...).
+    pub category: String,
+    /// Amount of the transaction.
+    pub amount: f64,
+    /// All reasons.
+    pub reasons: serde_json::Value,
+}
+
+/// Filters for listing alerts.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct AlertQuery {
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<u32>,
+    /// Only alerts with an id below this (paging, newest first).
+    pub before: Option<i64>,
+    /// Only this category.
+    pub category: Option<String>,
+    /// Only this account.
+    pub account: Option<String>,
+    /// Only this decision.
+    pub decision: Option<String>,
+}
+
+/// Record counts.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct StoreCounts {
+    /// Stored transactions.
+    pub transactions: u64,
+    /// Stored alerts.
+    pub alerts: u64,
+    /// Stored labels.
+    pub labels: u64,
+}

@@ -1,0 +1,569 @@
+//! The embedded records store: SQLite in WAL mode with one writer thread and group commit.
+//!
+//! Why one writer thread: SQLite allows a single writer at a time anyway, and a dedicated
+//! thread turns many concurrent requests into one transaction and one fsync (group commit),
+//! which is what makes durable acknowledgements cheap. `synchronous = FULL` makes each commit
+//! durable before the writer acknowledges it. Reads use a small pool of separate connections
+//! (WAL lets them run alongside the writer) on tokio's blocking threads.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ringfence_core::event::Transaction;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    AlertQuery, AlertRow, HistoryItem, LabelRecord, StoreCounts, StoreError, TxSummary, WriteOp,
+};
+
+/// Most writes committed in one SQLite transaction.
+const MAX_GROUP: usize = 2048;
+/// Writes that may wait for the writer before submitters are turned away.
+pub const WRITE_QUEUE: usize = 100_000;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS transactions (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    ts INTEGER NOT NULL,
+    amount REAL NOT NULL,
+    action TEXT NOT NULL,
+    score REAL NOT NULL,
+    alert INTEGER NOT NULL,
+    event TEXT NOT NULL,
+    decision TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tx_entities (
+    entity TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (entity, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    transaction_id TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    account TEXT,
+    action TEXT NOT NULL,
+    score REAL NOT NULL,
+    category TEXT NOT NULL,
+    amount REAL NOT NULL,
+    reasons TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_account ON alerts (account, id);
+CREATE TABLE IF NOT EXISTS labels (
+    seq INTEGER PRIMARY KEY,
+    transaction_id TEXT NOT NULL,
+    fraud INTEGER NOT NULL,
+    previous INTEGER,
+    source TEXT,
+    note TEXT,
+    labeled_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS labels_tx ON labels (transaction_id, seq);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"#;
+
+/// The write side: submit in engine order, get the record's sequence number once durable.
+#[derive(Clone, Debug)]
+pub struct Writer {
+    queue: mpsc::Sender<(WriteOp, oneshot::Sender<Result<i64, String>>)>,
+}
+
+/// A reserved place in the write queue, taken before the engine applies a transaction so a
+/// full queue turns the request away before any state changes.
+pub type WritePermit<'a> = mpsc::Permit<'a, (WriteOp, oneshot::Sender<Result<i64, String>>)>;
+
+impl Writer {
+    /// Reserves one place in the queue, or `None` when the queue is full.
+    pub fn try_reserve(&self) -> Option<WritePermit<'_>> {
+        self.queue.try_reserve().ok()
+    }
+
+    /// Reserves `n` places, or `None` when the queue has fewer free.
+    pub fn try_reserve_many(
+        &self,
+        n: usize,
+    ) -> Option<mpsc::PermitIterator<'_, (WriteOp, oneshot::Sender<Result<i64, String>>)>> {
+        self.queue.try_reserve_many(n).ok()
+    }
+
+    /// Writes pending in the queue.
+    pub fn backlog(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+}
+
+/// Sends `op` through a reserved place and returns the receiver of its durability ack.
+pub fn send(permit: WritePermit<'_>, op: WriteOp) -> oneshot::Receiver<Result<i64, String>> {
+    let (ack, rx) = oneshot::channel();
+    permit.send((op, ack));
+    rx
+}
+
+/// The embedded store.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    path: PathBuf,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    writer: Writer,
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `data_dir` and starts its writer thread.
+    pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
+        std::fs::create_dir_all(data_dir)?;
+        let path = data_dir.join("ringfence.db");
+        let conn = Connection::open(&path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        let next_seq: i64 = conn.query_row(
+            "SELECT MAX(COALESCE((SELECT MAX(seq) FROM transactions), 0),
+                        COALESCE((SELECT MAX(seq) FROM labels), 0)) + 1",
+            [],
+            |r| r.get(0),
+        )?;
+        let (queue, rx) = mpsc::channel(WRITE_QUEUE);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(conn, rx, next_seq))?;
+        Ok(SqliteStore {
+            path,
+            readers: Arc::new(Mutex::new(Vec::new())),
+            writer: Writer { queue },
+        })
+    }
+
+    /// The write side.
+    pub fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    /// Runs `f` with a read connection on a blocking thread.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read_blocking(f))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` with a read connection on the current thread.
+    pub fn read_blocking<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().ok().and_then(|mut p| p.pop());
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_reader(&self.path)?,
+        };
+        let out = f(&conn);
+        if let Ok(mut pool) = self.readers.lock() {
+            if pool.len() < 8 {
+                pool.push(conn);
+            }
+        }
+        out
+    }
+
+    /// The stored decision of each of `ids` that exists, as JSON text.
+    pub async fn decisions_of(
+        &self,
+        ids: Vec<String>,
+    ) -> Result<HashMap<String, String>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached("SELECT decision FROM transactions WHERE id = ?1")?;
+            let mut out = HashMap::new();
+            for id in ids {
+                if let Some(d) = stmt
+                    .query_row([&id], |r| r.get::<_, String>(0))
+                    .optional()?
+                {
+                    out.insert(id, d);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// A stored transaction with its decision and labels.
+    pub async fn transaction(&self, id: String) -> Result<Option<serde_json::Value>, StoreError> {
+        self.read(move |c| {
+            let row = c
+                .query_row(
+                    "SELECT seq, event, decision FROM transactions WHERE id = ?1",
+                    [&id],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((seq, event, decision)) = row else {
+                return Ok(None);
+            };
+            let labels = labels_of(c, &id)?;
+            Ok(Some(serde_json::json!({
+                "seq": seq,
+                "transaction": parse_json(&event)?,
+                "decision": parse_json(&decision)?,
+                "labels": labels,
+            })))
+        })
+        .await
+    }
+
+    /// The stored event of a transaction and its latest label.
+    pub async fn event_and_label(
+        &self,
+        id: String,
+    ) -> Result<Option<(Transaction, Option<bool>)>, StoreError> {
+        self.read(move |c| {
+            let event: Option<String> = c
+                .query_row("SELECT event FROM transactions WHERE id = ?1", [&id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let Some(event) = event else { return Ok(None) };
+            let tx: Transaction =
+                serde_json::from_str(&event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let latest: Option<bool> = c
+                .query_row(
+                    "SELECT fraud FROM labels WHERE transaction_id = ?1 ORDER BY seq DESC LIMIT 1",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(Some((tx, latest)))
+        })
+        .await
+    }
+
+    /// Newest transactions of an entity (`kind:id`), newest first.
+    pub async fn entity_transactions(
+        &self,
+        entity: String,
+        limit: u32,
+    ) -> Result<Vec<(TxSummary, Transaction)>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT t.id, t.ts, t.amount, t.action, t.score, t.event
+                 FROM tx_entities e JOIN transactions t ON t.seq = e.seq
+                 WHERE e.entity = ?1 ORDER BY e.seq DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![entity, limit], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, f64>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, f64>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, ts, amount, action, score, event) = row?;
+                let tx: Transaction =
+                    serde_json::from_str(&event).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                out.push((
+                    TxSummary {
+                        transaction_id: id,
+                        timestamp: ringfence_core::event::Timestamp::from_millis(ts),
+                        amount,
+                        decision: action,
+                        score,
+                        merchant: tx.merchant.as_ref().map(|m| m.as_str().to_owned()),
+                    },
+                    tx,
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Alerts, newest first.
+    pub async fn alerts(&self, q: AlertQuery) -> Result<Vec<AlertRow>, StoreError> {
+        self.read(move |c| {
+            let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+            let mut stmt = c.prepare_cached(
+                "SELECT id, transaction_id, ts, account, action, score, category, amount, reasons
+                 FROM alerts
+                 WHERE (?1 IS NULL OR id < ?1) AND (?2 IS NULL OR category = ?2)
+                   AND (?3 IS NULL OR account = ?3) AND (?4 IS NULL OR action = ?4)
+                 ORDER BY id DESC LIMIT ?5",
+            )?;
+            let rows = stmt.query_map(
+                params![q.before, q.category, q.account, q.decision, limit],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, f64>(5)?,
+                        r.get::<_, String>(6)?,
+                        r.get::<_, f64>(7)?,
+                        r.get::<_, String>(8)?,
+                    ))
+                },
+            )?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, transaction_id, ts, account, decision, score, category, amount, reasons) =
+                    row?;
+                out.push(AlertRow {
+                    id,
+                    transaction_id,
+                    timestamp: ringfence_core::event::Timestamp::from_millis(ts),
+                    account,
+                    decision,
+                    score,
+                    category,
+                    amount,
+                    reasons: parse_json(&reasons)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// How many records the store holds.
+    pub async fn counts(&self) -> Result<StoreCounts, StoreError> {
+        self.read(|c| {
+            let count = |sql: &str| -> Result<u64, StoreError> {
+                Ok(c.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
+            };
+            Ok(StoreCounts {
+                transactions: count("SELECT COUNT(*) FROM transactions")?,
+                alerts: count("SELECT COUNT(*) FROM alerts")?,
+                labels: count("SELECT COUNT(*) FROM labels")?,
+            })
+        })
+        .await
+    }
+
+    /// Streams stored history (transactions and labels merged by sequence number) into `f`,
+    /// on the current thread. Used once at start to rebuild entity state.
+    pub fn for_each_history(&self, mut f: impl FnMut(HistoryItem)) -> Result<u64, StoreError> {
+        self.read_blocking(|c| {
+            let mut labels_stmt = c.prepare(
+                "SELECT l.seq, l.fraud, l.previous, t.event
+                 FROM labels l JOIN transactions t ON t.id = l.transaction_id ORDER BY l.seq",
+            )?;
+            let mut labels = labels_stmt.query([])?;
+            let mut next_label = labels.next()?.map(label_row).transpose()?;
+            let mut tx_stmt =
+                c.prepare("SELECT seq, alert, event FROM transactions ORDER BY seq")?;
+            let mut txs = tx_stmt.query([])?;
+            let mut n = 0u64;
+            while let Some(row) = txs.next()? {
+                let seq: i64 = row.get(0)?;
+                while let Some((lseq, item)) = next_label.take() {
+                    if lseq > seq {
+                        next_label = Some((lseq, item));
+                        break;
+                    }
+                    f(item);
+                    next_label = labels.next()?.map(label_row).transpose()?;
+                }
+                let alert: bool = row.get(1)?;
+                let event: String = row.get(2)?;
+                let tx = serde_json::from_str(&event)
+                    .map_err(|e| StoreError::Corrupt(format!("transaction seq {seq}: {e}")))?;
+                f(HistoryItem::Tx { tx, alert });
+                n += 1;
+            }
+            while let Some((_, item)) = next_label.take() {
+                f(item);
+                next_label = labels.next()?.map(label_row).transpose()?;
+            }
+            Ok(n)
+        })
+    }
+}
+
+fn label_row(r: &rusqlite::Row<'_>) -> Result<(i64, HistoryItem), StoreError> {
+    let seq: i64 = r.get(0)?;
+    let event: String = r.get(3)?;
+    let tx = serde_json::from_str(&event)
+        .map_err(|e| StoreError::Corrupt(format!("label seq {seq}: {e}")))?;
+    Ok((
+        seq,
+        HistoryItem::Label {
+            tx,
+            fraud: r.get(1)?,
+            previous: r.get(2)?,
+        },
+    ))
+}
+
+fn labels_of(c: &Connection, id: &str) -> Result<Vec<LabelRecord>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT fraud, previous, source, note, labeled_at FROM labels
+         WHERE transaction_id = ?1 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([id], |r| {
+        Ok(LabelRecord {
+            transaction_id: id.to_owned(),
+            fraud: r.get(0)?,
+            previous: r.get(1)?,
+            source: r.get(2)?,
+            note: r.get(3)?,
+            labeled_at: ringfence_core::event::Timestamp::from_millis(r.get(4)?),
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn parse_json(s: &str) -> Result<serde_json::Value, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+type Ack = oneshot::Sender<Result<i64, String>>;
+
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<(WriteOp, Ack)>, mut next_seq: i64) {
+    let mut batch: Vec<(WriteOp, Ack)> = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        match write_group(&mut conn, &batch, next_seq) {
+            Ok(()) => {
+                for (_, ack) in batch.drain(..) {
+                    let _ = ack.send(Ok(next_seq));
+                    next_seq += 1;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, writes = batch.len(), "group commit failed");
+                let msg = e.to_string();
+                for (_, ack) in batch.drain(..) {
+                    let _ = ack.send(Err(msg.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn write_group(
+    conn: &mut Connection,
+    batch: &[(WriteOp, Ack)],
+    first_seq: i64,
+) -> Result<(), StoreError> {
+    let t = conn.transaction()?;
+    {
+        let mut ins_tx = t.prepare_cached(
+            "INSERT INTO transactions (seq, id, ts, amount, action, score, alert, event, decision)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING",
+        )?;
+        let mut ins_entity =
+            t.prepare_cached("INSERT OR IGNORE INTO tx_entities (entity, seq) VALUES (?1, ?2)")?;
+        let mut ins_alert = t.prepare_cached(
+            "INSERT INTO alerts (seq, transaction_id, ts, account, action, score, category, amount, reasons)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        let mut ins_label = t.prepare_cached(
+            "INSERT INTO labels (seq, transaction_id, fraud, previous, source, note, labeled_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for (i, (op, _)) in batch.iter().enumerate() {
+            let seq = first_seq + i as i64;
+            match op {
+                WriteOp::Tx(rec) => {
+                    let tx = &rec.tx;
+                    let d = &rec.decision.decision;
+                    let event = serde_json::to_string(tx)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    let decision = serde_json::to_string(&rec.decision)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    let inserted = ins_tx.execute(params![
+                        seq,
+                        tx.transaction_id.as_str(),
+                        tx.timestamp.millis(),
+                        tx.amount,
+                        d.decision.as_str(),
+                        d.score,
+                        d.alert,
+                        event,
+                        decision
+                    ])?;
+                    if inserted == 0 {
+                        // Already stored under this id: the first record stands.
+                        continue;
+                    }
+                    for (kind, id) in [
+                        ("card", &tx.card_id),
+                        ("user", &tx.user_id),
+                        ("device", &tx.device_id),
+                        ("ip", &tx.ip),
+                        ("merchant", &tx.merchant),
+                        ("terminal", &tx.terminal_id),
+                        ("store", &tx.store_id),
+                    ] {
+                        if let Some(id) = id {
+                            ins_entity.execute(params![format!("{kind}:{}", id.as_str()), seq])?;
+                        }
+                    }
+                    if d.decision > ringfence_core::decision::Action::Approve {
+                        let category = d.reasons.first().map_or("score", |r| r.category.as_str());
+                        let reasons = serde_json::to_string(&d.reasons)
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                        ins_alert.execute(params![
+                            seq,
+                            tx.transaction_id.as_str(),
+                            tx.timestamp.millis(),
+                            d.account,
+                            d.decision.as_str(),
+                            d.score,
+                            category,
+                            tx.amount,
+                            reasons
+                        ])?;
+                    }
+                }
+                WriteOp::Label(l) => {
+                    ins_label.execute(params![
+                        seq,
+                        l.transaction_id,
+                        l.fraud,
+                        l.previous,
+                        l.source,
+                        l.note,
+                        l.labeled_at.millis()
+                    ])?;
+                }
+            }
+        }
+    }
+    t.commit()?;
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! Test helpers: a real server on 127.0.0.1:0 with its own data directory.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ringfence::client::{HttpClient, HttpResponse};
+use ringfence::config::{Secret, ServeArgs, Settings};
+use ringfence::startup::Application;
+use serde_json::Value;
+
+/// A running server.
+pub struct TestApp {
+    pub base: String,
+    pub client: HttpClient,
+    pub data: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts a server on `data` with `rules` (built-in defaults when `None`).
+pub async fn spawn_app_at(data: &Path, rules: Option<PathBuf>) -> TestApp {
+    let args = ServeArgs {
+        listen: Some("127.0.0.1:0".parse().expect("addr")),
+        data: Some(data.to_owned()),
+        rules,
+        card_hash_key: Some(Secret::new("test-card-key")),
+        ..ServeArgs::default()
+    };
+    let settings = Settings::resolve(&args).expect("settings");
+    let app = Application::build(settings).await.expect("app builds");
+    let base = format!("http://{}", app.local_addr());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        app.run_until(async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("server runs");
+    });
+    TestApp {
+        base,
+        client: HttpClient::new().with_timeout(Duration::from_secs(20)),
+        data: data.to_owned(),
+        stop: Some(tx),
+        handle: Some(handle),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn post(&self, path: &str, body: &str) -> HttpResponse {
+        self.client
+            .post(&self.url(path), "application/json", body.to_owned())
+            .await
+            .expect("request")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self.post(path, &body.to_string()).await;
+        let v = r.json::<Value>().unwrap_or(Value::Null);
+        (r.status, v)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.client.get(&self.url(path)).await.expect("request");
+        let v = r.json::<Value>().unwrap_or(Value::Null);
+        (r.status, v)
+    }
+
+    /// Stops the server and waits until it has let go of its data directory.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+    }
+}
