@@ -1,1 +1,656 @@
-//! (in progress)
+//! The `bench` subcommand's HTTP load generator: a closed loop of workers posting simulated
+//! transactions as fast as the server answers, with an HDR histogram of request latency.
+//!
+//! Closed loop means each worker waits for its answer before sending again, so `concurrency`
+//! is the number of requests in flight and the measured rate is what the server sustains at
+//! that depth. Requests started during the warm-up (connection set-up, cold caches) are sent
+//! but not counted. Workers share one simulated world and each plays its own stream
+//! (`seed + worker`), without event timestamps so the server stamps them with its own clock,
+//! and with run-unique transaction ids so a server that deduplicates by id does real work.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+use crate::client::{endpoint_url, ClientError, HttpClient};
+use crate::simulate::{Generator, GeneratorConfig, LabeledTransaction};
+
+/// Most workers `--concurrency` accepts.
+pub const MAX_CONCURRENCY: usize = 1024;
+/// Most transactions per batch request `--batch` accepts.
+pub const MAX_BATCH: usize = 10_000;
+/// Customers in the benchmark's world: enough that the engine holds realistic state for many
+/// accounts, not a few hot ones; shared by all workers.
+const BENCH_CUSTOMERS: usize = 100_000;
+/// Highest latency kept in the histogram (larger values are clamped), in µs: one minute.
+const MAX_TRACKED_US: u64 = 60_000_000;
+
+/// Command-line options of `ringfence bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Base URL of a running server (e.g. http://127.0.0.1:8080); without it the engine is
+    /// benchmarked in-process.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Seconds of measurement after the warm-up.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Transactions per request: 0 posts them one by one, N posts batches of N.
+    #[arg(long, default_value_t = 0)]
+    pub batch: usize,
+    /// Workers, each with one request in flight.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Seed of the simulated traffic (worker i plays seed + i).
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Transactions to score in the engine-only benchmark.
+    #[arg(long, default_value_t = 200_000)]
+    pub count: usize,
+    /// Seconds of warm-up excluded from the numbers.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Default for BenchArgs {
+    fn default() -> Self {
+        BenchArgs {
+            target: None,
+            duration: 10.0,
+            batch: 0,
+            concurrency: 32,
+            seed: 7,
+            count: 200_000,
+            warmup: 2.0,
+            json: false,
+        }
+    }
+}
+
+impl BenchArgs {
+    /// The measurement window.
+    pub fn duration(&self) -> Duration {
+        secs(self.duration)
+    }
+
+    /// The warm-up.
+    pub fn warmup(&self) -> Duration {
+        secs(self.warmup)
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    if s.is_finite() && s > 0.0 {
+        Duration::from_secs_f64(s.min(1e9))
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// `run_http` needs a server.
+    #[error("the HTTP benchmark needs --target URL")]
+    NoTarget,
+    /// The options are out of range.
+    #[error("{0}")]
+    InvalidArgs(String),
+    /// The server cannot be reached (checked once before the run) or the URL is unusable.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// A worker task panicked.
+    #[error("a benchmark worker failed: {0}")]
+    Worker(String),
+}
+
+/// Raw numbers of a run, before rates and percentiles: what the workers collect and merge.
+#[derive(Debug, Clone)]
+pub struct Measurements {
+    /// Requests answered with a 2xx status.
+    pub requests: u64,
+    /// Transactions the server decided on (items without an error in batch answers).
+    pub transactions: u64,
+    /// The measured time.
+    pub elapsed: Duration,
+    /// Latency of 2xx requests in µs.
+    pub latency_us: Histogram<u64>,
+    /// Failures by HTTP status (`"503"`), client failure kind (`"connect"`, `"timeout"`), or
+    /// `"item"` for single entries a batch answer reported as errors.
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl Default for Measurements {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Measurements {
+    /// Nothing measured yet.
+    pub fn new() -> Measurements {
+        Measurements {
+            requests: 0,
+            transactions: 0,
+            elapsed: Duration::ZERO,
+            latency_us: latency_histogram(),
+            errors: BTreeMap::new(),
+        }
+    }
+
+    /// Records one latency in µs, clamped into the histogram's range.
+    pub fn record_latency(&mut self, latency: Duration) {
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency_us
+            .saturating_record(us.clamp(1, MAX_TRACKED_US));
+    }
+
+    /// Counts one failure under `key`.
+    pub fn record_error(&mut self, key: impl Into<String>, n: u64) {
+        *self.errors.entry(key.into()).or_default() += n;
+    }
+
+    /// Adds another worker's counts (elapsed time is not summed: workers run side by side).
+    pub fn merge(&mut self, other: &Measurements) {
+        self.requests += other.requests;
+        self.transactions += other.transactions;
+        // Both histograms have the same bounds, so adding cannot fail; a failure would
+        // only mean lost latency samples, never wrong counts.
+        let _ = self.latency_us.add(&other.latency_us);
+        for (key, n) in &other.errors {
+            self.record_error(key.clone(), *n);
+        }
+    }
+}
+
+fn latency_histogram() -> Histogram<u64> {
+    // Bounds are constants within hdrhistogram's limits, so this cannot fail.
+    Histogram::new_with_bounds(1, MAX_TRACKED_US, 3)
+        .unwrap_or_else(|_| unreachable!("valid histogram bounds"))
+}
+
+/// Latency percentiles in µs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct LatencySummary {
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    #[serde(rename = "p99.9")]
+    pub p99_9: u64,
+    /// Slowest.
+    pub max: u64,
+    /// Arithmetic mean.
+    pub mean: f64,
+}
+
+impl LatencySummary {
+    /// Percentiles of `h`; all zero when it is empty.
+    pub fn from_histogram(h: &Histogram<u64>) -> LatencySummary {
+        if h.is_empty() {
+            return LatencySummary::default();
+        }
+        LatencySummary {
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p99_9: h.value_at_quantile(0.999),
+            max: h.max(),
+            mean: h.mean(),
+        }
+    }
+}
+
+/// The result of a benchmark run, printable as text or JSON.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BenchReport {
+    /// `http` (this module) or `engine` (in-process).
+    pub mode: String,
+    /// The server's base URL in HTTP mode.
+    pub target: Option<String>,
+    /// Workers / requests in flight.
+    pub concurrency: usize,
+    /// Transactions per request (0: single-transaction requests).
+    pub batch: usize,
+    /// Warm-up excluded from the numbers, in seconds.
+    pub warmup_secs: f64,
+    /// Measured time in seconds.
+    pub elapsed_secs: f64,
+    /// Requests answered with a 2xx status.
+    pub requests: u64,
+    /// Transactions decided.
+    pub transactions: u64,
+    /// `requests / elapsed_secs`.
+    pub requests_per_sec: f64,
+    /// `transactions / elapsed_secs`.
+    pub tx_per_sec: f64,
+    /// Request latency percentiles in µs.
+    pub latency_us: LatencySummary,
+    /// Failures by status or kind (see [`Measurements::errors`]).
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl BenchReport {
+    /// The report of measurements `m` taken with `args` in `mode`.
+    pub fn from_measurements(mode: &str, args: &BenchArgs, m: &Measurements) -> BenchReport {
+        let elapsed = m.elapsed.as_secs_f64();
+        let per_sec = |n: u64| {
+            if elapsed > 0.0 {
+                n as f64 / elapsed
+            } else {
+                0.0
+            }
+        };
+        BenchReport {
+            mode: mode.to_string(),
+            target: args.target.clone(),
+            concurrency: args.concurrency,
+            batch: args.batch,
+            warmup_secs: args.warmup().as_secs_f64(),
+            elapsed_secs: elapsed,
+            requests: m.requests,
+            transactions: m.transactions,
+            requests_per_sec: per_sec(m.requests),
+            tx_per_sec: per_sec(m.transactions),
+            latency_us: LatencySummary::from_histogram(&m.latency_us),
+            errors: m.errors.clone(),
+        }
+    }
+
+    /// A few aligned lines for a terminal or `BENCHMARKS.md`.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let requests = if self.batch == 0 {
+            "single-transaction requests".to_string()
+        } else {
+            format!("batches of {}", self.batch)
+        };
+        let _ = writeln!(
+            out,
+            "ringfence bench ({}{}): {requests}, concurrency {}, {:.1} s measured after {:.1} s warm-up",
+            self.mode,
+            self.target.as_deref().map(|t| format!(" {t}")).unwrap_or_default(),
+            self.concurrency,
+            self.elapsed_secs,
+            self.warmup_secs,
+        );
+        let _ = writeln!(
+            out,
+            "  transactions {:>10}  {:>12.1} tx/s",
+            self.transactions, self.tx_per_sec
+        );
+        let _ = writeln!(
+            out,
+            "  requests     {:>10}  {:>12.1} req/s",
+            self.requests, self.requests_per_sec
+        );
+        let l = &self.latency_us;
+        let _ = writeln!(
+            out,
+            "  latency µs   p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (mean {:.1})",
+            l.p50, l.p90, l.p99, l.p99_9, l.max, l.mean
+        );
+        if self.errors.is_empty() {
+            out.push_str("  errors       none");
+        } else {
+            let parts: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(k, n)| format!("{k}: {n}"))
+                .collect();
+            let total: u64 = self.errors.values().sum();
+            let _ = write!(out, "  errors       {total} ({})", parts.join(", "));
+        }
+        out
+    }
+}
+
+fn check(args: &BenchArgs) -> Result<(), BenchError> {
+    let invalid = |m: String| Err(BenchError::InvalidArgs(m));
+    if !(args.duration.is_finite() && args.duration > 0.0) {
+        return invalid(format!(
+            "--duration must be a positive number of seconds, got {}",
+            args.duration
+        ));
+    }
+    if !(args.warmup.is_finite() && args.warmup >= 0.0) {
+        return invalid(format!(
+            "--warmup must be zero or more seconds, got {}",
+            args.warmup
+        ));
+    }
+    if !(1..=MAX_CONCURRENCY).contains(&args.concurrency) {
+        return invalid(format!(
+            "--concurrency must be between 1 and {MAX_CONCURRENCY}, got {}",
+            args.concurrency
+        ));
+    }
+    if args.batch > MAX_BATCH {
+        return invalid(format!(
+            "--batch must be at most {MAX_BATCH}, got {}",
+            args.batch
+        ));
+    }
+    Ok(())
+}
+
+/// Runs the closed-loop HTTP benchmark against `args.target`.
+pub async fn run_http(args: &BenchArgs) -> Result<BenchReport, BenchError> {
+    let base = args.target.as_deref().ok_or(BenchError::NoTarget)?;
+    check(args)?;
+    let path = if args.batch == 0 {
+        "/v1/transactions"
+    } else {
+        "/v1/transactions/batch"
+    };
+    let url = endpoint_url(base, path)?;
+    let client = HttpClient::new();
+    // Fail fast, with the real reason, when nothing listens there.
+    client.ping(base).await?;
+
+    let now_ms = epoch_ms();
+    let base_stream = Generator::new(GeneratorConfig {
+        seed: args.seed,
+        start_ms: now_ms,
+        customers: BENCH_CUSTOMERS,
+        ..GeneratorConfig::default()
+    });
+    // Run-unique ids: a server that deduplicates by transaction id must not see a rerun of the
+    // benchmark as replays.
+    let run = format!("bench-{now_ms:x}");
+
+    let start = Instant::now();
+    let measure_from = start + args.warmup();
+    let end = measure_from + args.duration();
+    let mut workers = JoinSet::new();
+    for lane in 0..args.concurrency {
+        let worker = Worker {
+            client: client.clone(),
+            url: url.clone(),
+            batch: args.batch,
+            generator: base_stream.fork(lane as u32, now_ms),
+            id_prefix: format!("{run}-{lane}"),
+            measure_from,
+            end,
+        };
+        workers.spawn(worker.run());
+    }
+    let mut total = Measurements::new();
+    while let Some(joined) = workers.join_next().await {
+        let m = joined.map_err(|e| BenchError::Worker(e.to_string()))?;
+        total.merge(&m);
+    }
+    total.elapsed = Instant::now().saturating_duration_since(measure_from);
+    Ok(BenchReport::from_measurements("http", args, &total))
+}
+
+fn epoch_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The JSON body of one request: a single transaction, or an array of `n` when `as_batch`.
+/// Returns the body and the number of transactions in it.
+fn request_body(
+    generator: &mut Generator,
+    n: usize,
+    id_prefix: &str,
+    as_batch: bool,
+) -> (Vec<u8>, u64) {
+    let mut body = Vec::with_capacity(n * 400 + 2);
+    if as_batch {
+        body.push(b'[');
+    }
+    let mut in_body = 0u64;
+    for i in 0..n {
+        let seq = generator.emitted();
+        let Some(LabeledTransaction { mut tx, .. }) = generator.next() else {
+            break;
+        };
+        tx.transaction_id = format!("{id_prefix}-{seq}");
+        tx.timestamp = None;
+        if i > 0 {
+            body.push(b',');
+        }
+        // A SimTransaction is plain strings and numbers; encoding it cannot fail.
+        if serde_json::to_writer(&mut body, &tx).is_ok() {
+            in_body += 1;
+        }
+    }
+    if as_batch {
+        body.push(b']');
+    }
+    (body, in_body)
+}
+
+/// An entry of a batch answer; only whether it is an error matters here.
+#[derive(Deserialize)]
+struct BatchEntry {
+    #[serde(default)]
+    error: Option<IgnoredAny>,
+}
+
+/// One closed-loop worker.
+struct Worker {
+    client: HttpClient,
+    url: String,
+    batch: usize,
+    generator: Generator,
+    id_prefix: String,
+    measure_from: Instant,
+    end: Instant,
+}
+
+impl Worker {
+    async fn run(mut self) -> Measurements {
+        let mut m = Measurements::new();
+        let per_request = self.batch.max(1);
+        loop {
+            let (body, n) = request_body(
+                &mut self.generator,
+                per_request,
+                &self.id_prefix,
+                self.batch > 0,
+            );
+            let sent_at = Instant::now();
+            if sent_at >= self.end {
+                break;
+            }
+            let result = self.client.post(&self.url, "application/json", body).await;
+            let latency = sent_at.elapsed();
+            let counted = sent_at >= self.measure_from;
+            let backoff = match result {
+                Ok(response) if response.is_success() => {
+                    if counted {
+                        m.requests += 1;
+                        m.record_latency(latency);
+                        if self.batch == 0 {
+                            m.transactions += n;
+                        } else {
+                            match response.json::<Vec<BatchEntry>>() {
+                                Ok(entries) => {
+                                    let failed =
+                                        entries.iter().filter(|e| e.error.is_some()).count() as u64;
+                                    m.transactions += entries.len() as u64 - failed;
+                                    if failed > 0 {
+                                        m.record_error("item", failed);
+                                    }
+                                }
+                                Err(e) => m.record_error(e.kind(), 1),
+                            }
+                        }
+                    }
+                    None
+                }
+                Ok(response) => {
+                    if counted {
+                        m.record_error(response.status.to_string(), 1);
+                    }
+                    // An overloaded server asked for room: give it some, briefly.
+                    let asked = response.retry_after().unwrap_or(Duration::from_millis(10));
+                    Some(asked.min(Duration::from_secs(1)))
+                }
+                Err(e) => {
+                    if counted {
+                        m.record_error(e.kind(), 1);
+                    }
+                    // Do not spin on a refused connection.
+                    Some(Duration::from_millis(10))
+                }
+            };
+            if let Some(pause) = backoff {
+                tokio::time::sleep_until((Instant::now() + pause).min(self.end).into()).await;
+            }
+        }
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulate::stub;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn report_math_on_a_synthetic_histogram() {
+        let mut m = Measurements::new();
+        for us in 1..=1000u64 {
+            m.record_latency(Duration::from_micros(us));
+        }
+        m.requests = 1000;
+        m.transactions = 5000;
+        m.elapsed = Duration::from_secs(2);
+        m.record_error("503", 3);
+        m.record_error("connect", 1);
+        let args = BenchArgs {
+            target: Some("http://127.0.0.1:8080".into()),
+            batch: 5,
+            concurrency: 4,
+            warmup: 1.0,
+            ..BenchArgs::default()
+        };
+        let r = BenchReport::from_measurements("http", &args, &m);
+        assert_eq!(r.requests_per_sec, 500.0);
+        assert_eq!(r.tx_per_sec, 2500.0);
+        assert_eq!(r.elapsed_secs, 2.0);
+        assert_eq!(r.warmup_secs, 1.0);
+        let l = r.latency_us;
+        assert!((499..=501).contains(&l.p50), "{l:?}");
+        assert!((899..=901).contains(&l.p90), "{l:?}");
+        assert!((989..=991).contains(&l.p99), "{l:?}");
+        assert!((998..=1000).contains(&l.p99_9), "{l:?}");
+        assert_eq!(l.max, 1000);
+        assert!((l.mean - 500.5).abs() < 1.0, "{l:?}");
+
+        let text = r.to_text();
+        assert!(text.contains("batches of 5, concurrency 4"), "{text}");
+        assert!(text.contains("2500.0 tx/s"), "{text}");
+        assert!(text.contains("500.0 req/s"), "{text}");
+        assert!(
+            text.contains("errors       4 (503: 3, connect: 1)"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["latency_us"]["max"], 1000);
+        assert!(json["latency_us"]["p99.9"].is_u64());
+        assert_eq!(json["errors"]["503"], 3);
+    }
+
+    #[test]
+    fn merging_adds_counts_and_latencies() {
+        let mut a = Measurements::new();
+        a.requests = 2;
+        a.record_latency(Duration::from_micros(10));
+        a.record_error("503", 1);
+        let mut b = Measurements::new();
+        b.requests = 3;
+        b.record_latency(Duration::from_micros(30));
+        b.record_error("503", 2);
+        a.merge(&b);
+        assert_eq!(a.requests, 5);
+        assert_eq!(a.latency_us.len(), 2);
+        assert_eq!(a.errors["503"], 3);
+        let empty =
+            BenchReport::from_measurements("http", &BenchArgs::default(), &Measurements::new());
+        assert_eq!(empty.tx_per_sec, 0.0);
+        assert_eq!(empty.latency_us, LatencySummary::default());
+        assert!(empty.to_text().ends_with("errors       none"));
+    }
+
+    #[test]
+    fn bodies_have_fresh_ids_and_no_timestamps() {
+        let mut g = Generator::new(GeneratorConfig::default());
+        let (single, n) = request_body(&mut g, 1, "bench-1-0", false);
+        assert_eq!(n, 1);
+        let v: serde_json::Value = serde_json::from_slice(&single).unwrap();
+        assert_eq!(v["transaction_id"], "bench-1-0-0");
+        assert!(v.get("timestamp").is_none());
+        let (batch, n) = request_body(&mut g, 3, "bench-1-0", true);
+        assert_eq!(n, 3);
+        let v: Vec<serde_json::Value> = serde_json::from_slice(&batch).unwrap();
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[2]["transaction_id"], "bench-1-0-3");
+    }
+
+    #[tokio::test]
+    async fn args_are_checked() {
+        assert!(matches!(
+            run_http(&BenchArgs::default()).await,
+            Err(BenchError::NoTarget)
+        ));
+        let zero = BenchArgs {
+            target: Some("http://127.0.0.1:1".into()),
+            concurrency: 0,
+            ..BenchArgs::default()
+        };
+        assert!(matches!(
+            run_http(&zero).await,
+            Err(BenchError::InvalidArgs(_))
+        ));
+        // Nobody listens on port 1: the ping fails before any worker starts.
+        let down = BenchArgs {
+            target: Some("http://127.0.0.1:1".into()),
+            ..BenchArgs::default()
+        };
+        assert!(matches!(run_http(&down).await, Err(BenchError::Client(_))));
+    }
+
+    #[tokio::test]
+    async fn closed_loop_against_a_stub_counts_requests_and_batches() {
+        let (base, seen) = stub::spawn(0).await;
+        let args = BenchArgs {
+            target: Some(base.clone()),
+            duration: 0.4,
+            warmup: 0.1,
+            concurrency: 3,
+            ..BenchArgs::default()
+        };
+        let r = run_http(&args).await.unwrap();
+        assert!(r.requests > 0);
+        assert_eq!(r.transactions, r.requests);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert!(r.latency_us.max >= r.latency_us.p50);
+        // Warm-up requests reached the server but are not in the report.
+        assert!(seen.requests.load(Ordering::Relaxed) > r.requests);
+        assert_eq!(seen.with_timestamp.load(Ordering::Relaxed), 0);
+
+        let batched = BenchArgs { batch: 4, ..args };
+        let r = run_http(&batched).await.unwrap();
+        assert!(r.requests > 0);
+        assert_eq!(r.transactions, r.requests * 4);
+    }
+}

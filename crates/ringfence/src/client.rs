@@ -184,6 +184,13 @@ impl HttpClient {
         self
     }
 
+    /// `GET {base}/` and its status: proves something answers HTTP at `base` (any status will
+    /// do) before a long run fails request by request.
+    pub async fn ping(&self, base: &str) -> Result<u16, ClientError> {
+        let url = endpoint_url(base, "/")?;
+        Ok(self.get(&url).await?.status)
+    }
+
     /// `GET url`.
     pub async fn get(&self, url: &str) -> Result<HttpResponse, ClientError> {
         self.execute(Method::GET, url, None, Bytes::new()).await
@@ -416,6 +423,7 @@ mod tests {
         let r = client.get(&format!("{base}/missing")).await.unwrap();
         assert_eq!(r.status, 404);
         assert!(!r.is_success());
+        assert_eq!(client.ping(&base).await.unwrap(), 404);
     }
 
     #[tokio::test]

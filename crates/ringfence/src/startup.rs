@@ -93,6 +93,9 @@ impl Application {
             .await
             .map_err(AppError::Serve);
         watcher.abort();
+        // In-flight requests are done: make every acknowledged write durable and close the
+        // database cleanly before returning.
+        self.host.store().writer().close().await;
         result
     }
 

@@ -225,7 +225,7 @@ async fn batches_decide_in_order_and_report_bad_lines_by_index() {
     assert_eq!(stats["stored"]["transactions"], 5, "{stats}");
     let (_, card) = app.get("/v1/entities/card/other").await;
     assert_eq!(
-        card["features"]["card.count_1m"], 1.0,
+        card["features"]["card.tx_count"], 1.0,
         "duplicate not counted: {card}"
     );
 

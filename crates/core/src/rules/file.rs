@@ -911,6 +911,29 @@ score = 0
     }
 
     #[test]
+    fn mangled_files_give_located_errors_never_a_panic() {
+        let mut mangled: Vec<String> = FULL
+            .char_indices()
+            .map(|(i, _)| FULL[..i].to_owned())
+            .collect();
+        for (i, _) in FULL.char_indices().step_by(3) {
+            for junk in ["\"", "'", "{", "}", "(", "\\", "é", "\n", "[[rule]]\n"] {
+                mangled.push(format!("{}{junk}{}", &FULL[..i], &FULL[i..]));
+            }
+        }
+        for source in &mangled {
+            if let Err(errors) = load(source) {
+                assert!(!errors.is_empty(), "{source}");
+                for e in &errors {
+                    let lines = source.lines().count().max(1);
+                    assert!(e.line >= 1 && e.line <= lines + 1, "{e} in {source:?}");
+                    assert!(e.column >= 1, "{e} in {source:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn decode_maps_every_kind_of_toml_string() {
         let (text, offsets) = decode(r#""a\tb""#, 10).unwrap();
         assert_eq!((text.as_str(), offsets), ("a\tb", vec![11, 12, 14, 15]));

@@ -3,13 +3,13 @@
 //!
 //! # Layout
 //! One stage per file, in the order a rule file flows through them:
-//! - [`file`]: the TOML rule file: keys, defaults, limits, and mapping every error back to the
+//! - `file.rs`: the TOML rule file: keys, defaults, limits, and mapping every error back to the
 //!   line and column of the file.
-//! - [`lexer`]: condition text to tokens.
-//! - [`parser`]: tokens to a syntax tree, with the nesting limit enforced before recursion.
-//! - [`typecheck`]: names resolved against the catalog, types checked, typed trees built.
-//! - [`compile`]: constant folding and the allocation-free evaluator behind [`Rule::matches`].
-//! - [`template`]: reason templates (`{feature.name}` placeholders) and their rendering.
+//! - `lexer.rs`: condition text to tokens.
+//! - `parser.rs`: tokens to a syntax tree, with the nesting limit enforced before recursion.
+//! - `typecheck.rs`: names resolved against the catalog, types checked, typed trees built.
+//! - `compile.rs`: constant folding and the allocation-free evaluator behind [`Rule::matches`].
+//! - `template.rs`: reason templates (`{feature.name}` placeholders) and their rendering.
 //!
 //! # Rule file
 //! ```toml
@@ -417,6 +417,40 @@ mod tests {
         let err = check_expression(&long).unwrap_err();
         assert_eq!((err.line, err.column), (1, 1));
         assert!(err.message.contains("at most 4096"), "{}", err.message);
+    }
+
+    #[test]
+    fn mangled_conditions_give_located_errors_never_a_panic() {
+        let good = "!(tx.kind in ['refund', \"return\"]) && -abs(card.amount_zscore) < -3.5e0\n\
+                    || contains(lower(tx.merchant), 'é\\'') && min(1, tx.amount % 7) >= 1 / 0";
+        assert_eq!(check_expression(good), Ok(()));
+        let mut mangled: Vec<String> = good
+            .char_indices()
+            .map(|(i, _)| good[..i].to_owned())
+            .collect();
+        for (i, _) in good.char_indices() {
+            for junk in [
+                "(", ")", "[", "'", "\"", "\\", ",", "!", "-", "1", ".", "é", "&&",
+            ] {
+                mangled.push(format!("{}{junk}{}", &good[..i], &good[i..]));
+            }
+        }
+        let mut rejected = 0;
+        for source in &mangled {
+            if let Err(e) = check_expression(source) {
+                rejected += 1;
+                let (last_line, last_column) = line_col(source, source.len());
+                assert!(
+                    (e.line, e.column) <= (last_line, last_column) && e.line >= 1 && e.column >= 1,
+                    "{e} in {source:?}"
+                );
+            }
+        }
+        assert!(
+            rejected > mangled.len() / 2,
+            "{rejected} of {}",
+            mangled.len()
+        );
     }
 
     #[test]

@@ -127,12 +127,17 @@ pub(super) fn parse(source: &str) -> Result<Expr, Diag> {
     let expr = parser.or()?;
     let next = parser.peek();
     if next.tok != Tok::Eof {
+        // `not a` parses `not` as a name and stops at `a`: the hint is about the word before.
+        let previous = parser.pos.checked_sub(1).and_then(|i| tokens.get(i));
+        let hint = match previous.map(|t| &t.tok) {
+            Some(word @ Tok::Ident(name)) if name == "not" => word_operator_hint(word),
+            _ => word_operator_hint(&next.tok),
+        };
         return Err(Diag::new(
             next.start,
             format!(
-                "unexpected {}: expected an operator or the end of the condition{}",
+                "unexpected {}: expected an operator or the end of the condition{hint}",
                 next.describe(source),
-                word_operator_hint(&next.tok)
             ),
         ));
     }
@@ -151,6 +156,9 @@ fn word_operator_hint(tok: &Tok) -> &'static str {
         _ => "",
     }
 }
+
+/// A parsing step for the operands of an operator level.
+type Operand<'t> = fn(&mut Parser<'t>) -> Result<Expr, Diag>;
 
 struct Parser<'t> {
     source: &'t str,
@@ -245,7 +253,7 @@ impl<'t> Parser<'t> {
 
     /// `a || b || ...` over `&&` chains, or `a && b && ...` over equalities.
     fn logical(&mut self, op: LogicOp) -> Result<Expr, Diag> {
-        let (tok, operand): (Tok, fn(&mut Self) -> Result<Expr, Diag>) = match op {
+        let (tok, operand): (Tok, Operand<'t>) = match op {
             LogicOp::Or => (Tok::OrOr, |p| p.logical(LogicOp::And)),
             LogicOp::And => (Tok::AndAnd, Self::equality),
         };
@@ -293,7 +301,7 @@ impl<'t> Parser<'t> {
     fn comparison(
         &mut self,
         op_of: fn(&Tok) -> Option<BinOp>,
-        operand: fn(&mut Self) -> Result<Expr, Diag>,
+        operand: Operand<'t>,
     ) -> Result<Expr, Diag> {
         let lhs = operand(self)?;
         let Some(op) = op_of(&self.peek().tok) else {
@@ -349,7 +357,7 @@ impl<'t> Parser<'t> {
     fn arithmetic(
         &mut self,
         op_of: fn(&Tok) -> Option<BinOp>,
-        operand: fn(&mut Self) -> Result<Expr, Diag>,
+        operand: Operand<'t>,
     ) -> Result<Expr, Diag> {
         let mut lhs = operand(self)?;
         while let Some(op) = op_of(&self.peek().tok) {

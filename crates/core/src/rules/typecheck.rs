@@ -578,8 +578,15 @@ mod tests {
             "cannot compare bool with number using `!=`"
         );
         assert_eq!(
-            error("tx.kind < 'z'"),
+            error("tx.kind < 1"),
             Diag::new(0, "`<` needs numbers, found string")
+        );
+        assert_eq!(
+            errors("tx.kind < 'z'"),
+            vec![
+                Diag::new(0, "`<` needs numbers, found string"),
+                Diag::new(10, "`<` needs numbers, found string")
+            ]
         );
         assert_eq!(
             error("1 >= true"),

@@ -27,6 +27,9 @@ pub fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiEr
 
 /// Parses one transaction, naming the field on error.
 fn parse_raw(bytes: &[u8]) -> Result<RawTransaction, ApiError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::MalformedJson("expected a JSON object".into()));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let raw: RawTransaction = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

@@ -30,6 +30,7 @@ pub async fn run_demo_feed(
         seed,
         tps,
         fraud_rate,
+        customers: GeneratorConfig::customers_for_rate(tps),
         ..GeneratorConfig::default()
     };
     let totals = feed(&base_url, config, duration, ctrl_c(), |line| {
@@ -66,7 +67,7 @@ where
     let mut sender = tokio::spawn(send_paced(
         HttpClient::new().with_timeout(Duration::from_secs(10)),
         pacing,
-        Generator::new(config),
+        Generator::new(config).with_run_tag(&anchor.run_tag()),
         anchor,
         Arc::clone(&tally),
         shutdown,

@@ -51,6 +51,11 @@ impl Anchor {
         }
     }
 
+    /// A short tag that tells this run's transaction ids from another run's.
+    pub fn run_tag(&self) -> String {
+        format!("{:x}", self.epoch_ms)
+    }
+
     /// When a transaction stamped `ts_ms` is due.
     fn due(&self, ts_ms: i64) -> Duration {
         Duration::from_millis(u64::try_from(ts_ms - self.epoch_ms).unwrap_or(0))

@@ -9,7 +9,12 @@
 //! The share of fraud is held near `fraud_rate` by a light feedback: scenarios are started with
 //! the probability that yields `fraud_rate` on average, paused while the stream is ahead of the
 //! target by more than one average scenario, and favoured while it is behind by as much. Without
-//! it a single 20-transaction card-testing run would swing the share of a short stream.
+//! it a single 20-transaction card-testing run would swing the share of a short stream, and a
+//! short run would miss the tails of scenarios that started near its end.
+//!
+//! Genuine customers pay at a human pace: at most about once per two minutes (a few draws skip
+//! anyone cooling down) and never while a fraudster holds their card or account. That needs a
+//! customer base that fits the rate; [`GeneratorConfig::customers_for_rate`] gives one.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
@@ -24,8 +29,8 @@ use ringfence_core::event::Timestamp;
 use serde::Serialize;
 
 use super::world::{
-    card_id, device_id, ip_in, jitter, Category, Customer, World, FAR_CITIES, PROXY_OCTETS,
-    THROWAWAY_DOMAINS,
+    card_id, category_index, device_id, ip_in, jitter, Category, Customer, World, FAR_CITIES,
+    PROXY_OCTETS, THROWAWAY_DOMAINS,
 };
 
 /// Every fraud scenario the generator plays, by the name put in [`LabeledTransaction::scenario`].
@@ -44,20 +49,22 @@ const ACCOUNT_TAKEOVER: &str = "account_takeover";
 const IMPOSSIBLE_TRAVEL: &str = "impossible_travel";
 
 /// Per scenario: how often it is picked, its mean number of fraudulent transactions, and its
-/// mean number of genuine ones (the cardholder's own payment before impossible travel).
+/// mean number of genuine ones (the cardholder's own payment before impossible travel). The
+/// weights give each scenario a similar share of fraudulent *transactions* (14-26%), so the
+/// short ones are not drowned out by card testing.
 const SCENARIO_TABLE: [(&str, f64, f64, f64); 5] = [
-    (VELOCITY_BURST, 0.25, 6.5, 0.0),
-    (CARD_TESTING, 0.15, 15.0, 0.0),
-    (FRAUD_RING, 0.15, 9.0, 0.0),
-    (ACCOUNT_TAKEOVER, 0.25, 2.0, 0.0),
-    (IMPOSSIBLE_TRAVEL, 0.20, 1.5, 1.0),
+    (VELOCITY_BURST, 0.15, 6.5, 0.0),
+    (CARD_TESTING, 0.07, 15.0, 0.0),
+    (FRAUD_RING, 0.09, 9.0, 0.0),
+    (ACCOUNT_TAKEOVER, 0.30, 2.0, 0.0),
+    (IMPOSSIBLE_TRAVEL, 0.39, 1.5, 1.0),
 ];
 
 /// Most transactions a scenario can schedule.
 const MAX_SCENARIO_LEN: usize = 20;
 /// Cap on scheduled-but-not-yet-emitted transactions; at absurd rates scenarios wait their turn
 /// instead of growing the queue without bound.
-const MAX_PENDING: usize = 4096;
+const MAX_PENDING: usize = 16_384;
 
 /// How to build a [`Generator`].
 #[derive(Debug, Clone, PartialEq)]
@@ -70,10 +77,23 @@ pub struct GeneratorConfig {
     pub tps: f64,
     /// Simulated time of the first arrival, in ms since the Unix epoch.
     pub start_ms: i64,
-    /// Number of customers in the world.
+    /// Number of customers in the world (see [`GeneratorConfig::customers_for_rate`]).
     pub customers: usize,
     /// Number of merchants in the world's home cities.
     pub merchants: usize,
+}
+
+impl GeneratorConfig {
+    /// A customer base that fits `tps`: about five minutes between a customer's payments on
+    /// average (2,000 to 500,000 customers). With too few customers for the rate, genuine
+    /// people would pay several times a minute and trip every velocity rule.
+    pub fn customers_for_rate(tps: f64) -> usize {
+        if tps.is_finite() && tps > 0.0 {
+            (tps * 300.0).clamp(2_000.0, 500_000.0) as usize
+        } else {
+            2_000
+        }
+    }
 }
 
 /// 2026-01-01T00:00:00Z in ms since the Unix epoch.
@@ -180,10 +200,13 @@ impl Ord for Pending {
 #[derive(Debug)]
 pub struct Generator {
     seed: u64,
+    /// `sim-{seed}`, or `sim-{seed}-{tag}` after [`Generator::with_run_tag`].
+    id_prefix: String,
     fraud_rate: f64,
     rng: SmallRng,
     /// Shared by forks, so parallel streams pay in the same world.
     world: Arc<World>,
+    start_ms: i64,
     /// Simulated time of the next arrival, in fractional ms.
     next_arrival: f64,
     gap: Exp<f64>,
@@ -195,12 +218,29 @@ pub struct Generator {
     queue: BinaryHeap<Reverse<Pending>>,
     seq: u64,
     emitted: u64,
-    planned_total: u64,
-    planned_fraud: u64,
+    emitted_fraud: u64,
     /// Number of the first account id a fraudster signs up with, past the world's customers.
     first_fresh_account: u64,
     fresh_accounts: u64,
+    /// Per customer: second (since `start_ms`) of the last genuine payment, or until which a
+    /// fraud scenario uses their card or account; [`NEVER`] when neither. Empty in forks.
+    busy_until_s: Vec<u32>,
+    /// Per customer: genuine payments so far in this stream (saturating). Empty in forks.
+    payments: Vec<u16>,
+    /// The most recent genuine payers, a ring of [`RECENT_PAYERS`].
+    recent: Vec<u32>,
+    recent_next: usize,
 }
+
+/// No payment yet.
+const NEVER: u32 = u32::MAX;
+/// A customer pays at most once per this many seconds: people do not buy four things a minute,
+/// and a velocity rule that fires on genuine traffic measures the simulator, not the engine.
+const COOLDOWN_S: u32 = 120;
+/// How many recent payers account takeover picks its victim from.
+const RECENT_PAYERS: usize = 512;
+/// Picks of a customer before giving up on one who is not cooling down.
+const PICK_TRIES: usize = 8;
 
 impl Generator {
     /// A generator for `config`; out-of-range values are clamped (`fraud_rate` into
@@ -226,15 +266,16 @@ impl Generator {
         let tx_per_arrival = 1.0 - p + p * (mean_fraud + mean_genuine);
         let arrivals_per_ms = tps * 1e-3 / tx_per_arrival;
         let gap = Exp::new(arrivals_per_ms).unwrap_or_else(|_| unreachable!("rate is positive"));
-
-        let mut world_rng = SmallRng::seed_from_u64(config.seed ^ 0x5157_4f52_4c44);
-        let world = World::generate(&mut world_rng, config.customers, config.merchants);
-        let first_fresh_account = world.customers.len() as u64 + 1;
+        let world = World::generate(config.customers, config.merchants);
+        let customers = world.customers.len();
         Generator {
             seed: config.seed,
+            id_prefix: format!("sim-{}", config.seed),
             fraud_rate,
             rng: SmallRng::seed_from_u64(config.seed),
+            first_fresh_account: customers as u64,
             world: Arc::new(world),
+            start_ms: config.start_ms,
             next_arrival: config.start_ms as f64,
             gap,
             noise: LogNormal::new(0.0, 0.45).unwrap_or_else(|_| unreachable!("sigma > 0")),
@@ -243,22 +284,28 @@ impl Generator {
             queue: BinaryHeap::new(),
             seq: 0,
             emitted: 0,
-            planned_total: 0,
-            planned_fraud: 0,
-            first_fresh_account,
+            emitted_fraud: 0,
             fresh_accounts: 0,
+            busy_until_s: vec![NEVER; customers],
+            payments: vec![0; customers],
+            recent: Vec::with_capacity(RECENT_PAYERS),
+            recent_next: 0,
         }
     }
 
     /// A parallel stream in the same world and at the same rates, seeded with `seed + lane`:
-    /// its own traffic, transaction ids and fraudster accounts, starting at `start_ms`.
+    /// its own traffic, transaction ids and fraudster accounts, starting at `start_ms`. Built
+    /// for load generation: it does not keep the per-customer pacing (a cooldown between a
+    /// customer's payments), so a thousand forks of a large world stay small.
     pub fn fork(&self, lane: u32, start_ms: i64) -> Generator {
         let seed = self.seed.wrapping_add(u64::from(lane));
         Generator {
             seed,
+            id_prefix: format!("sim-{seed}"),
             fraud_rate: self.fraud_rate,
             rng: SmallRng::seed_from_u64(seed),
             world: Arc::clone(&self.world),
+            start_ms,
             next_arrival: start_ms as f64,
             gap: self.gap,
             noise: self.noise,
@@ -267,11 +314,21 @@ impl Generator {
             queue: BinaryHeap::new(),
             seq: 0,
             emitted: 0,
-            planned_total: 0,
-            planned_fraud: 0,
+            emitted_fraud: 0,
             first_fresh_account: self.first_fresh_account + u64::from(lane) * 10_000_000,
             fresh_accounts: 0,
+            busy_until_s: Vec::new(),
+            payments: Vec::new(),
+            recent: Vec::with_capacity(RECENT_PAYERS),
+            recent_next: 0,
         }
+    }
+
+    /// The same stream with transaction ids `sim-{seed}-{tag}-{n}`: a server that deduplicates
+    /// by id must not mistake a second live run with the same seed for replays.
+    pub fn with_run_tag(mut self, tag: &str) -> Generator {
+        self.id_prefix = format!("sim-{}-{tag}", self.seed);
+        self
     }
 
     /// How many transactions have been emitted so far.
@@ -279,16 +336,86 @@ impl Generator {
         self.emitted
     }
 
+    /// Seconds since the start of the stream, as kept per customer.
+    fn stream_secs(&self, at_ms: i64) -> u32 {
+        u32::try_from((at_ms - self.start_ms).max(0) / 1000).unwrap_or(NEVER - 1)
+    }
+
+    fn available(&self, c: usize, now_s: u32) -> bool {
+        match self.busy_until_s.get(c).copied().unwrap_or(NEVER) {
+            NEVER => true,
+            last => now_s >= last.saturating_add(COOLDOWN_S),
+        }
+    }
+
+    /// A customer drawn by how often people pay, skipping those who paid in the last
+    /// [`COOLDOWN_S`] or whose card a fraudster is using (when a few draws allow).
+    fn customer(&mut self, at_ms: i64) -> usize {
+        let now_s = self.stream_secs(at_ms);
+        let mut c = 0;
+        for _ in 0..PICK_TRIES {
+            c = self.world.customer_picker.sample(&mut self.rng);
+            if self.available(c, now_s) {
+                break;
+            }
+        }
+        c
+    }
+
+    /// An established account for a takeover: of the recent payers, the one with the most
+    /// history in this stream (the engine has seen them; the attacker picked a live account).
+    fn established_customer(&mut self, at_ms: i64) -> usize {
+        let now_s = self.stream_secs(at_ms);
+        let best = self
+            .recent
+            .iter()
+            .map(|&c| c as usize)
+            // Paying a moment ago is fine (the attacker logs in whenever); being in another
+            // scenario's hands is not.
+            .filter(|&c| self.busy_until_s.get(c).is_none_or(|&busy| busy <= now_s))
+            .max_by_key(|&c| self.payments.get(c).copied().unwrap_or(0));
+        match best {
+            Some(c) => c,
+            None => self.customer(at_ms),
+        }
+    }
+
+    fn note_payment(&mut self, c: usize, at_ms: i64) {
+        self.hold(c, at_ms);
+        if let Some(n) = self.payments.get_mut(c) {
+            *n = n.saturating_add(1);
+        }
+        let c = u32::try_from(c).unwrap_or(0);
+        if self.recent.len() < RECENT_PAYERS {
+            self.recent.push(c);
+        } else {
+            self.recent[self.recent_next] = c;
+            self.recent_next = (self.recent_next + 1) % RECENT_PAYERS;
+        }
+    }
+
+    /// Keeps customer `c` out of everyday traffic until `until_ms` (plus the cooldown): their
+    /// card or account is in a fraudster's hands, and a genuine payment in the middle would
+    /// blur which transaction is which.
+    fn hold(&mut self, c: usize, until_ms: i64) {
+        let until_s = self.stream_secs(until_ms);
+        if let Some(busy) = self.busy_until_s.get_mut(c) {
+            *busy = match *busy {
+                NEVER => until_s,
+                last => last.max(until_s),
+            };
+        }
+    }
+
     fn emit(&mut self, at_ms: i64, mut item: LabeledTransaction) -> LabeledTransaction {
-        item.tx.transaction_id = format!("sim-{}-{}", self.seed, self.emitted);
+        item.tx.transaction_id = format!("{}-{}", self.id_prefix, self.emitted);
         item.tx.timestamp = Some(Timestamp::from_millis(at_ms));
         self.emitted += 1;
+        self.emitted_fraud += u64::from(item.fraud);
         item
     }
 
     fn schedule(&mut self, at_ms: i64, item: LabeledTransaction) {
-        self.planned_total += 1;
-        self.planned_fraud += u64::from(item.fraud);
         self.seq += 1;
         self.queue.push(Reverse(Pending {
             at_ms,
@@ -302,8 +429,10 @@ impl Generator {
         if self.fraud_rate <= 0.0 || self.queue.len() + MAX_SCENARIO_LEN > MAX_PENDING {
             return false;
         }
-        // Fraud the stream is owed (negative: ahead of target), counting planned transactions.
-        let owed = self.fraud_rate * self.planned_total as f64 - self.planned_fraud as f64;
+        // Fraud the stream is owed so far (negative: ahead of target). Counting what was
+        // emitted, not what is planned, keeps short runs on target even though a scenario's
+        // tail lands minutes after it starts.
+        let owed = self.fraud_rate * self.emitted as f64 - self.emitted_fraud as f64;
         let p = if owed < -self.mean_scenario_fraud {
             0.0
         } else if owed > self.mean_scenario_fraud {
@@ -329,11 +458,11 @@ impl Generator {
     fn plan_scenario(&mut self, at_ms: i64) {
         let name = self.pick_scenario();
         let planned = match name {
-            VELOCITY_BURST => self.velocity_burst(),
+            VELOCITY_BURST => self.velocity_burst(at_ms),
             CARD_TESTING => self.card_testing(),
-            FRAUD_RING => self.fraud_ring(),
-            ACCOUNT_TAKEOVER => self.account_takeover(),
-            _ => self.impossible_travel(),
+            FRAUD_RING => self.fraud_ring(at_ms),
+            ACCOUNT_TAKEOVER => self.account_takeover(at_ms),
+            _ => self.impossible_travel(at_ms),
         };
         for (offset_ms, tx, fraud) in planned.into_iter().take(MAX_SCENARIO_LEN) {
             let item = LabeledTransaction {
@@ -347,10 +476,6 @@ impl Generator {
 
     // ----- everyday traffic -------------------------------------------------------------------
 
-    fn customer(&mut self) -> usize {
-        self.world.customer_picker.sample(&mut self.rng)
-    }
-
     fn amount_around(&mut self, mean: f64) -> f64 {
         cents((mean * self.noise.sample(&mut self.rng)).max(0.5))
     }
@@ -358,12 +483,12 @@ impl Generator {
     /// A genuine payment by customer `c`: mostly at their regular places, sometimes elsewhere
     /// in town or online in their own country. `in_store` forces a card-present purchase.
     fn everyday_payment(&mut self, c: usize, in_store: bool) -> SimTransaction {
-        let home_index = self.world.customers[c].home_index;
+        let home_index = self.world.customers[c].home_index();
         let mut merchant = if self.rng.random_bool(0.7) {
             self.world.customers[c]
-                .regulars
+                .regulars()
                 .choose(&mut self.rng)
-                .copied()
+                .map(|&m| m as usize)
         } else {
             let category = self.world.pick_category(&mut self.rng);
             self.local_merchant(home_index, category)
@@ -380,16 +505,16 @@ impl Generator {
         let amount =
             self.amount_around(self.world.customers[c].mean_amount * category.amount_factor());
         let customer = &self.world.customers[c];
-        let card = pick_mostly_first(&mut self.rng, &customer.cards);
+        let card = customer.card(mostly_first(&mut self.rng, customer.card_count()));
         let m = &self.world.merchants[merchant];
         if online {
-            let device = pick_mostly_first(&mut self.rng, &customer.devices);
+            let device = customer.device(mostly_first(&mut self.rng, customer.device_count()));
             let (lat, lon) = jitter(&mut self.rng, customer.lat, customer.lon, 0.01);
             SimTransaction {
                 kind: if refund { "refund" } else { "payment" },
                 device_id: Some(device),
-                ip: Some(customer.ip.clone()),
-                email: Some(customer.email.clone()),
+                ip: Some(customer.ip()),
+                email: Some(customer.email()),
                 lat: Some(lat),
                 lon: Some(lon),
                 ..base_tx(customer, card, m.name.clone(), category, amount)
@@ -410,11 +535,7 @@ impl Generator {
 
     /// A merchant of `category` in home city `home_index` (anywhere if none there).
     fn local_merchant(&mut self, home_index: usize, category: Category) -> Option<usize> {
-        let local: Vec<usize> = self.world.merchants_by_city[home_index]
-            .iter()
-            .copied()
-            .filter(|&m| self.world.merchants[m].category == category)
-            .collect();
+        let local = self.world.local_merchants(home_index, category);
         match local.choose(&mut self.rng) {
             Some(&m) => Some(m),
             None => self.world.merchant_of(&mut self.rng, category),
@@ -427,11 +548,7 @@ impl Generator {
             .choose(&mut self.rng)
             .copied()
             .unwrap_or(Category::DigitalGoods);
-        let pos = Category::ALL
-            .iter()
-            .position(|c| *c == category)
-            .unwrap_or(0);
-        let same_country: Vec<usize> = self.world.merchants_by_category[pos]
+        let same_country: Vec<usize> = self.world.merchants_by_category[category_index(category)]
             .iter()
             .copied()
             .filter(|&m| self.world.merchants[m].city.country == country)
@@ -446,7 +563,7 @@ impl Generator {
 
     /// A new account id past the world's customers, as a fraudster signing up would get.
     fn fresh_account(&mut self) -> String {
-        let id = format!("user-{:05}", self.first_fresh_account + self.fresh_accounts);
+        let id = format!("user-{:06}", self.first_fresh_account + self.fresh_accounts);
         self.fresh_accounts += 1;
         id
     }
@@ -522,17 +639,18 @@ impl Generator {
     }
 
     /// A stolen card used online 5-8 times within a minute, each amount higher than the last.
-    fn velocity_burst(&mut self) -> Vec<(i64, SimTransaction, bool)> {
-        let c = self.customer();
+    fn velocity_burst(&mut self, at_ms: i64) -> Vec<(i64, SimTransaction, bool)> {
+        let c = self.customer(at_ms);
         let victim = self.world.customers[c].clone();
         let payer = Payer {
-            user_id: victim.user_id.clone(),
-            card: victim.cards[0].clone(),
-            currency: victim.home.currency,
+            user_id: victim.user_id(),
+            card: victim.card(0),
+            currency: victim.home().currency,
         };
         let session = self.fraud_session();
         let n = self.rng.random_range(5..=8);
         let offsets = self.offsets(n, 60_000);
+        self.hold(c, at_ms + 60_000);
         let mut amount = self.rng.random_range(20.0..80.0);
         let categories = [
             Category::Electronics,
@@ -541,7 +659,7 @@ impl Generator {
         ];
         let mut out = Vec::with_capacity(n);
         for offset in offsets {
-            let merchant = self.online_merchant(&categories, victim.home.country);
+            let merchant = self.online_merchant(&categories, victim.home().country);
             let tx = self.online_fraud(merchant, &payer, &session, amount);
             out.push((offset, tx, true));
             amount *= self.rng.random_range(1.2..1.7);
@@ -556,7 +674,7 @@ impl Generator {
         let account = self.fresh_account();
         let session = self.fraud_session();
         let n = self.rng.random_range(10..=20);
-        let span = self.rng.random_range(120_000..=300_000);
+        let span = self.rng.random_range(60_000..=240_000);
         let offsets = self.offsets(n, span);
         let shops = [
             self.online_merchant(&[Category::DigitalGoods], "US"),
@@ -583,20 +701,19 @@ impl Generator {
     }
 
     /// 3-5 fresh accounts on one shared device rotating a handful of stolen cards.
-    fn fraud_ring(&mut self) -> Vec<(i64, SimTransaction, bool)> {
+    fn fraud_ring(&mut self, at_ms: i64) -> Vec<(i64, SimTransaction, bool)> {
         let members: Vec<String> = (0..self.rng.random_range(3..=5))
             .map(|_| self.fresh_account())
             .collect();
+        let span = self.rng.random_range(120_000..=600_000);
         let card_count = self.rng.random_range(2..=4);
         let mut cards = Vec::with_capacity(card_count);
         for _ in 0..card_count {
-            let c = self.customer();
+            let c = self.customer(at_ms);
+            self.hold(c, at_ms + span);
             let victim = &self.world.customers[c];
-            cards.push((
-                victim.cards[0].clone(),
-                victim.home.currency,
-                victim.home.country,
-            ));
+            let home = victim.home();
+            cards.push((victim.card(0), home.currency, home.country));
         }
         let device = device_id(&mut self.rng);
         let sessions = [
@@ -610,7 +727,6 @@ impl Generator {
             },
         ];
         let n = self.rng.random_range(6..=12);
-        let span = self.rng.random_range(180_000..=900_000);
         let offsets = self.offsets(n, span);
         let categories = [Category::Electronics, Category::Travel, Category::Gambling];
         let mut out = Vec::with_capacity(n);
@@ -631,9 +747,10 @@ impl Generator {
 
     /// A customer's account used from a new device and a foreign IP for 1-3 payments of several
     /// times their usual spend.
-    fn account_takeover(&mut self) -> Vec<(i64, SimTransaction, bool)> {
-        let c = self.customer();
+    fn account_takeover(&mut self, at_ms: i64) -> Vec<(i64, SimTransaction, bool)> {
+        let c = self.established_customer(at_ms);
         let victim = self.world.customers[c].clone();
+        let home = victim.home();
         let far = FAR_CITIES
             .choose(&mut self.rng)
             .copied()
@@ -643,12 +760,13 @@ impl Generator {
             ip: ip_in(&mut self.rng, far.ip_octet),
         };
         let payer = Payer {
-            user_id: victim.user_id.clone(),
-            card: victim.cards[0].clone(),
-            currency: victim.home.currency,
+            user_id: victim.user_id(),
+            card: victim.card(0),
+            currency: home.currency,
         };
         let n = self.rng.random_range(1..=3);
         let offsets = self.offsets(n, 600_000);
+        self.hold(c, at_ms + 600_000);
         let categories = [
             Category::Electronics,
             Category::Travel,
@@ -656,11 +774,11 @@ impl Generator {
         ];
         let mut out = Vec::with_capacity(n);
         for offset in offsets {
-            let merchant = self.online_merchant(&categories, victim.home.country);
+            let merchant = self.online_merchant(&categories, home.country);
             let amount = victim.mean_amount.max(20.0) * self.rng.random_range(4.0..10.0);
             let mut tx = self.online_fraud(merchant, &payer, &session, amount);
             // The attacker is logged in as the victim: checkout carries the account's e-mail.
-            tx.email = Some(victim.email.clone());
+            tx.email = Some(victim.email());
             out.push((offset, tx, true));
         }
         out
@@ -668,9 +786,10 @@ impl Generator {
 
     /// A genuine in-store purchase at home, then the same card (cloned) in a far city minutes
     /// later. Only the far-away payments are fraud.
-    fn impossible_travel(&mut self) -> Vec<(i64, SimTransaction, bool)> {
-        let c = self.customer();
+    fn impossible_travel(&mut self, at_ms: i64) -> Vec<(i64, SimTransaction, bool)> {
+        let c = self.customer(at_ms);
         let mut home_tx = self.everyday_payment(c, true);
+        self.note_payment(c, at_ms);
         let victim = self.world.customers[c].clone();
         let card = home_tx.card_id.clone();
         home_tx.kind = "purchase";
@@ -679,7 +798,7 @@ impl Generator {
             return out;
         };
         let n = self.rng.random_range(1..=2);
-        let mut offset = self.rng.random_range(300_000..=1_800_000);
+        let mut offset = self.rng.random_range(45_000..=180_000);
         let far_index = FAR_CITIES
             .iter()
             .position(|f| f.name == far.name)
@@ -703,7 +822,8 @@ impl Generator {
                 ..base_tx(&victim, card.clone(), m.name.clone(), m.category, amount)
             };
             out.push((offset, tx, true));
-            offset += self.rng.random_range(60_000..=600_000);
+            self.hold(c, at_ms + offset);
+            offset += self.rng.random_range(30_000..=120_000);
         }
         out
     }
@@ -734,8 +854,8 @@ fn base_tx(
         timestamp: None,
         kind: "payment",
         amount,
-        currency: customer.home.currency,
-        user_id: customer.user_id.clone(),
+        currency: customer.home().currency,
+        user_id: customer.user_id(),
         card_id: card,
         device_id: None,
         ip: None,
@@ -744,18 +864,18 @@ fn base_tx(
         merchant_category: category.as_str(),
         terminal_id: None,
         store_id: None,
-        country: customer.home.country,
+        country: customer.home().country,
         lat: None,
         lon: None,
     }
 }
 
-/// The first entry 85% of the time (people have a main card and a main phone).
-fn pick_mostly_first(rng: &mut SmallRng, items: &[String]) -> String {
-    if items.len() > 1 && rng.random_bool(0.15) {
-        items.choose(rng).cloned().unwrap_or_default()
+/// Slot 0 85% of the time, else any of `count` (people have a main card and a main phone).
+fn mostly_first(rng: &mut SmallRng, count: usize) -> usize {
+    if count > 1 && rng.random_bool(0.15) {
+        rng.random_range(0..count)
     } else {
-        items.first().cloned().unwrap_or_default()
+        0
     }
 }
 
@@ -784,9 +904,9 @@ impl Iterator for Generator {
                 self.plan_scenario(arrival_ms);
                 continue;
             }
-            let c = self.customer();
+            let c = self.customer(arrival_ms);
             let tx = self.everyday_payment(c, false);
-            self.planned_total += 1;
+            self.note_payment(c, arrival_ms);
             let item = LabeledTransaction {
                 tx,
                 fraud: false,
@@ -858,6 +978,74 @@ mod tests {
         };
         let fresh_a: Vec<_> = accounts(&a).into_iter().filter(|u| u.len() > 10).collect();
         assert!(fresh_a.iter().all(|u| !accounts(&b).contains(u)));
+    }
+
+    #[test]
+    fn genuine_customers_pay_at_a_human_pace() {
+        let tps = 100.0;
+        let txs: Vec<_> = Generator::new(GeneratorConfig {
+            tps,
+            fraud_rate: 0.05,
+            customers: GeneratorConfig::customers_for_rate(tps),
+            ..GeneratorConfig::default()
+        })
+        .take(30_000)
+        .collect();
+        let mut last: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+        let (mut genuine, mut too_soon) = (0, 0);
+        for lt in txs.iter().filter(|lt| !lt.fraud) {
+            let ts = lt.tx.timestamp.map(Timestamp::millis).unwrap_or(0);
+            let times = last.entry(&lt.tx.user_id).or_default();
+            if times.last().is_some_and(|&t| ts - t < 120_000) {
+                too_soon += 1;
+            }
+            let in_last_minute = times.iter().filter(|&&t| ts - t < 60_000).count();
+            assert!(in_last_minute < 3, "{} pays too fast", lt.tx.user_id);
+            times.push(ts);
+            genuine += 1;
+        }
+        assert!(
+            too_soon * 100 < genuine,
+            "{too_soon} of {genuine} within the cooldown"
+        );
+    }
+
+    #[test]
+    fn takeovers_hit_accounts_with_history() {
+        let txs: Vec<_> = Generator::new(GeneratorConfig {
+            fraud_rate: 0.05,
+            customers: 30_000,
+            ..GeneratorConfig::default()
+        })
+        .take(30_000)
+        .collect();
+        let mut paid: BTreeMap<&str, u32> = BTreeMap::new();
+        let (mut takeovers, mut with_history) = (0, 0);
+        for lt in &txs {
+            if lt.scenario == Some(ACCOUNT_TAKEOVER) {
+                takeovers += 1;
+                with_history += usize::from(paid.contains_key(lt.tx.user_id.as_str()));
+            } else if !lt.fraud {
+                *paid.entry(&lt.tx.user_id).or_default() += 1;
+            }
+        }
+        assert!(takeovers > 10);
+        assert!(
+            with_history * 10 >= takeovers * 9,
+            "{with_history} of {takeovers}"
+        );
+    }
+
+    #[test]
+    fn run_tags_change_ids_only() {
+        let plain: Vec<_> = generator(4, 0.1).take(50).collect();
+        let tagged: Vec<_> = generator(4, 0.1).with_run_tag("r1").take(50).collect();
+        for (n, (a, b)) in plain.iter().zip(&tagged).enumerate() {
+            assert_eq!(b.tx.transaction_id, format!("sim-4-r1-{n}"));
+            let mut b = b.clone();
+            b.tx.transaction_id = a.tx.transaction_id.clone();
+            assert_eq!(a, &b);
+        }
     }
 
     #[test]

@@ -65,6 +65,10 @@ pub struct SimulateArgs {
     /// Simulated start time for --out, RFC 3339.
     #[arg(long, default_value = "2026-01-01T00:00:00Z")]
     pub start: String,
+    /// Customers in the simulated world (default: enough for about five minutes between a
+    /// customer's payments at --tps, at least 2000).
+    #[arg(long)]
+    pub customers: Option<usize>,
 }
 
 impl Default for SimulateArgs {
@@ -79,6 +83,7 @@ impl Default for SimulateArgs {
             out: None,
             concurrency: 16,
             start: "2026-01-01T00:00:00Z".to_string(),
+            customers: None,
         }
     }
 }
@@ -108,6 +113,8 @@ pub enum SimulateError {
 
 /// Most requests in flight that `--concurrency` accepts.
 const MAX_CONCURRENCY: usize = 4096;
+/// Largest world `--customers` accepts (about 120 bytes each).
+const MAX_CUSTOMERS: usize = 5_000_000;
 
 /// Checks a rate and a fraud share given on the command line.
 fn check_rates(tps: f64, fraud_rate: f64) -> Result<(), SimulateError> {
@@ -126,7 +133,11 @@ fn check_rates(tps: f64, fraud_rate: f64) -> Result<(), SimulateError> {
 
 /// Where the traffic goes, once the options are checked.
 enum Destination {
-    Target(String),
+    /// Base URL and the full `POST /v1/transactions` URL.
+    Target {
+        base: String,
+        url: String,
+    },
     File(PathBuf),
 }
 
@@ -139,6 +150,14 @@ impl SimulateArgs {
                 self.duration
             )));
         }
+        if self
+            .customers
+            .is_some_and(|c| !(1..=MAX_CUSTOMERS).contains(&c))
+        {
+            return Err(SimulateError::Usage(format!(
+                "--customers must be between 1 and {MAX_CUSTOMERS}"
+            )));
+        }
         if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
             return Err(SimulateError::Usage(format!(
                 "--concurrency must be between 1 and {MAX_CONCURRENCY}, got {}",
@@ -146,10 +165,10 @@ impl SimulateArgs {
             )));
         }
         match (&self.target, &self.out) {
-            (Some(target), None) => Ok(Destination::Target(endpoint_url(
-                target,
-                "/v1/transactions",
-            )?)),
+            (Some(target), None) => Ok(Destination::Target {
+                base: target.clone(),
+                url: endpoint_url(target, "/v1/transactions")?,
+            }),
             (None, Some(path)) => Ok(Destination::File(path.clone())),
             (Some(_), Some(_)) => Err(SimulateError::Usage(
                 "give either --target URL (send to a server) or --out FILE (write NDJSON), not both"
@@ -168,6 +187,9 @@ impl SimulateArgs {
             fraud_rate: self.fraud_rate,
             tps: self.tps,
             start_ms,
+            customers: self
+                .customers
+                .unwrap_or_else(|| GeneratorConfig::customers_for_rate(self.tps)),
             ..GeneratorConfig::default()
         }
     }
@@ -184,7 +206,12 @@ pub async fn run(args: SimulateArgs) -> Result<(), SimulateError> {
             eprintln!("{written}");
             Ok(())
         }
-        Destination::Target(url) => {
+        Destination::Target { base, url } => {
+            // Fail fast, with the real reason, when nothing listens there.
+            HttpClient::new()
+                .with_timeout(Duration::from_secs(10))
+                .ping(&base)
+                .await?;
             eprintln!(
                 "sending ~{} tx/s to {url} for {} s (Ctrl-C stops early)",
                 args.tps, args.duration
@@ -241,7 +268,7 @@ async fn send_to_target(
     send_paced(
         HttpClient::new().with_timeout(Duration::from_secs(10)),
         pacing,
-        Generator::new(args.generator_config(anchor.epoch_ms)),
+        Generator::new(args.generator_config(anchor.epoch_ms)).with_run_tag(&anchor.run_tag()),
         anchor,
         Arc::clone(&tally),
         shutdown,
@@ -347,7 +374,7 @@ mod tests {
             concurrency: 4,
             ..SimulateArgs::default()
         };
-        let Ok(Destination::Target(url)) = args.check() else {
+        let Ok(Destination::Target { url, .. }) = args.check() else {
             panic!("target expected");
         };
         let totals = send_to_target(&args, url, std::future::pending()).await;
@@ -387,6 +414,18 @@ mod tests {
         assert!(lines[0].contains("engine p50 5µs p99 5µs"), "{}", lines[0]);
         assert!(totals.sent > 100);
         assert_eq!(totals.accepted, totals.sent);
+    }
+
+    #[tokio::test]
+    async fn target_mode_fails_fast_when_nothing_listens() {
+        let args = SimulateArgs {
+            target: Some("http://127.0.0.1:1".into()),
+            ..SimulateArgs::default()
+        };
+        match run(args).await {
+            Err(SimulateError::Client(e)) => assert_eq!(e.kind(), "connect"),
+            other => panic!("expected a connect error, got {other:?}"),
+        }
     }
 
     #[tokio::test]

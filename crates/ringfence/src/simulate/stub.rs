@@ -30,7 +30,7 @@ fn decide(stub: &Stub, tx: &Value) -> Value {
         stub.seen.with_timestamp.fetch_add(1, Ordering::Relaxed);
     }
     let amount = tx.get("amount").and_then(Value::as_f64).unwrap_or(0.0);
-    let decision = if amount < 2.0 || amount > 400.0 {
+    let decision = if !(2.0..=400.0).contains(&amount) {
         "block"
     } else if amount > 250.0 {
         "review"

@@ -9,7 +9,7 @@ use rand::distr::weighted::WeightedIndex;
 use rand::distr::Distribution;
 use rand::rngs::SmallRng;
 use rand::seq::IndexedRandom;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use rand_distr::LogNormal;
 
 /// A city where people live or where fraud happens.
@@ -173,24 +173,107 @@ pub(crate) struct Merchant {
     pub terminals: u32,
 }
 
-/// A cardholder with habits.
+/// Most regular merchants a customer has.
+const MAX_REGULARS: usize = 8;
+
+/// A cardholder with habits. Kept compact (ids are derived, not stored as text) because a
+/// realistic world at a few hundred transactions per second has hundreds of thousands.
 #[derive(Debug, Clone)]
 pub(crate) struct Customer {
-    pub user_id: String,
-    pub email: String,
-    pub home: City,
-    /// Index of `home` in [`HOME_CITIES`].
-    pub home_index: usize,
+    serial: u32,
+    /// Indices into [`FIRST_NAMES`], [`LAST_NAMES`] and [`MAIL_DOMAINS`].
+    name: [u8; 3],
+    home_index: u8,
     pub lat: f64,
     pub lon: f64,
-    pub cards: Vec<String>,
-    pub devices: Vec<String>,
-    pub ip: String,
+    card_count: u8,
+    device_count: u8,
+    ip: [u8; 4],
     /// Mean spend per payment, in the home currency.
     pub mean_amount: f64,
-    /// Merchants near home the customer keeps going back to.
-    pub regulars: Vec<usize>,
+    regular_count: u8,
+    regulars: [u32; MAX_REGULARS],
 }
+
+impl Customer {
+    /// The account id.
+    pub fn user_id(&self) -> String {
+        format!("user-{:06}", self.serial)
+    }
+
+    /// The e-mail address on the account.
+    pub fn email(&self) -> String {
+        let [first, last, domain] = self.name.map(usize::from);
+        format!(
+            "{}.{}{}@{}",
+            FIRST_NAMES[first % FIRST_NAMES.len()],
+            LAST_NAMES[last % LAST_NAMES.len()],
+            self.serial,
+            MAIL_DOMAINS[domain % MAIL_DOMAINS.len()]
+        )
+    }
+
+    /// The city the customer lives in.
+    pub fn home(&self) -> City {
+        HOME_CITIES[self.home_index()]
+    }
+
+    /// Index of [`Customer::home`] in [`HOME_CITIES`].
+    pub fn home_index(&self) -> usize {
+        usize::from(self.home_index) % HOME_CITIES.len()
+    }
+
+    /// How many cards the customer has (1 or 2).
+    pub fn card_count(&self) -> usize {
+        usize::from(self.card_count.max(1))
+    }
+
+    /// Card `k` (0 is the main card).
+    pub fn card(&self, k: usize) -> String {
+        let k = (k % self.card_count()) as u64;
+        format!("card-{:016x}", entity_key(self.serial, k))
+    }
+
+    /// How many devices the customer has (1 or 2).
+    pub fn device_count(&self) -> usize {
+        usize::from(self.device_count.max(1))
+    }
+
+    /// Device `k` (0 is the main phone).
+    pub fn device(&self, k: usize) -> String {
+        let k = (k % self.device_count()) as u64;
+        format!("dev-{:016x}", entity_key(self.serial, 2 + k))
+    }
+
+    /// The home IP address.
+    pub fn ip(&self) -> String {
+        let [a, b, c, d] = self.ip;
+        format!("{a}.{b}.{c}.{d}")
+    }
+
+    /// Merchants near home the customer keeps going back to.
+    pub fn regulars(&self) -> &[u32] {
+        &self.regulars[..usize::from(self.regular_count).min(MAX_REGULARS)]
+    }
+}
+
+/// A distinct key per (customer, slot): the mix is a bijection, so distinct inputs never
+/// collide and two customers can never share a card or a device by accident.
+fn entity_key(serial: u32, slot: u64) -> u64 {
+    mix64(WORLD_SEED ^ ((u64::from(serial) << 4) | slot))
+}
+
+/// splitmix64's finaliser: a bijection on u64 that scatters neighbouring inputs.
+fn mix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The world does not depend on the traffic seed: runs with different seeds against one
+/// server meet the same customers in the same cities, not strangers with reused ids.
+const WORLD_SEED: u64 = 0x5249_4e47_4645_4e43;
 
 /// Everything the traffic generator picks from.
 #[derive(Debug, Clone)]
@@ -205,6 +288,8 @@ pub(crate) struct World {
     pub merchants_by_category: Vec<Vec<usize>>,
     /// Merchants in [`FAR_CITIES`], same order; only fraud ever pays there.
     pub far_merchants: Vec<Vec<usize>>,
+    /// Indices into `merchants` per home city, then per category.
+    local: Vec<Vec<Vec<usize>>>,
     category_picker: WeightedIndex<f64>,
 }
 
@@ -232,11 +317,13 @@ pub(crate) const THROWAWAY_DOMAINS: [&str; 4] = [
 ];
 
 impl World {
-    /// Draws a world with `customers` customers and about `merchants` merchants.
-    pub fn generate(rng: &mut SmallRng, customers: usize, merchants: usize) -> World {
-        let customers = customers.max(1);
+    /// The world with `customers` customers and about `merchants` merchants. It depends on
+    /// the sizes only, and customer `i` is the same person whatever the size.
+    pub fn generate(customers: usize, merchants: usize) -> World {
+        let customers = customers.clamp(1, u32::MAX as usize);
         let merchants = merchants.max(Category::ALL.len() * HOME_CITIES.len());
         let category_picker = weighted(Category::ALL.iter().map(|c| c.popularity()));
+        let mut rng = SmallRng::seed_from_u64(WORLD_SEED);
 
         let mut world = World {
             customers: Vec::with_capacity(customers),
@@ -245,6 +332,7 @@ impl World {
             merchants_by_city: vec![Vec::new(); HOME_CITIES.len()],
             merchants_by_category: vec![Vec::new(); Category::ALL.len()],
             far_merchants: vec![Vec::new(); FAR_CITIES.len()],
+            local: vec![vec![Vec::new(); Category::ALL.len()]; HOME_CITIES.len()],
             category_picker,
         };
 
@@ -255,10 +343,11 @@ impl World {
             let category = if i < Category::ALL.len() * HOME_CITIES.len() {
                 Category::ALL[i / HOME_CITIES.len()]
             } else {
-                world.pick_category(rng)
+                world.pick_category(&mut rng)
             };
-            let index = world.add_merchant(rng, HOME_CITIES[city_index], category, i);
+            let index = world.add_merchant(&mut rng, HOME_CITIES[city_index], category, i);
             world.merchants_by_city[city_index].push(index);
+            world.local[city_index][category_index(category)].push(index);
         }
         let far_categories = [
             Category::Electronics,
@@ -269,7 +358,7 @@ impl World {
         for (far_index, far_city) in FAR_CITIES.iter().enumerate() {
             for (k, category) in far_categories.iter().enumerate() {
                 let serial = merchants + far_index * far_categories.len() + k;
-                let index = world.add_merchant(rng, *far_city, *category, serial);
+                let index = world.add_merchant(&mut rng, *far_city, *category, serial);
                 world.far_merchants[far_index].push(index);
             }
         }
@@ -278,10 +367,11 @@ impl World {
         let activity =
             LogNormal::new(1.2f64.ln(), 0.7).unwrap_or_else(|_| unreachable!("sigma > 0"));
         let mut rates = Vec::with_capacity(customers);
-        for i in 0..customers {
-            let customer = world.new_customer(rng, i, &spend);
+        for serial in 0..customers as u32 {
+            let mut rng = SmallRng::seed_from_u64(mix64(WORLD_SEED ^ u64::from(serial)));
+            let customer = world.new_customer(&mut rng, serial, &spend);
             world.customers.push(customer);
-            rates.push(activity.sample(rng).clamp(0.05, 20.0));
+            rates.push(activity.sample(&mut rng).clamp(0.05, 20.0));
         }
         world.customer_picker = weighted(rates.into_iter());
         world
@@ -305,35 +395,42 @@ impl World {
             lon,
             terminals: rng.random_range(1..=6),
         });
-        if let Some(pos) = Category::ALL.iter().position(|c| *c == category) {
-            self.merchants_by_category[pos].push(index);
-        }
+        self.merchants_by_category[category_index(category)].push(index);
         index
     }
 
-    fn new_customer(&self, rng: &mut SmallRng, serial: usize, spend: &LogNormal<f64>) -> Customer {
-        let city_index = rng.random_range(0..HOME_CITIES.len());
-        let home = HOME_CITIES[city_index];
+    fn new_customer(&self, rng: &mut SmallRng, serial: u32, spend: &LogNormal<f64>) -> Customer {
+        let home_index = rng.random_range(0..HOME_CITIES.len());
+        let home = HOME_CITIES[home_index];
         let (lat, lon) = jitter(rng, home.lat, home.lon, 0.1);
-        let first = FIRST_NAMES.choose(rng).copied().unwrap_or("alex");
-        let last = LAST_NAMES.choose(rng).copied().unwrap_or("doe");
-        let domain = MAIL_DOMAINS.choose(rng).copied().unwrap_or("mail.com");
-        let local = &self.merchants_by_city[city_index];
-        let regular_count = rng.random_range(4..=8).min(local.len());
-        let regulars = local.choose_multiple(rng, regular_count).copied().collect();
+        let local = &self.merchants_by_city[home_index];
+        let mut regulars = [0u32; MAX_REGULARS];
+        let mut regular_count = 0u8;
+        let wanted = rng.random_range(4..=MAX_REGULARS);
+        for (slot, &m) in regulars.iter_mut().zip(local.choose_multiple(rng, wanted)) {
+            *slot = u32::try_from(m).unwrap_or(0);
+            regular_count += 1;
+        }
         Customer {
-            user_id: format!("user-{serial:05}"),
-            email: format!("{first}.{last}{}@{domain}", serial % 1000),
-            home,
-            home_index: city_index,
+            serial,
+            name: [
+                rng.random_range(0..FIRST_NAMES.len()) as u8,
+                rng.random_range(0..LAST_NAMES.len()) as u8,
+                rng.random_range(0..MAIL_DOMAINS.len()) as u8,
+            ],
+            home_index: home_index as u8,
             lat,
             lon,
-            cards: (0..rng.random_range(1..=2)).map(|_| card_id(rng)).collect(),
-            devices: (0..rng.random_range(1..=2))
-                .map(|_| device_id(rng))
-                .collect(),
-            ip: ip_in(rng, home.ip_octet),
+            card_count: rng.random_range(1..=2),
+            device_count: rng.random_range(1..=2),
+            ip: [
+                home.ip_octet,
+                rng.random(),
+                rng.random(),
+                rng.random_range(1..=254),
+            ],
             mean_amount: spend.sample(rng).clamp(3.0, 2_000.0),
+            regular_count,
             regulars,
         }
     }
@@ -345,8 +442,16 @@ impl World {
 
     /// A merchant of `category` (any city), if the world has one.
     pub fn merchant_of(&self, rng: &mut SmallRng, category: Category) -> Option<usize> {
-        let pos = Category::ALL.iter().position(|c| *c == category)?;
-        self.merchants_by_category[pos].choose(rng).copied()
+        self.merchants_by_category[category_index(category)]
+            .choose(rng)
+            .copied()
+    }
+
+    /// Merchants of `category` in home city `home_index`.
+    pub fn local_merchants(&self, home_index: usize, category: Category) -> &[usize] {
+        self.local
+            .get(home_index)
+            .map_or(&[], |by_category| &by_category[category_index(category)])
     }
 
     /// A random far city and one of its merchants.
@@ -355,6 +460,11 @@ impl World {
         let merchant = self.far_merchants[far_index].choose(rng).copied()?;
         Some((FAR_CITIES[far_index], merchant))
     }
+}
+
+/// Position of `category` in [`Category::ALL`].
+pub(crate) fn category_index(category: Category) -> usize {
+    category as usize
 }
 
 fn weighted(weights: impl Iterator<Item = f64>) -> WeightedIndex<f64> {
@@ -378,12 +488,12 @@ fn round4(x: f64) -> f64 {
 
 /// A fresh card id that looks like any other.
 pub(crate) fn card_id(rng: &mut SmallRng) -> String {
-    format!("card-{:010x}", rng.random::<u64>() & 0xff_ffff_ffff)
+    format!("card-{:016x}", rng.random::<u64>())
 }
 
 /// A fresh device fingerprint that looks like any other.
 pub(crate) fn device_id(rng: &mut SmallRng) -> String {
-    format!("dev-{:012x}", rng.random::<u64>() & 0xffff_ffff_ffff)
+    format!("dev-{:016x}", rng.random::<u64>())
 }
 
 /// A random IPv4 address whose first octet is `first`.
@@ -399,13 +509,11 @@ pub(crate) fn ip_in(rng: &mut SmallRng, first: u8) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
     use ringfence_core::event::GeoPoint;
 
     #[test]
     fn world_has_local_merchants_of_every_category_everywhere() {
-        let mut rng = SmallRng::seed_from_u64(1);
-        let world = World::generate(&mut rng, 50, 100);
+        let world = World::generate(50, 100);
         assert_eq!(world.customers.len(), 50);
         for local in &world.merchants_by_city {
             for category in Category::ALL {
@@ -415,12 +523,40 @@ mod tests {
             }
         }
         for customer in &world.customers {
-            assert!(!customer.regulars.is_empty());
-            assert!((1..=2).contains(&customer.cards.len()));
-            assert!((1..=2).contains(&customer.devices.len()));
-            for &m in &customer.regulars {
-                assert_eq!(world.merchants[m].city.name, customer.home.name);
+            assert!(!customer.regulars().is_empty());
+            assert!((1..=2).contains(&customer.card_count()));
+            assert!((1..=2).contains(&customer.device_count()));
+            for &m in customer.regulars() {
+                assert_eq!(world.merchants[m as usize].city.name, customer.home().name);
             }
+        }
+    }
+
+    #[test]
+    fn customers_are_the_same_people_whatever_the_world_size() {
+        let small = World::generate(10, 300);
+        let large = World::generate(5000, 300);
+        for (a, b) in small.customers.iter().zip(&large.customers) {
+            assert_eq!(a.user_id(), b.user_id());
+            assert_eq!(a.email(), b.email());
+            assert_eq!(a.card(0), b.card(0));
+            assert_eq!(a.home().name, b.home().name);
+            assert_eq!(a.regulars(), b.regulars());
+        }
+        let mut cards = std::collections::HashSet::new();
+        let mut emails = std::collections::HashSet::new();
+        for c in &large.customers {
+            for k in 0..c.card_count() {
+                assert!(cards.insert(c.card(k)));
+            }
+            assert!(emails.insert(c.email()));
+        }
+    }
+
+    #[test]
+    fn category_index_follows_all() {
+        for (i, c) in Category::ALL.iter().enumerate() {
+            assert_eq!(category_index(*c), i);
         }
     }
 

@@ -61,6 +61,8 @@ pub enum WriteOp {
     Tx(Box<TxRecord>),
     /// A label.
     Label(LabelRecord),
+    /// Write everything queued before this, close the database, then acknowledge.
+    Close,
 }
 
 /// One item of stored history, in the order the engine applied it.

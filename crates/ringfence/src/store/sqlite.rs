@@ -66,15 +66,19 @@ CREATE INDEX IF NOT EXISTS labels_tx ON labels (transaction_id, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 "#;
 
+/// One queued write and the sender of its durability acknowledgement (the record's
+/// sequence number, or the reason the write failed).
+pub type QueuedWrite = (WriteOp, oneshot::Sender<Result<i64, String>>);
+
 /// The write side: submit in engine order, get the record's sequence number once durable.
 #[derive(Clone, Debug)]
 pub struct Writer {
-    queue: mpsc::Sender<(WriteOp, oneshot::Sender<Result<i64, String>>)>,
+    queue: mpsc::Sender<QueuedWrite>,
 }
 
 /// A reserved place in the write queue, taken before the engine applies a transaction so a
 /// full queue turns the request away before any state changes.
-pub type WritePermit<'a> = mpsc::Permit<'a, (WriteOp, oneshot::Sender<Result<i64, String>>)>;
+pub type WritePermit<'a> = mpsc::Permit<'a, QueuedWrite>;
 
 impl Writer {
     /// Reserves one place in the queue, or `None` when the queue is full.
@@ -83,11 +87,16 @@ impl Writer {
     }
 
     /// Reserves `n` places, or `None` when the queue has fewer free.
-    pub fn try_reserve_many(
-        &self,
-        n: usize,
-    ) -> Option<mpsc::PermitIterator<'_, (WriteOp, oneshot::Sender<Result<i64, String>>)>> {
+    pub fn try_reserve_many(&self, n: usize) -> Option<mpsc::PermitIterator<'_, QueuedWrite>> {
         self.queue.try_reserve_many(n).ok()
+    }
+
+    /// Writes everything queued so far, closes the database (checkpointing the WAL) and
+    /// waits until it is closed. Later writes fail with [`StoreError::Closed`].
+    pub async fn close(&self) {
+        if let Ok(permit) = self.queue.reserve().await {
+            let _ = send(permit, WriteOp::Close).await;
+        }
     }
 
     /// Writes pending in the queue.
@@ -446,17 +455,28 @@ fn parse_json(s: &str) -> Result<serde_json::Value, StoreError> {
 
 type Ack = oneshot::Sender<Result<i64, String>>;
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<(WriteOp, Ack)>, mut next_seq: i64) {
-    let mut batch: Vec<(WriteOp, Ack)> = Vec::with_capacity(MAX_GROUP);
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<QueuedWrite>, mut next_seq: i64) {
+    let mut conn = Some(conn);
+    let mut batch: Vec<QueuedWrite> = Vec::with_capacity(MAX_GROUP);
+    let mut closing: Option<Ack> = None;
     while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_GROUP {
+        match first {
+            (WriteOp::Close, ack) => closing = Some(ack),
+            op => batch.push(op),
+        }
+        while closing.is_none() && batch.len() < MAX_GROUP {
             match rx.try_recv() {
+                Ok((WriteOp::Close, ack)) => closing = Some(ack),
                 Ok(op) => batch.push(op),
                 Err(_) => break,
             }
         }
-        match write_group(&mut conn, &batch, next_seq) {
+        let result = match conn.as_mut() {
+            Some(c) if !batch.is_empty() => write_group(c, &batch, next_seq),
+            Some(_) => Ok(()),
+            None => Err(StoreError::Closed),
+        };
+        match result {
             Ok(()) => {
                 for (_, ack) in batch.drain(..) {
                     let _ = ack.send(Ok(next_seq));
@@ -470,6 +490,14 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<(WriteOp, Ack)>, mut
                     let _ = ack.send(Err(msg.clone()));
                 }
             }
+        }
+        if let Some(ack) = closing.take() {
+            if let Some(c) = conn.take() {
+                if let Err((_, e)) = c.close() {
+                    tracing::error!(error = %e, "closing the database failed");
+                }
+            }
+            let _ = ack.send(Ok(next_seq));
         }
     }
 }
@@ -550,6 +578,7 @@ fn write_group(
                         ])?;
                     }
                 }
+                WriteOp::Close => {}
                 WriteOp::Label(l) => {
                     ins_label.execute(params![
                         seq,
