@@ -12,6 +12,11 @@ pub struct RecentKeys {
 }
 
 impl RecentKeys {
+    /// No keys.
+    pub const EMPTY: RecentKeys = RecentKeys {
+        entries: Vec::new(),
+    };
+
     /// Distinct keys seen at or after `since_ms`.
     pub fn count_since(&self, since_ms: i64) -> usize {
         self.entries.iter().filter(|(_, t)| *t >= since_ms).count()

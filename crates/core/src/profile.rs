@@ -11,6 +11,13 @@ pub struct SpendProfile {
 }
 
 impl SpendProfile {
+    /// No amounts yet.
+    pub const EMPTY: SpendProfile = SpendProfile {
+        n: 0,
+        mean: 0.0,
+        m2: 0.0,
+    };
+
     /// Number of amounts seen.
     pub fn count(&self) -> u32 {
         self.n
@@ -77,6 +84,12 @@ pub struct LastSeen {
 const MIN_TRAVEL_MS: i64 = 60_000;
 
 impl LastSeen {
+    /// Never seen.
+    pub const EMPTY: LastSeen = LastSeen {
+        ts_ms: None,
+        located: None,
+    };
+
     /// Seconds since the newest transaction (never negative), `NaN` if none.
     pub fn secs_since(&self, ts_ms: i64) -> f64 {
         match self.ts_ms {

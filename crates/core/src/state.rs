@@ -153,6 +153,33 @@ struct UserState {
     last_ms: i64,
 }
 
+/// Read-only stand-ins for entities without state, so a read never builds one.
+static EMPTY_CARD: CardState = CardState {
+    windows: Windows::EMPTY,
+    small_10m: Ring::EMPTY,
+    profile: SpendProfile::EMPTY,
+    seen: LastSeen::EMPTY,
+    alerts: Ring::EMPTY,
+    last_ms: 0,
+};
+static EMPTY_USER: UserState = UserState {
+    windows: Windows::EMPTY,
+    profile: SpendProfile::EMPTY,
+    seen: LastSeen::EMPTY,
+    devices: RecentKeys::EMPTY,
+    merchants: RecentKeys::EMPTY,
+    devices_24h: RecentKeys::EMPTY,
+    cards_24h: RecentKeys::EMPTY,
+    alerts: Ring::EMPTY,
+    last_ms: 0,
+};
+static EMPTY_DEVICE: DeviceState = DeviceState {
+    windows: Windows::EMPTY,
+    users_24h: RecentKeys::EMPTY,
+    cards_24h: RecentKeys::EMPTY,
+    last_ms: 0,
+};
+
 /// State of a device.
 #[derive(Clone, Debug, Default)]
 struct DeviceState {
@@ -294,8 +321,7 @@ impl EntityState {
         if let Some(k) = keys.card {
             let card = self.cards.get(&k);
             self.windows_into(EntityKind::Card, card.map(|c| &c.windows), ts, f);
-            let empty = CardState::default();
-            let c = card.unwrap_or(&empty);
+            let c = card.unwrap_or(&EMPTY_CARD);
             f.set(
                 Num::CardSmallCount10m,
                 f64::from(c.small_10m.read(ts.div_euclid(60_000)).0),
@@ -313,8 +339,7 @@ impl EntityState {
         if let Some(k) = keys.user {
             let user = self.users.get(&k);
             self.windows_into(EntityKind::User, user.map(|u| &u.windows), ts, f);
-            let empty = UserState::default();
-            let u = user.unwrap_or(&empty);
+            let u = user.unwrap_or(&EMPTY_USER);
             f.set(Num::UserTxCount, f64::from(u.profile.count()));
             f.set(Num::UserAmountMean, u.profile.mean());
             f.set(Num::UserAmountStd, u.profile.std());
@@ -339,8 +364,7 @@ impl EntityState {
         if let Some(k) = keys.device {
             let device = self.devices.get(&k);
             self.windows_into(EntityKind::Device, device.map(|d| &d.windows), ts, f);
-            let empty = DeviceState::default();
-            let d = device.unwrap_or(&empty);
+            let d = device.unwrap_or(&EMPTY_DEVICE);
             f.set(
                 Num::DeviceUsers24h,
                 d.users_24h.count_since(since_24h) as f64,

@@ -24,13 +24,7 @@ pub struct Ring<const B: usize> {
 
 impl<const B: usize> Default for Ring<B> {
     fn default() -> Self {
-        Ring {
-            head: i64::MIN,
-            counts: [0; B],
-            cents: [0; B],
-            total_count: 0,
-            total_cents: 0,
-        }
+        Self::EMPTY
     }
 }
 
@@ -40,6 +34,15 @@ fn slot<const B: usize>(bucket: i64) -> usize {
 }
 
 impl<const B: usize> Ring<B> {
+    /// A ring with no events.
+    pub const EMPTY: Ring<B> = Ring {
+        head: i64::MIN,
+        counts: [0; B],
+        cents: [0; B],
+        total_count: 0,
+        total_cents: 0,
+    };
+
     /// Count and cent sum of the window ending in bucket `now` (inclusive), without changing
     /// the ring. A `now` older than the newest bucket reads as of the newest bucket.
     pub fn read(&self, now: i64) -> (u32, i64) {
@@ -121,7 +124,7 @@ pub const WIDTH_7D: i64 = 43_200_000;
 
 /// The five standard windows of one entity: 1 min (12 x 5 s), 10 min (10 x 1 min),
 /// 1 h (12 x 5 min), 24 h (24 x 1 h), 7 d (14 x 12 h).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Windows {
     w1m: Ring<12>,
     w10m: Ring<10>,
@@ -130,7 +133,22 @@ pub struct Windows {
     w7d: Ring<14>,
 }
 
+impl Default for Windows {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
+
 impl Windows {
+    /// Windows with no events.
+    pub const EMPTY: Windows = Windows {
+        w1m: Ring::EMPTY,
+        w10m: Ring::EMPTY,
+        w1h: Ring::EMPTY,
+        w24h: Ring::EMPTY,
+        w7d: Ring::EMPTY,
+    };
+
     /// Writes `count, sum` for 1m, 10m, 1h, 24h, 7d (ten values, sums in major units) into
     /// `out`, as of time `ts_ms`.
     pub fn read_into(&self, ts_ms: i64, out: &mut [f64]) {

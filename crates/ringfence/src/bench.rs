@@ -52,6 +52,9 @@ pub struct BenchArgs {
     /// Transactions to score in the engine-only benchmark.
     #[arg(long, default_value_t = 200_000)]
     pub count: usize,
+    /// Transactions scored untimed before the engine-only measurement (warm entity state).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub engine_warmup: usize,
     /// Seconds of warm-up excluded from the numbers.
     #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,
@@ -69,6 +72,7 @@ impl Default for BenchArgs {
             concurrency: 32,
             seed: 7,
             count: 200_000,
+            engine_warmup: 1_000_000,
             warmup: 2.0,
             json: false,
         }

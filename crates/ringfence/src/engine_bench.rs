@@ -15,6 +15,8 @@ use crate::simulate::generator::{Generator, GeneratorConfig};
 /// Result of one engine benchmark run.
 #[derive(Debug, Serialize)]
 pub struct EngineReport {
+    /// Transactions scored before timing, to warm entity state.
+    pub warmup: usize,
     /// Transactions scored.
     pub transactions: usize,
     /// Rules active.
@@ -33,8 +35,8 @@ impl EngineReport {
     /// Human-readable summary.
     pub fn to_text(&self) -> String {
         format!(
-            "engine-only: {} transactions, {} rules, {:.3} s -> {:.0} tx/s per core ({:.0} ns/tx), {} flagged",
-            self.transactions, self.rules, self.seconds, self.per_second, self.mean_ns, self.flagged
+            "engine-only: {} transactions after {} warm-up, {} rules, {:.3} s -> {:.0} tx/s per core ({:.0} ns/tx), {} flagged",
+            self.transactions, self.warmup, self.rules, self.seconds, self.per_second, self.mean_ns, self.flagged
         )
     }
 }
@@ -50,8 +52,10 @@ pub enum EngineBenchError {
     Rules(String),
 }
 
-/// Generates `count` simulated transactions and times scoring them with the default rules.
-pub fn run(count: usize, seed: u64) -> Result<EngineReport, EngineBenchError> {
+/// Generates `warmup + count` simulated transactions, scores the first `warmup` untimed (so
+/// entity state is warm, as in a long-running server) and times scoring the next `count` with
+/// the default rules.
+pub fn run(count: usize, warmup: usize, seed: u64) -> Result<EngineReport, EngineBenchError> {
     let hasher = CardHasher::new(b"bench");
     let gen_id = || String::from("unused");
     let cx = ParseContext {
@@ -59,13 +63,15 @@ pub fn run(count: usize, seed: u64) -> Result<EngineReport, EngineBenchError> {
         now: Timestamp::from_millis(0),
         generated_id: &gen_id,
     };
+    let tps = 500.0;
     let generator = Generator::new(GeneratorConfig {
         seed,
-        tps: 500.0,
+        tps,
+        customers: GeneratorConfig::customers_for_rate(tps),
         ..GeneratorConfig::default()
     });
-    let mut txs: Vec<Transaction> = Vec::with_capacity(count);
-    for (i, l) in generator.take(count).enumerate() {
+    let mut txs: Vec<Transaction> = Vec::with_capacity(warmup + count);
+    for (i, l) in generator.take(warmup + count).enumerate() {
         let json =
             serde_json::to_vec(&l.tx).map_err(|e| EngineBenchError::Invalid(i, e.to_string()))?;
         let raw: RawTransaction = serde_json::from_slice(&json)
@@ -79,9 +85,13 @@ pub fn run(count: usize, seed: u64) -> Result<EngineReport, EngineBenchError> {
         RuleSet::from_toml(DEFAULT_RULES).map_err(|e| EngineBenchError::Rules(e.to_string()))?;
     let n_rules = rules.len();
     let mut engine = Engine::new(EngineConfig::default(), Arc::new(rules));
+    for tx in &txs[..warmup] {
+        engine.score(tx);
+    }
+    let timed = &txs[warmup..];
     let mut flagged = 0;
     let t0 = Instant::now();
-    for tx in &txs {
+    for tx in timed {
         let scored = engine.score(tx);
         if scored.decision.decision > ringfence_core::decision::Action::Approve {
             flagged += 1;
@@ -89,11 +99,12 @@ pub fn run(count: usize, seed: u64) -> Result<EngineReport, EngineBenchError> {
     }
     let seconds = t0.elapsed().as_secs_f64();
     Ok(EngineReport {
-        transactions: txs.len(),
+        warmup,
+        transactions: timed.len(),
         rules: n_rules,
         seconds,
-        per_second: txs.len() as f64 / seconds,
-        mean_ns: seconds * 1e9 / txs.len().max(1) as f64,
+        per_second: timed.len() as f64 / seconds,
+        mean_ns: seconds * 1e9 / timed.len().max(1) as f64,
         flagged,
     })
 }

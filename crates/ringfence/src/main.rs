@@ -84,7 +84,7 @@ async fn main() -> std::process::ExitCode {
                     }
                     Err(e) => Err(e.to_string()),
                 },
-                None => match ringfence::engine_bench::run(args.count, args.seed) {
+                None => match ringfence::engine_bench::run(args.count, args.engine_warmup, args.seed) {
                     Ok(report) => {
                         if args.json {
                             println!(
