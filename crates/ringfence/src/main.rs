@@ -84,20 +84,22 @@ async fn main() -> std::process::ExitCode {
                     }
                     Err(e) => Err(e.to_string()),
                 },
-                None => match ringfence::engine_bench::run(args.count, args.engine_warmup, args.seed) {
-                    Ok(report) => {
-                        if args.json {
-                            println!(
-                                "{}",
-                                serde_json::to_string_pretty(&report).unwrap_or_default()
-                            );
-                        } else {
-                            println!("{}", report.to_text());
+                None => {
+                    match ringfence::engine_bench::run(args.count, args.engine_warmup, args.seed) {
+                        Ok(report) => {
+                            if args.json {
+                                println!(
+                                    "{}",
+                                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                                );
+                            } else {
+                                println!("{}", report.to_text());
+                            }
+                            Ok(())
                         }
-                        Ok(())
+                        Err(e) => Err(e.to_string()),
                     }
-                    Err(e) => Err(e.to_string()),
-                },
+                }
             }
         }
     };

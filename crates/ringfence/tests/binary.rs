@@ -1,0 +1,182 @@
+//! Tests of the real `ringfence` binary: configuration layering, serving, shutdown, demo.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ringfence::client::HttpClient;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ringfence");
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn wait_ready(client: &HttpClient, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(&format!("{base}/readyz")).await {
+            if r.status == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server at {base} never became ready");
+}
+
+#[tokio::test]
+async fn serve_reads_flags_env_and_config_file_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = dir.path().join("ringfence.toml");
+    // The file sets the listen address and thresholds; the environment overrides the data
+    // directory; flags override the challenge and block thresholds.
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata = \"{}\"\nreview_threshold = 30\nblock_threshold = 99\n",
+            dir.path().join("from-file").display()
+        ),
+    )
+    .expect("config");
+    let env_data = dir.path().join("from-env");
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--challenge-threshold", "50", "--block-threshold", "60"])
+        .env("RINGFENCE_DATA", &env_data)
+        .env("RINGFENCE_CARD_HASH_KEY", "do-not-print-me")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut child = Killed(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = HttpClient::new();
+    wait_ready(&client, &base).await;
+
+    // shared_device (55) lands between the flags' challenge (50) and block (60) thresholds...
+    let r = client
+        .post(
+            &format!("{base}/transaction"),
+            "application/json",
+            r#"{"user_id":"a","device_id":"d","amount":10}"#,
+        )
+        .await
+        .expect("post");
+    assert_eq!(r.status, 200);
+    let r = client
+        .post(
+            &format!("{base}/transaction"),
+            "application/json",
+            r#"{"user_id":"b","device_id":"d","amount":10}"#,
+        )
+        .await
+        .expect("post");
+    let v: Value = r.json().expect("json");
+    assert_eq!(v["decision"], "challenge", "{v}");
+    // ...and two ring rules together (55 + 30 for a third user) pass the flag's block at 60.
+    let r = client
+        .post(
+            &format!("{base}/transaction"),
+            "application/json",
+            r#"{"user_id":"c","device_id":"d","amount":10}"#,
+        )
+        .await
+        .expect("post");
+    let v: Value = r.json().expect("json");
+    assert_eq!(v["decision"], "block", "{v}");
+    assert!(
+        env_data.join("ringfence.db").exists(),
+        "data dir from the environment"
+    );
+    assert!(!dir.path().join("from-file").exists(), "env beats the file");
+
+    // SIGTERM: graceful stop, exit status 0, secret never logged.
+    let pid = child.0.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = child.0.wait().expect("wait");
+    assert!(exit.success(), "exit status {exit:?}");
+    let mut log = String::new();
+    if let Some(mut err) = child.0.stderr.take() {
+        use std::io::Read;
+        let _ = err.read_to_string(&mut log);
+    }
+    assert!(log.contains("ringfence serving"), "{log}");
+    assert!(!log.contains("do-not-print-me"), "secret in the log: {log}");
+}
+
+#[test]
+fn serve_rejects_a_bad_config_with_a_clear_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "review_threshold = 90\n").expect("config");
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("review"), "{err}");
+}
+
+#[test]
+fn demo_serves_and_prints_a_line_a_second() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let child = Command::new(BIN)
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--duration",
+            "4",
+            "--tps",
+            "100",
+            "--data",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut child = Killed(child);
+    let stdout = child.0.stdout.take().expect("stdout");
+    let lines: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    let exit = child.0.wait().expect("wait");
+    assert!(exit.success(), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("/v1/stats")), "{lines:?}");
+    let ticks: Vec<&String> = lines.iter().filter(|l| l.contains("tx/s |")).collect();
+    assert!(ticks.len() >= 2, "{lines:?}");
+    assert!(
+        ticks.iter().any(|l| !l.contains(" 0 tx/s")),
+        "traffic flowed: {lines:?}"
+    );
+    assert!(
+        ticks[0].contains("approve") && ticks[0].contains("p99"),
+        "{lines:?}"
+    );
+    assert!(dir.path().join("ringfence.db").exists());
+}
