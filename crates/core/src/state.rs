@@ -261,7 +261,7 @@ pub struct StateCounts {
 }
 
 /// All entity state of one engine.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct EntityState {
     config: StateConfig,
     cards: HashMap<u64, CardState>,
@@ -280,14 +280,27 @@ fn bucket(ts: i64, window_ms: i64, buckets: usize) -> i64 {
     ts.div_euclid((window_ms / buckets as i64).max(1))
 }
 
+impl Default for EntityState {
+    fn default() -> Self {
+        EntityState::new(StateConfig::default())
+    }
+}
+
 impl EntityState {
     /// Empty state with `config`.
     pub fn new(config: StateConfig) -> Self {
         EntityState {
             config,
+            cards: HashMap::new(),
+            users: HashMap::new(),
+            devices: HashMap::new(),
+            ips: HashMap::new(),
+            merchants: HashMap::new(),
+            terminals: HashMap::new(),
+            graph: LinkGraph::default(),
             watermark: i64::MIN,
             last_sweep: i64::MIN,
-            ..EntityState::default()
+            since_sweep: 0,
         }
     }
 
@@ -579,6 +592,178 @@ impl EntityState {
             merchants: self.merchants.len(),
             terminals: self.terminals.len(),
             graph_nodes: self.graph.len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{CardHasher, ParseContext, RawTransaction, Timestamp};
+
+    fn tx(json: &str) -> Transaction {
+        let hasher = CardHasher::new(b"k");
+        let cx = ParseContext {
+            card_hasher: &hasher,
+            now: Timestamp::from_millis(1_700_000_000_000),
+            generated_id: &|| "id".into(),
+        };
+        let raw: RawTransaction = serde_json::from_str(json).expect("json");
+        Transaction::parse(raw, &cx).expect("valid")
+    }
+
+    fn read<'a>(s: &EntityState, t: &'a Transaction) -> FeatureValues<'a> {
+        let mut f = FeatureValues::default();
+        s.features(t, &TxKeys::of(t), &mut f);
+        f
+    }
+
+    fn apply(s: &mut EntityState, t: &Transaction) {
+        s.apply(t, &TxKeys::of(t), false);
+    }
+
+    #[test]
+    fn a_transaction_never_sees_itself() {
+        let mut s = EntityState::new(StateConfig::default());
+        let t = tx(
+            r#"{"user_id":"u","card_id":"c","device_id":"d","ip":"10.0.0.1","merchant":"m","terminal_id":"t","amount":10}"#,
+        );
+        let before = read(&s, &t);
+        for n in [
+            Num::CardCount1m,
+            Num::UserCount7d,
+            Num::DeviceCount1h,
+            Num::IpCount24h,
+            Num::MerchantCount10m,
+            Num::TerminalCount1m,
+        ] {
+            assert_eq!(before.get(n), 0.0, "{n:?}");
+        }
+        assert_eq!(before.get(Num::CardTxCount), 0.0);
+        assert!(before.get(Num::CardAmountMean).is_nan());
+        apply(&mut s, &t);
+        let again = read(&s, &t);
+        assert_eq!(again.get(Num::CardCount1m), 1.0);
+        assert_eq!(again.get(Num::MerchantSum1m), 10.0);
+        assert_eq!(again.get(Num::CardAmountMean), 10.0);
+    }
+
+    #[test]
+    fn distinct_counts_relate_to_the_current_transaction() {
+        let mut s = EntityState::new(StateConfig::default());
+        apply(
+            &mut s,
+            &tx(
+                r#"{"user_id":"u1","card_id":"c1","device_id":"d","amount":1,"timestamp":"2024-01-01T00:00:00Z"}"#,
+            ),
+        );
+        apply(
+            &mut s,
+            &tx(
+                r#"{"user_id":"u1","card_id":"c2","device_id":"d","amount":1,"timestamp":"2024-01-01T00:01:00Z"}"#,
+            ),
+        );
+        let same_user = tx(
+            r#"{"user_id":"u1","card_id":"c1","device_id":"d","amount":1,"timestamp":"2024-01-01T00:02:00Z"}"#,
+        );
+        let f = read(&s, &same_user);
+        assert_eq!(f.get(Num::DeviceUsers24h), 1.0);
+        assert_eq!(
+            f.get(Num::DeviceOtherUsers24h),
+            0.0,
+            "the same user is not 'other'"
+        );
+        assert_eq!(f.get(Num::DeviceCards24h), 2.0);
+        assert_eq!(f.get(Num::DeviceOtherCards24h), 1.0);
+        assert_eq!(f.get(Num::UserCards24h), 2.0);
+        assert_eq!(f.get(Num::UserDevices24h), 1.0);
+        let other_user =
+            tx(r#"{"user_id":"u2","device_id":"d","amount":1,"timestamp":"2024-01-01T00:02:00Z"}"#);
+        assert_eq!(read(&s, &other_user).get(Num::DeviceOtherUsers24h), 1.0);
+        let next_day =
+            tx(r#"{"user_id":"u2","device_id":"d","amount":1,"timestamp":"2024-01-02T00:03:00Z"}"#);
+        assert_eq!(
+            read(&s, &next_day).get(Num::DeviceOtherUsers24h),
+            0.0,
+            "24 h later"
+        );
+    }
+
+    #[test]
+    fn new_device_merchant_and_travel() {
+        let mut s = EntityState::new(StateConfig::default());
+        apply(
+            &mut s,
+            &tx(
+                r#"{"user_id":"u","device_id":"d1","merchant":"m1","amount":1,"lat":48.8566,"lon":2.3522,"timestamp":"2024-01-01T00:00:00Z"}"#,
+            ),
+        );
+        let t = tx(
+            r#"{"user_id":"u","device_id":"d2","merchant":"m1","amount":1,"lat":40.7128,"lon":-74.006,"timestamp":"2024-01-01T01:00:00Z"}"#,
+        );
+        let f = read(&s, &t);
+        assert_eq!(f.get(Num::UserNewDevice), 1.0);
+        assert_eq!(f.get(Num::UserNewMerchant), 0.0);
+        assert!((f.get(Num::UserKmFromLast) - 5837.0).abs() < 10.0);
+        assert!(f.get(Num::UserSpeedKmh) > 5000.0);
+        assert_eq!(f.get(Num::UserSecsSinceLast), 3600.0);
+        assert!(
+            f.get(Num::CardSpeedKmh).is_nan(),
+            "no card on the transaction"
+        );
+        let no_device = tx(r#"{"user_id":"u","amount":1}"#);
+        assert!(read(&s, &no_device).get(Num::UserNewDevice).is_nan());
+    }
+
+    #[test]
+    fn idle_entities_expire_and_active_ones_stay() {
+        let mut s = EntityState::new(StateConfig {
+            idle_ttl_ms: 10 * DAY_MS,
+            ..StateConfig::default()
+        });
+        apply(
+            &mut s,
+            &tx(r#"{"card_id":"idle","amount":1,"timestamp":"2024-01-01T00:00:00Z"}"#),
+        );
+        // Eleven days of traffic on another card, enough events to trigger sweeps.
+        let start = Timestamp::parse("2024-01-01T00:00:00Z")
+            .expect("ts")
+            .millis();
+        for i in 0..(2 * SWEEP_EVERY as i64) {
+            let at = Timestamp::from_millis(start + 11 * DAY_MS * i / (2 * SWEEP_EVERY as i64 - 1));
+            apply(
+                &mut s,
+                &tx(&format!(
+                    r#"{{"card_id":"busy","amount":1,"timestamp":"{}"}}"#,
+                    at.to_rfc3339()
+                )),
+            );
+        }
+        assert!(!s.contains(EntityKind::Card, entity_key(EntityKind::Card, "idle")));
+        assert!(s.contains(EntityKind::Card, entity_key(EntityKind::Card, "busy")));
+        assert_eq!(s.counts().cards, 1);
+    }
+
+    #[test]
+    fn replaying_the_same_events_gives_the_same_features() {
+        let events: Vec<Transaction> = (0..200)
+            .map(|i| {
+                tx(&format!(
+                    r#"{{"user_id":"u{}","card_id":"c{}","device_id":"d{}","amount":{},"timestamp":"{}"}}"#,
+                    i % 7,
+                    i % 5,
+                    i % 3,
+                    1 + i,
+                    Timestamp::from_millis(1_700_000_000_000 + i * 13_000).to_rfc3339()
+                ))
+            })
+            .collect();
+        let (mut a, mut b) = (EntityState::default(), EntityState::default());
+        for e in &events {
+            let (fa, fb) = (read(&a, e), read(&b, e));
+            assert_eq!(format!("{:?}", fa.num), format!("{:?}", fb.num));
+            apply(&mut a, e);
+            apply(&mut b, e);
         }
     }
 }
