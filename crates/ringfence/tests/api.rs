@@ -478,3 +478,39 @@ async fn operational_endpoints_answer() {
     assert_eq!(app.get("/v1/entities/card/never-seen").await.0, 404);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn impossible_travel_is_explained_for_users_and_for_bare_cards() {
+    let (app, _dir) = app().await;
+    let paris = json!({"transaction_id": "p1", "user_id": "traveller", "card_id": "tc", "amount": 40, "lat": 48.8566, "lon": 2.3522, "timestamp": "2026-03-01T10:00:00Z"});
+    let nyc = json!({"transaction_id": "p2", "user_id": "traveller", "card_id": "tc", "amount": 40, "lat": 40.7128, "lon": -74.006, "timestamp": "2026-03-01T10:30:00Z"});
+    app.post_json("/v1/transactions", &paris).await;
+    let (_, d) = app.post_json("/v1/transactions", &nyc).await;
+    let travel: Vec<&Value> = d["reasons"]
+        .as_array()
+        .expect("reasons")
+        .iter()
+        .filter(|r| r["category"] == "travel")
+        .collect();
+    assert_eq!(travel.len(), 1, "{d}");
+    assert_eq!(travel[0]["rule"], "impossible_travel");
+    assert!(
+        travel[0]["detail"]
+            .as_str()
+            .is_some_and(|s| s.contains("km/h") && !s.contains("n/a")),
+        "{d}"
+    );
+
+    let a = json!({"transaction_id": "q1", "card_id": "bare", "amount": 40, "lat": 48.8566, "lon": 2.3522, "timestamp": "2026-03-01T10:00:00Z"});
+    let b = json!({"transaction_id": "q2", "card_id": "bare", "amount": 40, "lat": 40.7128, "lon": -74.006, "timestamp": "2026-03-01T10:30:00Z"});
+    app.post_json("/v1/transactions", &a).await;
+    let (_, d) = app.post_json("/v1/transactions", &b).await;
+    assert_eq!(d["reasons"][0]["rule"], "impossible_travel_card", "{d}");
+    assert!(
+        d["reasons"][0]["detail"]
+            .as_str()
+            .is_some_and(|s| !s.contains("n/a")),
+        "{d}"
+    );
+    app.stop().await;
+}
