@@ -347,6 +347,7 @@ mode = "shadow"
         let cx = ParseContext {
             card_hasher: &hasher,
             now: Timestamp::from_millis(1_700_000_000_000),
+            latest: Timestamp::MAX,
             generated_id: &|| "id".into(),
         };
         let raw: RawTransaction = serde_json::from_str(json).expect("json");

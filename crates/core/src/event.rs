@@ -55,23 +55,38 @@ impl Timestamp {
         self.0
     }
 
+    /// Earliest accepted event time: 1970-01-01T00:00:00Z.
+    pub const MIN: Timestamp = Timestamp(0);
+    /// Latest accepted event time: 9998-12-31T23:59:59.999Z (so every accepted time formats
+    /// back to RFC 3339 and reads back identically).
+    pub const MAX: Timestamp = Timestamp(253_370_764_799_999);
+
     /// Parses RFC 3339 (`2024-05-01T12:00:00Z`, offsets allowed) or the zone-less
-    /// `2018-04-01 00:00:31` form that history exports use (read as UTC).
+    /// `2018-04-01 00:00:31` form that history exports use (read as UTC). Times outside
+    /// [`Timestamp::MIN`]..=[`Timestamp::MAX`] are rejected.
     pub fn parse(s: &str) -> Result<Self, String> {
-        if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
-            return Ok(Timestamp((t.unix_timestamp_nanos() / 1_000_000) as i64));
-        }
-        let naive =
-            time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
-        match time::PrimitiveDateTime::parse(s, naive) {
-            Ok(t) => Ok(Timestamp(
-                (t.assume_utc().unix_timestamp_nanos() / 1_000_000) as i64,
-            )),
-            Err(_) => Err(format!(
-                "`{}` is not an RFC 3339 timestamp (e.g. 2024-05-01T12:00:00Z)",
+        let ms = if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
+            t.unix_timestamp_nanos() / 1_000_000
+        } else {
+            let naive =
+                time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+            match time::PrimitiveDateTime::parse(s, naive) {
+                Ok(t) => t.assume_utc().unix_timestamp_nanos() / 1_000_000,
+                Err(_) => {
+                    return Err(format!(
+                        "`{}` is not an RFC 3339 timestamp (e.g. 2024-05-01T12:00:00Z)",
+                        truncate_for_message(s)
+                    ))
+                }
+            }
+        };
+        if ms < i128::from(Self::MIN.0) || ms > i128::from(Self::MAX.0) {
+            return Err(format!(
+                "`{}` is outside the accepted range 1970-01-01 to 9998-12-31",
                 truncate_for_message(s)
-            )),
+            ));
         }
+        Ok(Timestamp(ms as i64))
     }
 
     /// RFC 3339 text in UTC with millisecond precision.
@@ -416,6 +431,10 @@ pub struct ParseContext<'a> {
     pub card_hasher: &'a CardHasher,
     /// Event time to use when the transaction has none (the server's clock).
     pub now: Timestamp,
+    /// Latest event time accepted: the server's clock plus the allowed clock skew for live
+    /// traffic, [`Timestamp::MAX`] for history. A future timestamp would otherwise move every
+    /// window and the idle-expiry clock forward for good.
+    pub latest: Timestamp,
     /// Id to use when the transaction has none.
     pub generated_id: &'a dyn Fn() -> String,
 }
@@ -435,6 +454,33 @@ fn code(field: &str, v: Option<String>, len: usize) -> Result<Option<String>, Fi
             format!("must be a {len}-letter code"),
         )),
     }
+}
+
+/// Whether `s` is 13 to 19 digits that pass the Luhn check: a card number, whatever field it
+/// arrived in.
+pub fn looks_like_pan(s: &str) -> bool {
+    let b = s.as_bytes();
+    if !(13..=19).contains(&b.len()) || !b.iter().all(u8::is_ascii_digit) {
+        return false;
+    }
+    let sum: u32 = b
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, d)| {
+            let d = u32::from(d - b'0');
+            if i % 2 == 1 {
+                if d * 2 > 9 {
+                    d * 2 - 9
+                } else {
+                    d * 2
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum % 10 == 0
 }
 
 /// Shortens untrusted text before it goes into an error message.
@@ -475,6 +521,16 @@ impl Transaction {
             Some(t) => Timestamp::parse(&t).map_err(|p| FieldError::new("timestamp", p))?,
             None => cx.now,
         };
+        if timestamp > cx.latest {
+            return Err(FieldError::new(
+                "timestamp",
+                format!(
+                    "is {} s ahead of the server clock ({}); check the client's clock",
+                    (timestamp.0 - cx.now.0) / 1000,
+                    cx.now.to_rfc3339()
+                ),
+            ));
+        }
         let kind = match raw.kind {
             Some(k) => TxKind::parse(&k)?,
             None => TxKind::Payment,
@@ -483,10 +539,15 @@ impl Transaction {
             .card_number
             .map(|pan| pan.digits().map(|d| cx.card_hasher.token(&d)))
             .transpose()?;
-        let card_id = match (opt_id("card_id", raw.card_id)?, &card_token) {
-            (Some(id), _) => Some(id),
-            (None, Some(token)) => Some(EntityId(token.as_str().into())),
-            (None, None) => None,
+        // A card number sent as `card_id` is hashed like `card_number`: it must not be stored.
+        let (card_id, card_token) = match (opt_id("card_id", raw.card_id)?, card_token) {
+            (Some(id), token) if looks_like_pan(id.as_str()) => {
+                let t = cx.card_hasher.token(id.as_str());
+                (Some(EntityId(t.as_str().into())), token.or(Some(t)))
+            }
+            (Some(id), token) => (Some(id), token),
+            (None, Some(token)) => (Some(EntityId(token.as_str().into())), Some(token)),
+            (None, None) => (None, None),
         };
         let ip = match raw.ip {
             None => None,
@@ -552,7 +613,8 @@ mod tests {
         let hasher = CardHasher::new(b"test-key");
         let cx = ParseContext {
             card_hasher: &hasher,
-            now: Timestamp::from_millis(1_700_000_000_000),
+            now: Timestamp::from_millis(1_800_000_000_000),
+            latest: Timestamp::from_millis(1_800_000_300_000),
             generated_id: &|| "gen-1".to_string(),
         };
         let raw: RawTransaction = serde_json::from_str(json).expect("valid json");
@@ -566,7 +628,7 @@ mod tests {
         assert_eq!(tx.user_id.unwrap().as_str(), "user-ring-1");
         assert_eq!(tx.transaction_id.as_str(), "gen-1");
         assert_eq!(tx.kind, TxKind::Payment);
-        assert_eq!(tx.timestamp.millis(), 1_700_000_000_000);
+        assert_eq!(tx.timestamp.millis(), 1_800_000_000_000);
     }
 
     #[test]
@@ -645,6 +707,41 @@ mod tests {
             cx_parse(r#"{"amount":1,"timestamp":"2018-04-01 00:00:31","currency":"eur"}"#).unwrap();
         assert_eq!(tx.timestamp.to_rfc3339(), "2018-04-01T00:00:31Z");
         assert_eq!(tx.currency.as_deref(), Some("EUR"));
+    }
+
+    #[test]
+    fn absurd_timestamps_are_rejected() {
+        for t in [
+            "0000-01-01T00:00:00+01:00",
+            "9999-12-31T23:30:00-01:00",
+            "1969-12-31T23:59:59Z",
+        ] {
+            let e = cx_parse(&format!(r#"{{"amount":1,"timestamp":"{t}"}}"#)).unwrap_err();
+            assert_eq!(e.field, "timestamp", "{t}");
+        }
+        let e = cx_parse(r#"{"amount":1,"timestamp":"2031-01-01T00:00:00Z"}"#).unwrap_err();
+        assert_eq!(e.field, "timestamp");
+        assert!(
+            e.problem.contains("ahead of the server clock"),
+            "{}",
+            e.problem
+        );
+        // Both ends of the range format and read back identically.
+        for ts in [Timestamp::MIN, Timestamp::MAX] {
+            assert_eq!(Timestamp::parse(&ts.to_rfc3339()), Ok(ts));
+        }
+    }
+
+    #[test]
+    fn a_card_number_in_card_id_is_hashed_too() {
+        assert!(looks_like_pan("4556737586899855"));
+        assert!(!looks_like_pan("4556737586899856"), "Luhn");
+        assert!(!looks_like_pan("card-123"));
+        let tx = cx_parse(r#"{"amount":1,"card_id":"4556737586899855"}"#).unwrap();
+        let id = tx.card_id.unwrap();
+        assert!(id.as_str().starts_with("ct_"));
+        let same = cx_parse(r#"{"amount":1,"card_number":"4556 7375 8689 9855"}"#).unwrap();
+        assert_eq!(same.card_id.unwrap(), id);
     }
 
     #[test]

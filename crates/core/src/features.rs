@@ -77,6 +77,7 @@ numeric_features! {
     TxHour => "tx.hour", Number, "Hour of the day (UTC, 0-23) of this transaction.";
     TxHasCardNumber => "tx.has_card_number", Bool, "The client sent a raw card number (tokenised at the edge).";
     TxHasLocation => "tx.has_location", Bool, "The transaction carries lat/lon.";
+    TxIsSmall => "tx.is_small", Bool, "The amount is below the configured small-amount threshold (card testing).";
     CardCount1m => "card.count_1m", Number, "Transactions of this card in the last minute, before this one.";
     CardSum1m => "card.sum_1m", Number, "Amount spent by this card in the last minute, before this one.";
     CardCount10m => "card.count_10m", Number, "Transactions of this card in the last 10 minutes, before this one.";

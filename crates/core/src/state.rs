@@ -5,6 +5,10 @@
 //! transaction never sees itself in its own counters, and since all time comes from event
 //! timestamps, applying the same events in the same order always yields the same state.
 //!
+//! Windows read a late (out-of-order) event as of its own time. Distinct counts and the
+//! new-device / new-merchant flags keep only the last time each key was seen, so a late event
+//! reads those as of the newest event applied.
+//!
 //! Entities are keyed by a 64-bit SipHash (fixed key, so keys are stable across runs) of their
 //! kind and id. Idle entities are swept once the event-time watermark has moved on by the
 //! configured time to live; the sweep is driven by events, so it is deterministic too.
@@ -316,6 +320,7 @@ impl EntityState {
         f.set(Num::TxHour, f64::from(tx.timestamp.hour_of_day()));
         f.set_bool(Num::TxHasCardNumber, tx.card_token.is_some());
         f.set_bool(Num::TxHasLocation, tx.location.is_some());
+        f.set_bool(Num::TxIsSmall, tx.amount < self.config.small_amount);
         let t = &mut f.text;
         t[Text::TxKind as usize] = Some(tx.kind.as_str());
         t[Text::TxCurrency as usize] = tx.currency.as_deref();
@@ -606,6 +611,7 @@ mod tests {
         let cx = ParseContext {
             card_hasher: &hasher,
             now: Timestamp::from_millis(1_700_000_000_000),
+            latest: Timestamp::MAX,
             generated_id: &|| "id".into(),
         };
         let raw: RawTransaction = serde_json::from_str(json).expect("json");

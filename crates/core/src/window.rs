@@ -8,8 +8,14 @@
 //! integer cents so totals are exact and replays reproduce them bit for bit.
 //!
 //! Events that arrive out of order land in their own bucket if it is still in the ring and
-//! are dropped from that window if it has already slid past them. Reads never go back in
-//! time: a late event reads the window as of the newest event already applied.
+//! are dropped from that window if it has already slid past them. A late event reads the
+//! window as of its own time: buckets newer than its own are not counted, so it never sees
+//! events that happened after it (buckets already overwritten by newer ones are gone, so a
+//! very late event may see less than was there).
+//!
+//! Sums use wrapping arithmetic: adding and later subtracting the same values is exact as long
+//! as the true total fits in an `i64` (about 9 * 10^16 in major units), and hostile traffic
+//! beyond that cannot panic the engine.
 
 /// A ring of `B` buckets holding counts and cent sums, plus running totals.
 #[derive(Clone, Debug)]
@@ -44,12 +50,21 @@ impl<const B: usize> Ring<B> {
     };
 
     /// Count and cent sum of the window ending in bucket `now` (inclusive), without changing
-    /// the ring. A `now` older than the newest bucket reads as of the newest bucket.
+    /// the ring. For a `now` older than the newest bucket only buckets up to `now` count.
     pub fn read(&self, now: i64) -> (u32, i64) {
         if self.head == i64::MIN {
             return (0, 0);
         }
-        let now = now.max(self.head);
+        if now < self.head {
+            let from = (now - B as i64 + 1).max(self.head - B as i64 + 1);
+            let (mut count, mut cents) = (0u32, 0i64);
+            for b in from..=now {
+                let s = slot::<B>(b);
+                count += self.counts[s];
+                cents = cents.wrapping_add(self.cents[s]);
+            }
+            return (count, cents);
+        }
         let gap = now - self.head;
         if gap >= B as i64 {
             return (0, 0);
@@ -59,7 +74,7 @@ impl<const B: usize> Ring<B> {
         for b in (self.head - B as i64 + 1)..=(now - B as i64) {
             let s = slot::<B>(b);
             count -= self.counts[s];
-            cents -= self.cents[s];
+            cents = cents.wrapping_sub(self.cents[s]);
         }
         (count, cents)
     }
@@ -74,10 +89,15 @@ impl<const B: usize> Ring<B> {
             return; // older than the whole ring: outside this window for every future read
         }
         let s = slot::<B>(at);
-        self.counts[s] = self.counts[s].saturating_add(1);
-        self.cents[s] += cents;
-        self.total_count = self.total_count.saturating_add(1);
-        self.total_cents += cents;
+        // Counts cannot realistically overflow a u32 per bucket, but saturating on both keeps
+        // `total_count >= sum(counts)` and the subtraction in `advance` safe regardless.
+        if self.total_count == u32::MAX {
+            return;
+        }
+        self.counts[s] += 1;
+        self.cents[s] = self.cents[s].wrapping_add(cents);
+        self.total_count += 1;
+        self.total_cents = self.total_cents.wrapping_add(cents);
     }
 
     /// Moves the head to `to`, clearing the buckets that slide out.
@@ -92,16 +112,11 @@ impl<const B: usize> Ring<B> {
         for b in (self.head + 1)..=to {
             let s = slot::<B>(b);
             self.total_count -= self.counts[s];
-            self.total_cents -= self.cents[s];
+            self.total_cents = self.total_cents.wrapping_sub(self.cents[s]);
             self.counts[s] = 0;
             self.cents[s] = 0;
         }
         self.head = to;
-    }
-
-    /// Bucket index of the newest event, if any.
-    pub fn newest_bucket(&self) -> Option<i64> {
-        (self.head != i64::MIN).then_some(self.head)
     }
 }
 
@@ -259,8 +274,18 @@ mod tests {
         let r = read(&w, 100 * S);
         assert_eq!(r[0], 2.0);
         assert_eq!(r[2], 3.0);
-        // A read at an older time reads as of the newest event, never back in time.
-        assert_eq!(read(&w, 50 * S)[0], 2.0);
+        // A late read counts only what happened up to its own time.
+        assert_eq!(
+            read(&w, 95 * S)[0],
+            1.0,
+            "the t=90 event, not the t=100 one"
+        );
+        assert_eq!(read(&w, 50 * S)[0], 0.0);
+        assert_eq!(
+            read(&w, 50 * S)[2],
+            1.0,
+            "the t=10 event in the 10-minute window"
+        );
     }
 
     #[test]
@@ -286,6 +311,21 @@ mod tests {
         w.add(-30 * S, 1.0);
         assert_eq!(read(&w, -1)[0], 1.0);
         assert_eq!(read(&w, 40 * S)[0], 0.0);
+    }
+
+    #[test]
+    fn huge_sums_never_panic() {
+        let mut r: Ring<4> = Ring::default();
+        for _ in 0..4 {
+            r.add(0, i64::MAX / 2);
+        }
+        let _ = r.read(0);
+        r.add(10, 1);
+        assert_eq!(
+            r.read(10),
+            (1, 1),
+            "sliding past wrapped buckets is exact again"
+        );
     }
 
     #[test]

@@ -97,6 +97,9 @@ pub struct ServeArgs {
     /// Log format: `text` or `json`.
     #[arg(long, env = "RINGFENCE_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// How far ahead of the server clock an event time may be, in seconds.
+    #[arg(long, env = "RINGFENCE_MAX_CLOCK_SKEW_SECS")]
+    pub max_clock_skew_secs: Option<i64>,
 }
 
 /// The same keys as read from the config file.
@@ -119,6 +122,7 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     max_batch: Option<usize>,
     log_format: Option<String>,
+    max_clock_skew_secs: Option<i64>,
 }
 
 /// A configuration problem, named precisely.
@@ -164,6 +168,8 @@ pub struct Settings {
     pub max_batch: usize,
     /// `text` or `json`.
     pub log_format: String,
+    /// Largest accepted lead of an event time over the server clock, in milliseconds.
+    pub max_clock_skew_ms: i64,
 }
 
 /// Largest batch a client may send.
@@ -192,26 +198,33 @@ impl Settings {
             block: pick!(block_threshold, defaults.thresholds.block),
         };
         thresholds.validate().map_err(ConfigError::Invalid)?;
+        let escalation_window_secs =
+            pick!(escalation_window_secs, defaults.escalation.window_ms / 1000);
+        if !(60..=31_536_000).contains(&escalation_window_secs) {
+            return Err(ConfigError::Invalid(
+                "escalation_window_secs must be within 60..=31536000".into(),
+            ));
+        }
         let escalation = EscalationPolicy {
-            window_ms: pick!(escalation_window_secs, defaults.escalation.window_ms / 1000)
-                .saturating_mul(1000),
+            window_ms: escalation_window_secs * 1000,
             review_over: pick!(escalate_review_over, defaults.escalation.review_over),
             challenge_over: pick!(escalate_challenge_over, defaults.escalation.challenge_over),
             block_over: pick!(escalate_block_over, defaults.escalation.block_over),
         };
-        if escalation.window_ms < 60_000 {
-            return Err(ConfigError::Invalid(
-                "escalation_window_secs must be at least 60".into(),
-            ));
-        }
         let small_amount = pick!(small_amount, defaults.small_amount);
         if !(small_amount.is_finite() && small_amount >= 0.0) {
             return Err(ConfigError::Invalid("small_amount must be >= 0".into()));
         }
         let idle_ttl_days = pick!(idle_ttl_days, defaults.idle_ttl_ms / 86_400_000);
-        if idle_ttl_days < 8 {
+        if !(8..=36_500).contains(&idle_ttl_days) {
             return Err(ConfigError::Invalid(
-                "idle_ttl_days must be at least 8 (longer than the 7-day window)".into(),
+                "idle_ttl_days must be within 8..=36500 (longer than the 7-day window)".into(),
+            ));
+        }
+        let max_clock_skew_secs = pick!(max_clock_skew_secs, 300);
+        if !(0..=86_400).contains(&max_clock_skew_secs) {
+            return Err(ConfigError::Invalid(
+                "max_clock_skew_secs must be within 0..=86400".into(),
             ));
         }
         let max_batch = pick!(max_batch, DEFAULT_MAX_BATCH);
@@ -240,6 +253,7 @@ impl Settings {
             max_body_bytes: pick!(max_body_bytes, 16 * 1024 * 1024),
             max_batch,
             log_format,
+            max_clock_skew_ms: max_clock_skew_secs * 1000,
         })
     }
 }

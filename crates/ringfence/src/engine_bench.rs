@@ -61,6 +61,7 @@ pub fn run(count: usize, warmup: usize, seed: u64) -> Result<EngineReport, Engin
     let cx = ParseContext {
         card_hasher: &hasher,
         now: Timestamp::from_millis(0),
+        latest: Timestamp::MAX,
         generated_id: &gen_id,
     };
     let tps = 500.0;

@@ -126,6 +126,9 @@ pub struct EngineHost {
     hasher: CardHasher,
     metrics: Arc<Metrics>,
     storage_failed: AtomicBool,
+    /// Transactions scored since start; tells a request whether ids it looked up may have
+    /// left `recent` before it took the lock.
+    scored_total: AtomicU64,
     id_counter: AtomicU64,
     id_salt: u32,
     rules: Mutex<RulesStatus>,
@@ -152,14 +155,28 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// Shortest accepted card-hash key, in bytes.
+const MIN_KEY_LEN: usize = 16;
+
 /// Loads the card-hash key from settings, or from (creating) `card_hash.key` in the data dir.
-fn card_hash_key(settings: &Settings) -> Result<Vec<u8>, StoreError> {
+fn card_hash_key(settings: &Settings) -> Result<Vec<u8>, StartError> {
     if let Some(k) = &settings.card_hash_key {
-        return Ok(k.expose().as_bytes().to_vec());
+        let key = k.expose().as_bytes().to_vec();
+        if key.len() < MIN_KEY_LEN {
+            return Err(StartError::WeakKey(key.len()));
+        }
+        return Ok(key);
     }
+    std::fs::create_dir_all(&settings.data).map_err(StoreError::from)?;
     let path = settings.data.join("card_hash.key");
     match std::fs::read_to_string(&path) {
-        Ok(hex) => Ok(hex.trim().as_bytes().to_vec()),
+        Ok(hex) => {
+            let key = hex.trim().as_bytes().to_vec();
+            if key.len() < MIN_KEY_LEN {
+                return Err(StartError::WeakKey(key.len()));
+            }
+            Ok(key)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = format!(
                 "{:016x}{:016x}{:016x}{:016x}",
@@ -168,16 +185,19 @@ fn card_hash_key(settings: &Settings) -> Result<Vec<u8>, StoreError> {
                 random_u64(),
                 random_u64()
             );
-            write_private(&path, key.as_bytes())?;
+            write_private(&path, key.as_bytes()).map_err(StoreError::from)?;
             tracing::info!(path = %path.display(), "generated a new card-hash key");
             Ok(key.into_bytes())
         }
-        Err(e) => Err(e.into()),
+        Err(e) => Err(StoreError::from(e).into()),
     }
 }
 
+/// Writes a new private file atomically: a crash leaves either no file or the whole file.
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -185,9 +205,10 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path)?;
+    let mut f = opts.open(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
@@ -217,6 +238,14 @@ pub enum StartError {
     /// The store could not be opened or read.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The card-hash key is too short to protect card numbers.
+    #[error(
+        "the card-hash key is {0} bytes; at least 16 are required (32 random bytes recommended)"
+    )]
+    WeakKey(usize),
+    /// The data was written under another card-hash key: its card tokens would not match.
+    #[error("the card-hash key differs from the one this data directory was written with; card tokens would not match (restore the original key or start a new data directory)")]
+    KeyMismatch,
 }
 
 fn load_rules(path: Option<&Path>) -> Result<RuleSet, StartError> {
@@ -241,6 +270,29 @@ impl EngineHost {
     pub fn start(settings: Settings, metrics: Arc<Metrics>) -> Result<Arc<EngineHost>, StartError> {
         let store = SqliteStore::open(&settings.data)?;
         let hasher = CardHasher::new(&card_hash_key(&settings)?);
+        // The token of a fixed probe identifies the key without revealing it.
+        let key_fingerprint = hasher.token("0000000000000000");
+        match store.meta("card_hash_key_fingerprint")? {
+            Some(stored) if stored != key_fingerprint.as_str() => {
+                return Err(StartError::KeyMismatch)
+            }
+            Some(_) => {}
+            None => store.set_meta("card_hash_key_fingerprint", key_fingerprint.as_str())?,
+        }
+        let state_config = format!(
+            "small_amount={} idle_ttl_ms={} alert_window_ms={}",
+            settings.engine.small_amount,
+            settings.engine.idle_ttl_ms,
+            settings.engine.escalation.window_ms
+        );
+        match store.meta("state_config")? {
+            Some(stored) if stored != state_config => {
+                tracing::warn!(was = %stored, now = %state_config, "state settings changed since this data was written; the rebuilt state follows the new settings, so decisions may differ from those stored");
+                store.set_meta("state_config", &state_config)?;
+            }
+            Some(_) => {}
+            None => store.set_meta("state_config", &state_config)?,
+        }
         let rules = load_rules(settings.rules.as_deref())?;
         let mut engine = Engine::new(settings.engine, Arc::new(rules));
         let began = Instant::now();
@@ -275,6 +327,7 @@ impl EngineHost {
             hasher,
             metrics,
             storage_failed: AtomicBool::new(false),
+            scored_total: AtomicU64::new(0),
             id_counter: AtomicU64::new(0),
             id_salt: random_u64() as u32,
             rules: Mutex::new(RulesStatus {
@@ -339,6 +392,7 @@ impl EngineHost {
         let cx = ParseContext {
             card_hasher: &self.hasher,
             now: at,
+            latest: Timestamp::from_millis(at.millis() + self.settings.max_clock_skew_ms),
             generated_id: &gen,
         };
         Transaction::parse(raw, &cx).map(|tx| Parsed { tx, generated_id })
@@ -353,6 +407,7 @@ impl EngineHost {
             ));
         }
         let received = Instant::now();
+        let scored_before = self.scored_total.load(Ordering::Acquire);
         let lookups: Vec<String> = batch
             .iter()
             .filter(|p| !p.generated_id)
@@ -392,6 +447,12 @@ impl EngineHost {
             let mut guard = self.lock();
             let locked = &mut *guard;
             let second = (now().millis() / 1000) as u64;
+            // If so many transactions were scored since our store lookup that `recent` may
+            // have dropped an id that became durable in between, look again, under the lock.
+            // Rare (it takes RECENT_IDS decisions between lookup and lock), but it closes the
+            // window in which a duplicate could be counted twice.
+            let recent_may_have_evicted = self.scored_total.load(Ordering::Acquire) - scored_before
+                >= (RECENT_IDS / 2) as u64;
             for p in batch {
                 let id = p.tx.transaction_id.as_str();
                 if let Some(decision) = stored.get(id) {
@@ -401,6 +462,12 @@ impl EngineHost {
                 if locked.recent.contains(id) {
                     slots.push(Slot::InFlight(id.to_owned()));
                     continue;
+                }
+                if recent_may_have_evicted && !p.generated_id {
+                    if let Some(decision) = self.store.decision_blocking(id)? {
+                        slots.push(Slot::Stored(decision));
+                        continue;
+                    }
                 }
                 let Some(permit) = permits.as_mut().and_then(Iterator::next) else {
                     // Cannot happen (one place was reserved per fresh transaction); refuse
@@ -413,6 +480,7 @@ impl EngineHost {
                 let _ = locked.latency.record(us.max(1));
                 self.metrics.engine_latency.observe_us(us);
                 locked.recent.insert(id);
+                self.scored_total.fetch_add(1, Ordering::Release);
                 match locked.per_second.back_mut() {
                     Some((s, n)) if *s == second => *n += 1,
                     _ => {
@@ -448,7 +516,7 @@ impl EngineHost {
                         Err(_) => return Err(self.storage_failed("writer stopped".into())),
                     }
                     self.metrics.decision(record.decision.decision);
-                    if record.decision.alert {
+                    if record.decision.decision > ringfence_core::decision::Action::Approve {
                         self.metrics.alerts.fetch_add(1, Ordering::Relaxed);
                     }
                     out.push(Submitted {
@@ -623,6 +691,11 @@ impl EngineHost {
             })
             .collect();
         serde_json::json!({ "status": status, "rules": rules })
+    }
+
+    /// The card token of a card number (for lookups by PAN; the PAN itself goes nowhere).
+    pub fn card_token(&self, pan_digits: &str) -> String {
+        self.hasher.token(pan_digits).as_str().to_owned()
     }
 
     /// Current features of an entity, if the engine holds state for it.

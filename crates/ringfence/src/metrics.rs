@@ -63,7 +63,7 @@ impl LatencyHistogram {
 #[derive(Debug, Default)]
 pub struct Metrics {
     decisions: [AtomicU64; 4],
-    /// Decisions that raised an alert.
+    /// Decisions above approve (each is queued as an alert).
     pub alerts: AtomicU64,
     /// Rejected transactions (validation errors).
     pub rejected: AtomicU64,

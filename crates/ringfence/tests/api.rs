@@ -514,3 +514,33 @@ async fn impossible_travel_is_explained_for_users_and_for_bare_cards() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_weak_or_changed_card_hash_key_is_refused() {
+    use ringfence::config::{Secret, ServeArgs, Settings};
+    use ringfence::host::StartError;
+    use ringfence::startup::{AppError, Application};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = |key: &str| {
+        Settings::resolve(&ServeArgs {
+            listen: Some("127.0.0.1:0".parse().expect("addr")),
+            data: Some(dir.path().to_owned()),
+            card_hash_key: Some(Secret::new(key)),
+            ..ServeArgs::default()
+        })
+        .expect("settings")
+    };
+    let weak = Application::build(settings("short")).await;
+    assert!(matches!(weak, Err(AppError::Start(StartError::WeakKey(5)))));
+    let first = Application::build(settings("first-key-0123456789abcdef"))
+        .await
+        .expect("first start");
+    drop(first);
+    let changed = Application::build(settings("other-key-0123456789abcdef")).await;
+    assert!(matches!(
+        changed,
+        Err(AppError::Start(StartError::KeyMismatch))
+    ));
+    let same = Application::build(settings("first-key-0123456789abcdef")).await;
+    assert!(same.is_ok(), "the original key still opens the data");
+}

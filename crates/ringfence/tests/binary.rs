@@ -59,7 +59,10 @@ async fn serve_reads_flags_env_and_config_file_and_stops_on_sigterm() {
         .arg(&config)
         .args(["--challenge-threshold", "50", "--block-threshold", "60"])
         .env("RINGFENCE_DATA", &env_data)
-        .env("RINGFENCE_CARD_HASH_KEY", "do-not-print-me")
+        .env(
+            "RINGFENCE_CARD_HASH_KEY",
+            "do-not-print-me-0123456789abcdef",
+        )
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -122,7 +125,10 @@ async fn serve_reads_flags_env_and_config_file_and_stops_on_sigterm() {
         let _ = err.read_to_string(&mut log);
     }
     assert!(log.contains("ringfence serving"), "{log}");
-    assert!(!log.contains("do-not-print-me"), "secret in the log: {log}");
+    assert!(
+        !log.contains("do-not-print-me-0123456789abcdef"),
+        "secret in the log: {log}"
+    );
 }
 
 #[test]

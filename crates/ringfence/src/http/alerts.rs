@@ -1,5 +1,6 @@
 //! `GET /v1/alerts`: the alert queue, newest first.
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
 
@@ -10,8 +11,9 @@ use crate::store::AlertQuery;
 /// Alerts filtered by category, account or decision, paged with `before`.
 pub async fn list(
     State(cx): State<ApiContext>,
-    Query(q): Query<AlertQuery>,
+    q: Result<Query<AlertQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = q.map_err(super::query_error)?;
     if let Some(d) = &q.decision {
         if ringfence_core::decision::Action::parse(d).is_none() {
             return Err(ApiError::BadParam {

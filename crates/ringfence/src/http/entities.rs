@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use ringfence_core::event::EntityId;
@@ -24,8 +25,9 @@ pub struct EntityQuery {
 pub async fn get(
     State(cx): State<ApiContext>,
     Path((kind, id)): Path<(String, String)>,
-    Query(q): Query<EntityQuery>,
+    q: Result<Query<EntityQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = q.map_err(super::query_error)?;
     let kind = EntityKind::parse(&kind).ok_or_else(|| ApiError::BadParam {
         field: "type",
         message: format!(
@@ -33,6 +35,12 @@ pub async fn get(
             kind.chars().take(40).collect::<String>()
         ),
     })?;
+    // A card looked up by its number is looked up by its token: the number goes no further.
+    let id = if kind == EntityKind::Card && ringfence_core::event::looks_like_pan(&id) {
+        cx.host.card_token(&id)
+    } else {
+        id
+    };
     let id = EntityId::parse("id", &id)?;
     let limit = q.limit.unwrap_or(20).clamp(1, 200);
     let features = cx.host.entity_features(kind, &id);

@@ -91,6 +91,19 @@ pub fn router(host: Arc<EngineHost>) -> Router {
         .with_state(cx)
 }
 
+/// A bad query string as our JSON error.
+pub fn query_error(r: axum::extract::rejection::QueryRejection) -> ApiError {
+    let text = r.body_text();
+    let message = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(&text)
+        .to_owned();
+    ApiError::BadParam {
+        field: "query",
+        message,
+    }
+}
+
 async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }

@@ -14,7 +14,12 @@ pub async fn list(State(cx): State<ApiContext>) -> Json<serde_json::Value> {
 
 /// Reloads the rules file now; a broken file keeps the running rules (422 with the errors).
 pub async fn reload(State(cx): State<ApiContext>) -> Result<Json<serde_json::Value>, ApiError> {
-    match cx.host.reload_rules() {
+    // Reading the file and compiling the rules is blocking work: keep it off the runtime.
+    let host = cx.host.clone();
+    let result = tokio::task::spawn_blocking(move || host.reload_rules())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    match result {
         Ok(n) => Ok(Json(serde_json::json!({ "reloaded": true, "rules": n }))),
         Err(errors) => Err(ApiError::InvalidRules(errors)),
     }

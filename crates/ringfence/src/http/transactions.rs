@@ -35,9 +35,10 @@ fn parse_raw(bytes: &[u8]) -> Result<RawTransaction, ApiError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_data() && path != "." {
-            let msg = inner.to_string();
-            let msg = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
-            ApiError::InvalidField(ringfence_core::event::FieldError::new(path, msg))
+            ApiError::InvalidField(ringfence_core::event::FieldError::new(
+                path,
+                describe_data_error(&inner.to_string()),
+            ))
         } else if inner.is_data() {
             ApiError::MalformedJson("expected a JSON object".into())
         } else {
@@ -47,6 +48,19 @@ fn parse_raw(bytes: &[u8]) -> Result<RawTransaction, ApiError> {
     de.end()
         .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
     Ok(raw)
+}
+
+/// Rewrites serde's "invalid type: integer `4111…`, expected a string" as "must be a string":
+/// the offending value is never echoed (it could be a card number in the wrong field).
+fn describe_data_error(msg: &str) -> String {
+    let msg = msg.split(" at line ").next().unwrap_or(msg);
+    if msg.starts_with("invalid type") || msg.starts_with("invalid value") {
+        if let Some((_, expected)) = msg.rsplit_once(", expected ") {
+            return format!("must be {expected}");
+        }
+        return "has an invalid value".into();
+    }
+    msg.to_owned()
 }
 
 /// `POST /v1/transactions` (and the legacy `POST /transaction`): decide one transaction.

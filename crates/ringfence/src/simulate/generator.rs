@@ -1073,6 +1073,7 @@ mod tests {
         let cx = ParseContext {
             card_hasher: &hasher,
             now: Timestamp::from_millis(DEFAULT_START_MS),
+            latest: Timestamp::MAX,
             generated_id: &|| "unused".to_string(),
         };
         for lt in generator(3, 0.2).take(10_000) {

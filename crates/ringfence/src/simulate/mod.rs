@@ -8,10 +8,10 @@
 //!   (velocity bursts, card testing, fraud rings, account takeover, impossible travel).
 //! - `driver`: pacing that stream in real time to a server, or writing it to NDJSON.
 //! - [`tally`]: counting the server's decisions against the ground truth.
-//! - `demo`: the once-a-second status feed of `run_demo_feed`.
+//! - `feed`: the once-a-second status feed of `run_demo_feed`.
 
-mod demo;
 mod driver;
+mod feed;
 pub mod generator;
 #[cfg(test)]
 pub(crate) mod stub;
@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use ringfence_core::event::Timestamp;
 
-pub use demo::run_demo_feed;
+pub use feed::run_demo_feed;
 pub use generator::{
     Generator, GeneratorConfig, LabeledTransaction, SimTransaction, DEFAULT_START_MS, SCENARIOS,
 };
@@ -334,6 +334,7 @@ mod tests {
         let cx = ParseContext {
             card_hasher: &hasher,
             now: Timestamp::from_millis(0),
+            latest: Timestamp::MAX,
             generated_id: &|| "unused".to_string(),
         };
         let file = std::io::BufReader::new(File::open(&path).unwrap());
@@ -399,7 +400,7 @@ mod tests {
             ..GeneratorConfig::default()
         };
         let mut lines = Vec::new();
-        let totals = demo::feed(
+        let totals = feed::feed(
             &base,
             config,
             Some(Duration::from_millis(2_300)),
@@ -432,7 +433,7 @@ mod tests {
     async fn demo_feed_stops_on_shutdown() {
         let (base, _seen) = stub::spawn(0).await;
         let shutdown = tokio::time::sleep(Duration::from_millis(300));
-        let totals = demo::feed(&base, GeneratorConfig::default(), None, shutdown, |_| {})
+        let totals = feed::feed(&base, GeneratorConfig::default(), None, shutdown, |_| {})
             .await
             .unwrap();
         assert!(totals.sent > 0);

@@ -163,6 +163,28 @@ impl SqliteStore {
         })
     }
 
+    /// A value from the `meta` table (settings the data was written under).
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.read_blocking(|c| {
+            Ok(
+                c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                    .optional()?,
+            )
+        })
+    }
+
+    /// Sets a `meta` value (at start only, before the writer takes traffic).
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let conn = Connection::open(&self.path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
     /// The write side.
     pub fn writer(&self) -> &Writer {
         &self.writer
@@ -218,6 +240,17 @@ impl SqliteStore {
             Ok(out)
         })
         .await
+    }
+
+    /// The stored decision of one id, on the current thread.
+    pub fn decision_blocking(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.read_blocking(|c| {
+            Ok(
+                c.prepare_cached("SELECT decision FROM transactions WHERE id = ?1")?
+                    .query_row([id], |r| r.get::<_, String>(0))
+                    .optional()?,
+            )
+        })
     }
 
     /// A stored transaction with its decision and labels.
@@ -552,7 +585,12 @@ fn write_group(
                         decision
                     ])?;
                     if inserted == 0 {
-                        // Already stored under this id: the first record stands.
+                        // The host checks ids before scoring, so this means a duplicate got
+                        // past it: the first record stands, and the breach is loud.
+                        tracing::error!(
+                            transaction_id = tx.transaction_id.as_str(),
+                            "duplicate transaction id reached the writer; the first record stands"
+                        );
                         continue;
                     }
                     for (kind, id) in [
@@ -568,6 +606,8 @@ fn write_group(
                             ins_entity.execute(params![format!("{kind}:{}", id.as_str()), seq])?;
                         }
                     }
+                    // Every decision above approve is queued for analysts, escalations included;
+                    // `alert` (the ladder's count) is stored with the transaction.
                     if d.decision > ringfence_core::decision::Action::Approve {
                         let category = d.reasons.first().map_or("score", |r| r.category.as_str());
                         let reasons = serde_json::to_string(&d.reasons)

@@ -25,7 +25,7 @@ pub async fn spawn_app_at(data: &Path, rules: Option<PathBuf>) -> TestApp {
         listen: Some("127.0.0.1:0".parse().expect("addr")),
         data: Some(data.to_owned()),
         rules,
-        card_hash_key: Some(Secret::new("test-card-key")),
+        card_hash_key: Some(Secret::new("test-card-hash-key-0123456789abcdef")),
         ..ServeArgs::default()
     };
     let settings = Settings::resolve(&args).expect("settings");
