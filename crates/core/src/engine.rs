@@ -307,7 +307,6 @@ fn human_duration(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{CardHasher, ParseContext, RawTransaction};
 
     const RULES: &str = r#"
 [[rule]]
@@ -342,17 +341,7 @@ mode = "shadow"
         Engine::new(EngineConfig::default(), Arc::new(rules))
     }
 
-    fn tx(json: &str) -> Transaction {
-        let hasher = CardHasher::new(b"k");
-        let cx = ParseContext {
-            card_hasher: &hasher,
-            now: Timestamp::from_millis(1_700_000_000_000),
-            latest: Timestamp::MAX,
-            generated_id: &|| "id".into(),
-        };
-        let raw: RawTransaction = serde_json::from_str(json).expect("json");
-        Transaction::parse(raw, &cx).expect("valid")
-    }
+    use crate::event::test_tx as tx;
 
     #[test]
     fn fourth_card_transaction_in_a_minute_is_flagged() {

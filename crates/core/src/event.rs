@@ -605,6 +605,20 @@ impl Transaction {
     }
 }
 
+/// Parses a transaction from JSON for tests: fixed key, clock at 2023-11-14, no future limit.
+#[cfg(test)]
+pub(crate) fn test_tx(json: &str) -> Transaction {
+    let hasher = CardHasher::new(b"k");
+    let cx = ParseContext {
+        card_hasher: &hasher,
+        now: Timestamp::from_millis(1_700_000_000_000),
+        latest: Timestamp::MAX,
+        generated_id: &|| "id".into(),
+    };
+    let raw: RawTransaction = serde_json::from_str(json).expect("test json");
+    Transaction::parse(raw, &cx).expect("valid test transaction")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -305,6 +305,29 @@ mod tests {
     }
 
     #[test]
+    fn profile_features_are_laid_out_alike_for_cards_and_users() {
+        // EntityState writes the profile as eight consecutive values from `<kind>.tx_count`.
+        let suffixes = [
+            "tx_count",
+            "amount_mean",
+            "amount_std",
+            "amount_zscore",
+            "amount_ratio",
+            "secs_since_last",
+            "km_from_last",
+            "speed_kmh",
+        ];
+        for (base, prefix) in [(Num::CardTxCount, "card"), (Num::UserTxCount, "user")] {
+            for (i, suffix) in suffixes.iter().enumerate() {
+                assert_eq!(
+                    NUM_FEATURES[base as usize + i].name,
+                    format!("{prefix}.{suffix}")
+                );
+            }
+        }
+    }
+
+    #[test]
     fn lookup_finds_both_kinds() {
         assert_eq!(lookup("card.count_1m").unwrap().ty, FeatureType::Number);
         assert_eq!(lookup("tx.kind").unwrap().ty, FeatureType::Text);

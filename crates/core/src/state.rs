@@ -280,6 +280,31 @@ pub struct EntityState {
     since_sweep: u32,
 }
 
+/// Writes the eight profile features that follow `base` in the catalog (tx_count, amount
+/// mean, std, z-score, ratio, secs since last, km from last, speed), as laid out for both
+/// cards and users.
+fn profile_into(
+    base: Num,
+    p: &SpendProfile,
+    seen: &LastSeen,
+    tx: &Transaction,
+    f: &mut FeatureValues<'_>,
+) {
+    let ts = tx.timestamp.millis();
+    let (km, kmh) = seen.travel(ts, tx.location);
+    let values = [
+        f64::from(p.count()),
+        p.mean(),
+        p.std(),
+        p.zscore(tx.amount),
+        p.ratio(tx.amount),
+        seen.secs_since(ts),
+        km,
+        kmh,
+    ];
+    f.num[base as usize..base as usize + values.len()].copy_from_slice(&values);
+}
+
 fn bucket(ts: i64, window_ms: i64, buckets: usize) -> i64 {
     ts.div_euclid((window_ms / buckets as i64).max(1))
 }
@@ -344,29 +369,13 @@ impl EntityState {
                 Num::CardSmallCount10m,
                 f64::from(c.small_10m.read(ts.div_euclid(60_000)).0),
             );
-            f.set(Num::CardTxCount, f64::from(c.profile.count()));
-            f.set(Num::CardAmountMean, c.profile.mean());
-            f.set(Num::CardAmountStd, c.profile.std());
-            f.set(Num::CardAmountZscore, c.profile.zscore(tx.amount));
-            f.set(Num::CardAmountRatio, c.profile.ratio(tx.amount));
-            f.set(Num::CardSecsSinceLast, c.seen.secs_since(ts));
-            let (km, kmh) = c.seen.travel(ts, tx.location);
-            f.set(Num::CardKmFromLast, km);
-            f.set(Num::CardSpeedKmh, kmh);
+            profile_into(Num::CardTxCount, &c.profile, &c.seen, tx, f);
         }
         if let Some(k) = keys.user {
             let user = self.users.get(&k);
             self.windows_into(EntityKind::User, user.map(|u| &u.windows), ts, f);
             let u = user.unwrap_or(&EMPTY_USER);
-            f.set(Num::UserTxCount, f64::from(u.profile.count()));
-            f.set(Num::UserAmountMean, u.profile.mean());
-            f.set(Num::UserAmountStd, u.profile.std());
-            f.set(Num::UserAmountZscore, u.profile.zscore(tx.amount));
-            f.set(Num::UserAmountRatio, u.profile.ratio(tx.amount));
-            f.set(Num::UserSecsSinceLast, u.seen.secs_since(ts));
-            let (km, kmh) = u.seen.travel(ts, tx.location);
-            f.set(Num::UserKmFromLast, km);
-            f.set(Num::UserSpeedKmh, kmh);
+            profile_into(Num::UserTxCount, &u.profile, &u.seen, tx, f);
             if let Some(d) = keys.device {
                 f.set_bool(Num::UserNewDevice, !u.devices.contains(d));
             }
@@ -604,19 +613,9 @@ impl EntityState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{CardHasher, ParseContext, RawTransaction, Timestamp};
+    use crate::event::Timestamp;
 
-    fn tx(json: &str) -> Transaction {
-        let hasher = CardHasher::new(b"k");
-        let cx = ParseContext {
-            card_hasher: &hasher,
-            now: Timestamp::from_millis(1_700_000_000_000),
-            latest: Timestamp::MAX,
-            generated_id: &|| "id".into(),
-        };
-        let raw: RawTransaction = serde_json::from_str(json).expect("json");
-        Transaction::parse(raw, &cx).expect("valid")
-    }
+    use crate::event::test_tx as tx;
 
     fn read<'a>(s: &EntityState, t: &'a Transaction) -> FeatureValues<'a> {
         let mut f = FeatureValues::default();

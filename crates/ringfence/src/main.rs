@@ -40,6 +40,18 @@ fn init_logging(default: &str, json: bool) {
     }
 }
 
+/// Prints a benchmark report as JSON or as its text form.
+fn print_report(report: &impl serde::Serialize, json: bool, text: String) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).unwrap_or_default()
+        );
+    } else {
+        println!("{text}");
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -70,36 +82,13 @@ async fn main() -> std::process::ExitCode {
         Command::Bench(args) => {
             init_logging("warn", false);
             match &args.target {
-                Some(_) => match ringfence::bench::run_http(&args).await {
-                    Ok(report) => {
-                        if args.json {
-                            println!(
-                                "{}",
-                                serde_json::to_string_pretty(&report).unwrap_or_default()
-                            );
-                        } else {
-                            println!("{}", report.to_text());
-                        }
-                        Ok(())
-                    }
-                    Err(e) => Err(e.to_string()),
-                },
-                None => {
-                    match ringfence::engine_bench::run(args.count, args.engine_warmup, args.seed) {
-                        Ok(report) => {
-                            if args.json {
-                                println!(
-                                    "{}",
-                                    serde_json::to_string_pretty(&report).unwrap_or_default()
-                                );
-                            } else {
-                                println!("{}", report.to_text());
-                            }
-                            Ok(())
-                        }
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
+                Some(_) => ringfence::bench::run_http(&args)
+                    .await
+                    .map(|r| print_report(&r, args.json, r.to_text()))
+                    .map_err(|e| e.to_string()),
+                None => ringfence::engine_bench::run(args.count, args.engine_warmup, args.seed)
+                    .map(|r| print_report(&r, args.json, r.to_text()))
+                    .map_err(|e| e.to_string()),
             }
         }
     };
