@@ -25,6 +25,8 @@ pub struct EngineConfig {
     pub small_amount: f64,
     /// Idle entities are forgotten after this long (milliseconds).
     pub idle_ttl_ms: i64,
+    /// Days after a transaction until its label is treated as known (label-driven features).
+    pub label_delay_days: i64,
 }
 
 impl Default for EngineConfig {
@@ -35,6 +37,7 @@ impl Default for EngineConfig {
             escalation: EscalationPolicy::default(),
             small_amount: s.small_amount,
             idle_ttl_ms: s.idle_ttl_ms,
+            label_delay_days: s.label_delay_days,
         }
     }
 }
@@ -67,6 +70,7 @@ impl Engine {
             small_amount: config.small_amount,
             idle_ttl_ms: config.idle_ttl_ms,
             alert_window_ms: config.escalation.window_ms,
+            label_delay_days: config.label_delay_days,
         });
         Engine {
             rule_hits: vec![0; rules.len()],
@@ -207,8 +211,8 @@ impl Engine {
         let keys = TxKeys::of(tx);
         match (previous, fraud) {
             (Some(true), true) | (Some(false) | None, false) => {}
-            (Some(false) | None, true) => self.state.label(&keys, true),
-            (Some(true), false) => self.state.label(&keys, false),
+            (Some(false) | None, true) => self.state.label(tx, &keys, true),
+            (Some(true), false) => self.state.label(tx, &keys, false),
         }
     }
 
@@ -538,5 +542,49 @@ score = 50
         assert!(e
             .entity_features(EntityKind::User, &id, Timestamp::from_millis(0))
             .is_none());
+    }
+}
+
+#[cfg(test)]
+mod label_feature_tests {
+    use super::*;
+    use crate::event::test_tx as tx;
+
+    fn at(day: i64, id: &str, terminal: &str) -> Transaction {
+        tx(&format!(
+            r#"{{"transaction_id":"{id}","card_id":"c-{id}","terminal_id":"{terminal}","amount":10,"timestamp":"{}"}}"#,
+            Timestamp::from_millis(1_700_006_400_000 + day * 86_400_000).to_rfc3339()
+        ))
+    }
+
+    #[test]
+    fn terminal_fraud_rate_only_counts_days_behind_the_label_delay() {
+        let mut e = Engine::new(EngineConfig::default(), Arc::new(RuleSet::empty()));
+        // Day 0: four transactions at T1, one of them later confirmed as fraud.
+        let txs: Vec<_> = (0..4).map(|i| at(0, &format!("a{i}"), "T1")).collect();
+        for t in &txs {
+            e.score(t);
+        }
+        e.apply_label(&txs[0], true, None);
+        let rate = |e: &Engine, day| {
+            e.evaluate(&at(day, "probe", "T1"))
+                .features
+                .get(Num::TerminalFraudRate7d)
+        };
+        // With the default 7-day delay, day 0 is visible from day 7 to day 13.
+        assert!(rate(&e, 6).is_nan(), "day 0 is still inside the delay");
+        assert_eq!(rate(&e, 7), 0.25);
+        assert_eq!(rate(&e, 13), 0.25);
+        assert!(rate(&e, 14).is_nan(), "out of the 7-day window");
+        let probe = at(20, "probe", "T1");
+        let f = e.evaluate(&probe).features;
+        assert_eq!(f.get(Num::TerminalFraudRate30d), 0.25);
+        assert_eq!(f.get(Num::TerminalFrauds30d), 1.0);
+        // The card of the labelled transaction is known compromised.
+        let again = tx(r#"{"card_id":"c-a0","amount":1}"#);
+        assert_eq!(e.evaluate(&again).features.get(Num::CardFraudLabels), 1.0);
+        // Withdrawing the label withdraws the count.
+        e.apply_label(&txs[0], false, Some(true));
+        assert_eq!(rate(&e, 7), 0.0);
     }
 }

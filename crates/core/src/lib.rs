@@ -6,6 +6,7 @@
 //!   them ([`event::Transaction`]), with card numbers keyed-hashed at parse time.
 //! - [`window`]: bucketed sliding windows (count and amount sum) with O(1) updates.
 //! - [`distinct`]: bounded distinct counts over a time window (users per device, ...).
+//! - [`labels`]: per-day transaction and confirmed-fraud counts behind the label delay.
 //! - [`profile`]: running spending profiles and last-seen location per user / card.
 //! - [`graph`]: the link graph of users, cards and devices (incremental union-find).
 //! - [`state`]: per-entity state, the feature read (before the event) and the update.
@@ -20,6 +21,7 @@ pub mod engine;
 pub mod event;
 pub mod features;
 pub mod graph;
+pub mod labels;
 pub mod profile;
 pub mod rules;
 pub mod state;

@@ -22,6 +22,7 @@ use crate::distinct::RecentKeys;
 use crate::event::{Transaction, TxKind};
 use crate::features::{FeatureValues, Num, Text};
 use crate::graph::{LinkGraph, NodeRef};
+use crate::labels::{day_of, DailyLabels};
 use crate::profile::{LastSeen, SpendProfile};
 use crate::window::{Ring, Windows};
 
@@ -101,6 +102,9 @@ pub struct StateConfig {
     pub idle_ttl_ms: i64,
     /// Length of the per-account alert window of the escalation ladder (milliseconds).
     pub alert_window_ms: i64,
+    /// Days between a transaction and the moment its label is assumed known; label-driven
+    /// features read only days at least this far back.
+    pub label_delay_days: i64,
 }
 
 impl Default for StateConfig {
@@ -109,6 +113,7 @@ impl Default for StateConfig {
             small_amount: 2.0,
             idle_ttl_ms: 30 * 86_400_000,
             alert_window_ms: 86_400_000,
+            label_delay_days: 7,
         }
     }
 }
@@ -132,6 +137,14 @@ struct Plain {
     last_ms: i64,
 }
 
+/// State of a terminal or merchant: windows plus label-driven daily counts.
+#[derive(Clone, Debug, Default)]
+struct PointOfSale {
+    windows: Windows,
+    daily: DailyLabels,
+    last_ms: i64,
+}
+
 /// State of a card.
 #[derive(Clone, Debug, Default)]
 struct CardState {
@@ -140,6 +153,7 @@ struct CardState {
     profile: SpendProfile,
     seen: LastSeen,
     alerts: Ring<ALERT_BUCKETS>,
+    fraud_labels: u32,
     last_ms: i64,
 }
 
@@ -164,6 +178,12 @@ static EMPTY_CARD: CardState = CardState {
     profile: SpendProfile::EMPTY,
     seen: LastSeen::EMPTY,
     alerts: Ring::EMPTY,
+    fraud_labels: 0,
+    last_ms: 0,
+};
+static EMPTY_POS: PointOfSale = PointOfSale {
+    windows: Windows::EMPTY,
+    daily: DailyLabels::EMPTY,
     last_ms: 0,
 };
 static EMPTY_USER: UserState = UserState {
@@ -272,8 +292,8 @@ pub struct EntityState {
     users: HashMap<u64, UserState>,
     devices: HashMap<u64, DeviceState>,
     ips: HashMap<u64, Plain>,
-    merchants: HashMap<u64, Plain>,
-    terminals: HashMap<u64, Plain>,
+    merchants: HashMap<u64, PointOfSale>,
+    terminals: HashMap<u64, PointOfSale>,
     graph: LinkGraph,
     watermark: i64,
     last_sweep: i64,
@@ -370,6 +390,7 @@ impl EntityState {
                 f64::from(c.small_10m.read(ts.div_euclid(60_000)).0),
             );
             profile_into(Num::CardTxCount, &c.profile, &c.seen, tx, f);
+            f.set(Num::CardFraudLabels, f64::from(c.fraud_labels));
         }
         if let Some(k) = keys.user {
             let user = self.users.get(&k);
@@ -409,14 +430,37 @@ impl EntityState {
                 d.cards_24h.count_since_except(since_24h, keys.card) as f64,
             );
         }
-        for (kind, key, map) in [
-            (EntityKind::Ip, keys.ip, &self.ips),
-            (EntityKind::Merchant, keys.merchant, &self.merchants),
-            (EntityKind::Terminal, keys.terminal, &self.terminals),
-        ] {
-            if let Some(k) = key {
-                self.windows_into(kind, map.get(&k).map(|p| &p.windows), ts, f);
+        if let Some(k) = keys.ip {
+            let ip = self.ips.get(&k).map(|p| &p.windows);
+            self.windows_into(EntityKind::Ip, ip, ts, f);
+        }
+        let seen_day = day_of(ts) - self.config.label_delay_days;
+        let rate = |d: &DailyLabels, w: i64| {
+            let (tx, fraud) = d.read(seen_day, w);
+            if tx == 0 {
+                f64::NAN
+            } else {
+                f64::from(fraud) / f64::from(tx)
             }
+        };
+        if let Some(k) = keys.terminal {
+            let t = self.terminals.get(&k);
+            self.windows_into(EntityKind::Terminal, t.map(|t| &t.windows), ts, f);
+            let t = t.unwrap_or(&EMPTY_POS);
+            f.set(Num::TerminalFraudRate1d, rate(&t.daily, 1));
+            f.set(Num::TerminalFraudRate7d, rate(&t.daily, 7));
+            f.set(Num::TerminalFraudRate30d, rate(&t.daily, 30));
+            f.set(
+                Num::TerminalFrauds30d,
+                f64::from(t.daily.read(seen_day, 30).1),
+            );
+        }
+        if let Some(k) = keys.merchant {
+            let m = self.merchants.get(&k);
+            self.windows_into(EntityKind::Merchant, m.map(|m| &m.windows), ts, f);
+            let m = m.unwrap_or(&EMPTY_POS);
+            f.set(Num::MerchantFraudRate7d, rate(&m.daily, 7));
+            f.set(Num::MerchantFraudRate30d, rate(&m.daily, 30));
         }
 
         let mut nodes = [NodeRef {
@@ -516,14 +560,19 @@ impl EntityState {
             }
             d.last_ms = d.last_ms.max(ts);
         }
+        if let Some(k) = keys.ip {
+            let p = self.ips.entry(k).or_default();
+            p.windows.add(ts, amount);
+            p.last_ms = p.last_ms.max(ts);
+        }
         for (key, map) in [
-            (keys.ip, &mut self.ips),
             (keys.merchant, &mut self.merchants),
             (keys.terminal, &mut self.terminals),
         ] {
             if let Some(k) = key {
                 let p = map.entry(k).or_default();
                 p.windows.add(ts, amount);
+                p.daily.add_tx(day_of(ts));
                 p.last_ms = p.last_ms.max(ts);
             }
         }
@@ -545,9 +594,10 @@ impl EntityState {
         }
     }
 
-    /// Adds or withdraws a confirmed-fraud label on the user, card and device of a
-    /// transaction (ring membership).
-    pub fn label(&mut self, keys: &TxKeys, fraud: bool) {
+    /// Adds (`fraud = true`) or withdraws a confirmed-fraud label on a transaction: ring
+    /// membership of its user, card and device, the card's label count, and the daily fraud
+    /// counts of its terminal and merchant.
+    pub fn label(&mut self, tx: &Transaction, keys: &TxKeys, fraud: bool) {
         let mut nodes = [NodeRef {
             key: 0,
             is_user: false,
@@ -555,6 +605,19 @@ impl EntityState {
         let n = keys.ring_nodes(&mut nodes);
         for node in &nodes[..n] {
             self.graph.label(*node, fraud);
+        }
+        let delta = if fraud { 1 } else { -1 };
+        if let Some(c) = keys.card.and_then(|k| self.cards.get_mut(&k)) {
+            c.fraud_labels = c.fraud_labels.saturating_add_signed(delta);
+        }
+        let day = day_of(tx.timestamp.millis());
+        for (key, map) in [
+            (keys.terminal, &mut self.terminals),
+            (keys.merchant, &mut self.merchants),
+        ] {
+            if let Some(p) = key.and_then(|k| map.get_mut(&k)) {
+                p.daily.add_fraud(day, delta);
+            }
         }
     }
 

@@ -100,6 +100,10 @@ pub struct ServeArgs {
     /// How far ahead of the server clock an event time may be, in seconds.
     #[arg(long, env = "RINGFENCE_MAX_CLOCK_SKEW_SECS")]
     pub max_clock_skew_secs: Option<i64>,
+    /// Days until a transaction's fraud label is treated as known: label-driven features
+    /// (terminal and merchant fraud rates) read only days at least this far back.
+    #[arg(long, env = "RINGFENCE_LABEL_DELAY_DAYS")]
+    pub label_delay_days: Option<i64>,
 }
 
 /// The same keys as read from the config file.
@@ -123,6 +127,7 @@ struct FileConfig {
     max_batch: Option<usize>,
     log_format: Option<String>,
     max_clock_skew_secs: Option<i64>,
+    label_delay_days: Option<i64>,
 }
 
 /// A configuration problem, named precisely.
@@ -227,6 +232,12 @@ impl Settings {
                 "max_clock_skew_secs must be within 0..=86400".into(),
             ));
         }
+        let label_delay_days = pick!(label_delay_days, defaults.label_delay_days);
+        if !(0..=33).contains(&label_delay_days) {
+            return Err(ConfigError::Invalid(
+                "label_delay_days must be within 0..=33".into(),
+            ));
+        }
         let max_batch = pick!(max_batch, DEFAULT_MAX_BATCH);
         if max_batch == 0 || max_batch > 100_000 {
             return Err(ConfigError::Invalid(
@@ -249,6 +260,7 @@ impl Settings {
                 escalation,
                 small_amount,
                 idle_ttl_ms: idle_ttl_days * 86_400_000,
+                label_delay_days,
             },
             max_body_bytes: pick!(max_body_bytes, 16 * 1024 * 1024),
             max_batch,

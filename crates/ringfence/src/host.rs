@@ -280,10 +280,11 @@ impl EngineHost {
             None => store.set_meta("card_hash_key_fingerprint", key_fingerprint.as_str())?,
         }
         let state_config = format!(
-            "small_amount={} idle_ttl_ms={} alert_window_ms={}",
+            "small_amount={} idle_ttl_ms={} alert_window_ms={} label_delay_days={}",
             settings.engine.small_amount,
             settings.engine.idle_ttl_ms,
-            settings.engine.escalation.window_ms
+            settings.engine.escalation.window_ms,
+            settings.engine.label_delay_days
         );
         match store.meta("state_config")? {
             Some(stored) if stored != state_config => {

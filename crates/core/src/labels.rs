@@ -1,0 +1,151 @@
+//! Label-driven counters: how many of an entity's transactions per day were later confirmed as
+//! fraud. They feed features such as a terminal's fraud rate.
+//!
+//! Labels arrive late: in production through `POST /v1/labels` days or weeks after the
+//! transaction, in replay after `--label-delay-days`. Counters are kept per *transaction* day,
+//! and features read only the days that end `delay` days before the transaction being scored,
+//! `(day - delay - w, day - delay]`. A label lands in its transaction's day whenever it arrives.
+//! A read therefore sees exactly the labels that have already arrived, never a future one.
+
+/// Days of history kept per entity: long enough for a 30-day window behind a delay of up to
+/// 33 days.
+pub const DAYS: usize = 64;
+const DAY_MS: i64 = 86_400_000;
+
+/// The day index of a time.
+#[inline]
+pub fn day_of(ts_ms: i64) -> i64 {
+    ts_ms.div_euclid(DAY_MS)
+}
+
+/// Transactions and confirmed frauds per transaction day, for the last [`DAYS`] days.
+#[derive(Clone, Debug)]
+pub struct DailyLabels {
+    /// Newest day held; `i64::MIN` when empty.
+    head: i64,
+    tx: [u32; DAYS],
+    fraud: [u32; DAYS],
+}
+
+impl Default for DailyLabels {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
+
+impl DailyLabels {
+    /// No history.
+    pub const EMPTY: DailyLabels = DailyLabels {
+        head: i64::MIN,
+        tx: [0; DAYS],
+        fraud: [0; DAYS],
+    };
+
+    fn slot(day: i64) -> usize {
+        day.rem_euclid(DAYS as i64) as usize
+    }
+
+    /// Whether `day` is still held.
+    fn holds(&self, day: i64) -> bool {
+        self.head != i64::MIN && day <= self.head && day > self.head - DAYS as i64
+    }
+
+    /// Counts one transaction on `day`.
+    pub fn add_tx(&mut self, day: i64) {
+        if self.head == i64::MIN {
+            self.head = day;
+        } else if day > self.head {
+            if day - self.head >= DAYS as i64 {
+                self.tx = [0; DAYS];
+                self.fraud = [0; DAYS];
+            } else {
+                for d in (self.head + 1)..=day {
+                    self.tx[Self::slot(d)] = 0;
+                    self.fraud[Self::slot(d)] = 0;
+                }
+            }
+            self.head = day;
+        } else if !self.holds(day) {
+            return;
+        }
+        let s = Self::slot(day);
+        self.tx[s] = self.tx[s].saturating_add(1);
+    }
+
+    /// Adds (`+1`) or withdraws (`-1`) a confirmed fraud on a transaction of `day`. Days no
+    /// longer held are ignored.
+    pub fn add_fraud(&mut self, day: i64, delta: i32) {
+        if !self.holds(day) {
+            return;
+        }
+        let s = Self::slot(day);
+        self.fraud[s] = self.fraud[s].saturating_add_signed(delta);
+    }
+
+    /// Transactions and confirmed frauds over the days `(to - w, to]`.
+    pub fn read(&self, to: i64, w: i64) -> (u32, u32) {
+        if self.head == i64::MIN {
+            return (0, 0);
+        }
+        let (mut tx, mut fraud) = (0u32, 0u32);
+        let from = (to - w + 1).max(self.head - DAYS as i64 + 1);
+        for d in from..=to.min(self.head) {
+            let s = Self::slot(d);
+            tx += self.tx[s];
+            fraud += self.fraud[s];
+        }
+        (tx, fraud)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_per_day_and_reads_windows() {
+        let mut d = DailyLabels::default();
+        for day in [10, 10, 11, 15] {
+            d.add_tx(day);
+        }
+        d.add_fraud(10, 1);
+        d.add_fraud(15, 1);
+        assert_eq!(d.read(15, 1), (1, 1));
+        assert_eq!(d.read(11, 2), (3, 1));
+        assert_eq!(d.read(15, 30), (4, 2));
+        assert_eq!(d.read(9, 30), (0, 0));
+        d.add_fraud(10, -1);
+        assert_eq!(d.read(15, 30), (4, 1));
+    }
+
+    #[test]
+    fn old_days_slide_out() {
+        let mut d = DailyLabels::default();
+        d.add_tx(0);
+        d.add_fraud(0, 1);
+        d.add_tx(DAYS as i64);
+        assert_eq!(
+            d.read(DAYS as i64, DAYS as i64 + 10),
+            (1, 0),
+            "day 0 is gone"
+        );
+        d.add_fraud(0, 1);
+        assert_eq!(
+            d.read(DAYS as i64, 1000),
+            (1, 0),
+            "a label for a forgotten day is ignored"
+        );
+        d.add_tx(10_000);
+        assert_eq!(d.read(10_000, 1), (1, 0));
+    }
+
+    #[test]
+    fn late_transactions_within_range_count() {
+        let mut d = DailyLabels::default();
+        d.add_tx(20);
+        d.add_tx(18);
+        assert_eq!(d.read(20, 3), (2, 0));
+        d.add_fraud(18, 1);
+        assert_eq!(d.read(18, 1), (1, 1));
+    }
+}
