@@ -288,6 +288,11 @@ impl<'de> Deserialize<'de> for PanInput {
 }
 
 impl PanInput {
+    /// Wraps a card number read from a history file.
+    pub fn from_text(s: String) -> Self {
+        PanInput(s)
+    }
+
     /// The digits of the card number, spaces and dashes removed.
     fn digits(&self) -> Result<String, FieldError> {
         let digits: String = self.0.chars().filter(|c| *c != ' ' && *c != '-').collect();

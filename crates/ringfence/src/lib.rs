@@ -7,6 +7,7 @@
 //! - [`http`]: the API, one module per resource.
 //! - [`store`]: records (transactions, decisions, alerts, labels); [`store::sqlite`] embedded.
 //! - [`metrics`]: Prometheus counters and histograms.
+//! - [`replay`]: history files through the engine in event-time order, labels after a delay.
 //! - [`simulate`]: synthetic traffic with ground truth, the simulator CLI and the demo feed.
 //! - [`client`]: a small HTTP client (simulator, benchmarks, tests).
 //! - [`bench`]: the HTTP load generator; [`engine_bench`]: the engine-only benchmark.
@@ -19,6 +20,7 @@ pub mod engine_bench;
 pub mod host;
 pub mod http;
 pub mod metrics;
+pub mod replay;
 pub mod simulate;
 pub mod startup;
 pub mod store;

@@ -26,6 +26,8 @@ enum Command {
     Simulate(SimulateArgs),
     /// Measure the engine alone, or a running server over HTTP (--target).
     Bench(BenchArgs),
+    /// Run a history file through the engine in event-time order, labels after a delay.
+    Replay(ringfence::replay::ReplayArgs),
 }
 
 fn init_logging(default: &str, json: bool) {
@@ -78,6 +80,10 @@ async fn main() -> std::process::ExitCode {
             ringfence::simulate::run(args)
                 .await
                 .map_err(|e| e.to_string())
+        }
+        Command::Replay(args) => {
+            init_logging("warn", false);
+            ringfence::replay::main(&args).map_err(|e| e.to_string())
         }
         Command::Bench(args) => {
             init_logging("warn", false);
