@@ -7,6 +7,7 @@
 //! - [`http`]: the API, one module per resource.
 //! - [`store`]: records (transactions, decisions, alerts, labels); [`store::sqlite`] embedded.
 //! - [`metrics`]: Prometheus counters and histograms.
+//! - [`metrics_eval`]: AUC ROC, average precision, card precision@k.
 //! - [`replay`]: history files through the engine in event-time order, labels after a delay.
 //! - [`simulate`]: synthetic traffic with ground truth, the simulator CLI and the demo feed.
 //! - [`client`]: a small HTTP client (simulator, benchmarks, tests).
@@ -20,6 +21,7 @@ pub mod engine_bench;
 pub mod host;
 pub mod http;
 pub mod metrics;
+pub mod metrics_eval;
 pub mod replay;
 pub mod simulate;
 pub mod startup;
