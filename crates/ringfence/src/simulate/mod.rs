@@ -9,10 +9,13 @@
 //! - `driver`: pacing that stream in real time to a server, or writing it to NDJSON.
 //! - [`tally`]: counting the server's decisions against the ground truth.
 //! - `feed`: the once-a-second status feed of `run_demo_feed`.
+//! - [`handbook`]: `--profile handbook`, the published simulator of the *Fraud Detection
+//!   Handbook* (customers, terminals, three fraud scenarios) written as the book's CSV.
 
 mod driver;
 mod feed;
 pub mod generator;
+pub mod handbook;
 #[cfg(test)]
 pub(crate) mod stub;
 pub mod tally;
@@ -35,9 +38,24 @@ pub use tally::{Outcome, Tally, Totals};
 use crate::client::{endpoint_url, ClientError, HttpClient};
 use driver::{ctrl_c, lock, send_paced, write_ndjson, Anchor, Pacing};
 
+/// What `ringfence simulate` simulates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SimulateProfile {
+    /// Ringfence's own traffic: cities, cards, devices and five fraud scenarios, as NDJSON.
+    #[default]
+    Default,
+    /// The Fraud Detection Handbook's dataset (5,000 customers, 10,000 terminals, 183 days) as
+    /// its CSV; needs --out, ignores --tps, --fraud-rate, --duration and --concurrency.
+    Handbook,
+}
+
 /// Command-line options of `ringfence simulate`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimulateArgs {
+    /// What to simulate: `default` (Ringfence traffic) or `handbook` (the Fraud Detection
+    /// Handbook's dataset, as CSV).
+    #[arg(long, value_enum, default_value_t = SimulateProfile::Default)]
+    pub profile: SimulateProfile,
     /// Seed of the simulated world and traffic; the same seed gives the same stream.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -62,18 +80,26 @@ pub struct SimulateArgs {
     /// Most requests in flight at once (with --target).
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
-    /// Simulated start time for --out, RFC 3339.
+    /// Simulated start time for --out, RFC 3339 (--profile handbook: 2018-04-01 00:00:00
+    /// unless given).
     #[arg(long, default_value = "2026-01-01T00:00:00Z")]
     pub start: String,
     /// Customers in the simulated world (default: enough for about five minutes between a
-    /// customer's payments at --tps, at least 2000).
+    /// customer's payments at --tps, at least 2000; --profile handbook: 5000).
     #[arg(long)]
     pub customers: Option<usize>,
+    /// Terminals in the world (--profile handbook only; default 10000).
+    #[arg(long)]
+    pub terminals: Option<usize>,
+    /// Simulated days (--profile handbook only; default 183).
+    #[arg(long)]
+    pub days: Option<u32>,
 }
 
 impl Default for SimulateArgs {
     fn default() -> Self {
         SimulateArgs {
+            profile: SimulateProfile::Default,
             seed: 42,
             tps: 100.0,
             fraud_rate: 0.02,
@@ -84,6 +110,8 @@ impl Default for SimulateArgs {
             concurrency: 16,
             start: "2026-01-01T00:00:00Z".to_string(),
             customers: None,
+            terminals: None,
+            days: None,
         }
     }
 }
@@ -198,6 +226,18 @@ impl SimulateArgs {
 /// Runs `ringfence simulate`: writes NDJSON (`--out`) or sends paced traffic (`--target`) and
 /// prints a summary.
 pub async fn run(args: SimulateArgs) -> Result<(), SimulateError> {
+    if args.profile == SimulateProfile::Handbook {
+        let summary = tokio::task::spawn_blocking(move || handbook::run(&args))
+            .await
+            .map_err(|e| SimulateError::Task(e.to_string()))??;
+        eprintln!("{summary}");
+        return Ok(());
+    }
+    if args.terminals.is_some() || args.days.is_some() {
+        return Err(SimulateError::Usage(
+            "--terminals and --days apply only to --profile handbook".to_string(),
+        ));
+    }
     match args.check()? {
         Destination::File(path) => {
             let written = tokio::task::spawn_blocking(move || write_file(&args, &path))
