@@ -167,6 +167,8 @@ numeric_features! {
     RingUsers => "ring.users", Number, "Distinct users in that linked group, counting this transaction's user.";
     RingHasFraud => "ring.has_fraud", Bool, "A member of that linked group carries a confirmed-fraud label.";
     AccountAlerts => "account.alerts", Number, "Alerts raised for this account (user, else card) in the escalation window, before this transaction.";
+    CardAmountRatio24h => "card.amount_ratio_24h", Number, "This amount divided by the card's mean amount over the 24 hours before it.";
+    CardAmountRatio7d => "card.amount_ratio_7d", Number, "This amount divided by the card's mean amount over the 7 days before it.";
     CardFraudLabels => "card.fraud_labels", Number, "Confirmed-fraud labels received so far on this card's transactions (known compromised).";
     TerminalFraudRate1d => "terminal.fraud_rate_1d", Number, "Share of this terminal's transactions confirmed as fraud, over the day that ends one label delay ago.";
     TerminalFraudRate7d => "terminal.fraud_rate_7d", Number, "Share of this terminal's transactions confirmed as fraud, over the 7 days that end one label delay ago.";

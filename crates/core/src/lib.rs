@@ -11,6 +11,8 @@
 //! - [`graph`]: the link graph of users, cards and devices (incremental union-find).
 //! - [`state`]: per-entity state, the feature read (before the event) and the update.
 //! - [`features`]: the named, typed feature catalog shared by rules, replay and training.
+//! - [`model`]: tree-ensemble models (XGBoost or our own format): fraud probability and
+//!   exact TreeSHAP explanations over catalog features.
 //! - [`rules`]: the analyst rule language: lexer, parser, type check, compiled evaluation.
 //! - [`decision`]: actions, thresholds, the escalation ladder and reasons.
 //! - [`engine`]: ties it together: features -> rules -> score -> decision -> state update.
@@ -22,6 +24,7 @@ pub mod event;
 pub mod features;
 pub mod graph;
 pub mod labels;
+pub mod model;
 pub mod profile;
 pub mod rules;
 pub mod state;

@@ -391,6 +391,19 @@ impl EntityState {
             );
             profile_into(Num::CardTxCount, &c.profile, &c.seen, tx, f);
             f.set(Num::CardFraudLabels, f64::from(c.fraud_labels));
+            // Amount against the card's recent average (the windows were just read above).
+            let recent = |count: Num, sum: Num| {
+                let (n, total) = (f.get(count), f.get(sum));
+                if n > 0.0 && total > 0.0 {
+                    tx.amount / (total / n)
+                } else {
+                    f64::NAN
+                }
+            };
+            let r24 = recent(Num::CardCount24h, Num::CardSum24h);
+            let r7 = recent(Num::CardCount7d, Num::CardSum7d);
+            f.set(Num::CardAmountRatio24h, r24);
+            f.set(Num::CardAmountRatio7d, r7);
         }
         if let Some(k) = keys.user {
             let user = self.users.get(&k);

@@ -8,6 +8,8 @@
 //! - [`store`]: records (transactions, decisions, alerts, labels); [`store::sqlite`] embedded.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`metrics_eval`]: AUC ROC, average precision, card precision@k.
+//! - [`train`]: gradient-boosted model training on replayed features; [`eval`]: the
+//!   handbook's prequential protocol.
 //! - [`replay`]: history files through the engine in event-time order, labels after a delay.
 //! - [`simulate`]: synthetic traffic with ground truth, the simulator CLI and the demo feed.
 //! - [`client`]: a small HTTP client (simulator, benchmarks, tests).
@@ -18,6 +20,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod engine_bench;
+pub mod eval;
 pub mod host;
 pub mod http;
 pub mod metrics;
@@ -26,3 +29,4 @@ pub mod replay;
 pub mod simulate;
 pub mod startup;
 pub mod store;
+pub mod train;

@@ -28,6 +28,10 @@ enum Command {
     Bench(BenchArgs),
     /// Run a history file through the engine in event-time order, labels after a delay.
     Replay(ringfence::replay::ReplayArgs),
+    /// Train a gradient-boosted model on replayed history.
+    Train(ringfence::train::TrainArgs),
+    /// Evaluate with the handbook's prequential protocol (AUC, AP, card precision@100).
+    Eval(ringfence::eval::EvalArgs),
 }
 
 fn init_logging(default: &str, json: bool) {
@@ -84,6 +88,16 @@ async fn main() -> std::process::ExitCode {
         Command::Replay(args) => {
             init_logging("warn", false);
             ringfence::replay::main(&args).map_err(|e| e.to_string())
+        }
+        Command::Train(args) => {
+            init_logging("warn", false);
+            ringfence::train::main(&args).map_err(|e| e.to_string())
+        }
+        Command::Eval(args) => {
+            init_logging("warn", false);
+            ringfence::eval::run(&args)
+                .map(|r| print_report(&r, args.json, r.to_text()))
+                .map_err(|e| e.to_string())
         }
         Command::Bench(args) => {
             init_logging("warn", false);
