@@ -136,6 +136,39 @@ impl EscalationPolicy {
     }
 }
 
+/// A feature that pushed the model's score, with its value and contribution (log-odds).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Factor {
+    /// Catalog feature name.
+    pub feature: String,
+    /// Its value for this transaction (`null` when missing).
+    pub value: Option<f64>,
+    /// How much it moved the model's log-odds.
+    pub contribution: f64,
+}
+
+/// How the model's probability joins the rule weights in the 0..100 score:
+/// `score = clamp(sum of active rule weights + points * probability, 0, 100)`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelPolicy {
+    /// Score points the model adds at probability 1.
+    pub points: f64,
+    /// A model reason is listed when the model adds at least this many points.
+    pub min_reason_points: f64,
+    /// Factors listed in a model reason.
+    pub top_factors: usize,
+}
+
+impl Default for ModelPolicy {
+    fn default() -> Self {
+        ModelPolicy {
+            points: 100.0,
+            min_reason_points: 10.0,
+            top_factors: 3,
+        }
+    }
+}
+
 /// One reason behind a decision.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Reason {
@@ -150,6 +183,9 @@ pub struct Reason {
     /// The action the rule forces, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<Action>,
+    /// For the model's reason: the features that pushed its score up most.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub factors: Vec<Factor>,
 }
 
 /// The outcome of scoring one transaction.
@@ -173,4 +209,13 @@ pub struct Decision {
     /// The account whose escalation ladder this decision used (user, else card).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+    /// The champion model's fraud probability, when a model is loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_score: Option<f64>,
+    /// The challenger (shadow) model's probability: recorded, no effect on the decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenger_score: Option<f64>,
+    /// Isolation-forest anomaly score in (0, 1], when the model carries one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly_score: Option<f64>,
 }

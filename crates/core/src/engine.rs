@@ -8,9 +8,12 @@
 
 use std::sync::Arc;
 
-use crate::decision::{Action, Decision, EscalationPolicy, Reason, Thresholds};
+use crate::decision::{
+    Action, Decision, EscalationPolicy, Factor, ModelPolicy, Reason, Thresholds,
+};
 use crate::event::{EntityId, Timestamp, Transaction, TxKind};
 use crate::features::{self, FeatureValues, Num};
+use crate::model::Model;
 use crate::rules::{RuleMode, RuleSet};
 use crate::state::{EntityKind, EntityState, StateConfig, StateCounts, TxKeys};
 
@@ -27,6 +30,8 @@ pub struct EngineConfig {
     pub idle_ttl_ms: i64,
     /// Days after a transaction until its label is treated as known (label-driven features).
     pub label_delay_days: i64,
+    /// How the model's probability joins the score.
+    pub model: ModelPolicy,
 }
 
 impl Default for EngineConfig {
@@ -38,8 +43,18 @@ impl Default for EngineConfig {
             small_amount: s.small_amount,
             idle_ttl_ms: s.idle_ttl_ms,
             label_delay_days: s.label_delay_days,
+            model: ModelPolicy::default(),
         }
     }
+}
+
+/// The models an engine scores with: a champion that counts and a challenger in shadow.
+#[derive(Clone, Debug, Default)]
+pub struct Models {
+    /// Its probability joins the score.
+    pub champion: Option<Arc<Model>>,
+    /// Scored and recorded only.
+    pub challenger: Option<Arc<Model>>,
 }
 
 /// The deterministic scoring engine. Not thread-safe by design: one owner applies events in
@@ -49,6 +64,7 @@ pub struct Engine {
     config: EngineConfig,
     rules: Arc<RuleSet>,
     rule_hits: Vec<u64>,
+    models: Models,
     state: EntityState,
 }
 
@@ -76,6 +92,7 @@ impl Engine {
             rule_hits: vec![0; rules.len()],
             config,
             rules,
+            models: Models::default(),
             state,
         }
     }
@@ -94,6 +111,16 @@ impl Engine {
     pub fn set_rules(&mut self, rules: Arc<RuleSet>) {
         self.rule_hits = vec![0; rules.len()];
         self.rules = rules;
+    }
+
+    /// Replaces the models.
+    pub fn set_models(&mut self, models: Models) {
+        self.models = models;
+    }
+
+    /// The models in use.
+    pub fn models(&self) -> &Models {
+        &self.models
     }
 
     /// How often each rule of the current set matched (same order as the rules).
@@ -138,6 +165,7 @@ impl Engine {
                 detail: rule.render_reason(&f),
                 weight: rule.weight,
                 action: rule.action,
+                factors: Vec::new(),
             };
             match rule.mode {
                 RuleMode::Shadow => shadow.push(reason),
@@ -149,6 +177,21 @@ impl Engine {
                     reasons.push(reason);
                 }
             }
+        }
+        let (mut model_score, mut anomaly_score, mut challenger_score) = (None, None, None);
+        if let Some(model) = &self.models.champion {
+            let p = model.predict(&f);
+            let policy = &self.config.model;
+            let points = policy.points * p;
+            weight += points;
+            model_score = Some(p);
+            anomaly_score = None; // TODO(lead): model.anomaly() once the helper lands it
+            if points >= policy.min_reason_points {
+                reasons.push(model_reason(model, &f, p, points, policy.top_factors));
+            }
+        }
+        if let Some(challenger) = &self.models.challenger {
+            challenger_score = Some(challenger.predict(&f));
         }
         let score = weight.clamp(0.0, 100.0);
         let mut action = self.config.thresholds.action_for(score).max(forced);
@@ -178,6 +221,7 @@ impl Engine {
                     ),
                     weight: 0.0,
                     action: Some(floor),
+                    factors: Vec::new(),
                 });
             }
         }
@@ -192,6 +236,9 @@ impl Engine {
                 shadow,
                 alert,
                 account: account.map(|a| a.as_str().to_owned()),
+                model_score,
+                challenger_score,
+                anomaly_score,
             },
             features: f,
             matched,
@@ -296,6 +343,52 @@ impl Engine {
     /// How much state the engine holds.
     pub fn state_counts(&self) -> StateCounts {
         self.state.counts()
+    }
+}
+
+/// The model's reason: its probability and the features that pushed it up most (fast path
+/// attribution; exact TreeSHAP is for on-demand explanations).
+fn model_reason(model: &Model, f: &FeatureValues<'_>, p: f64, points: f64, top: usize) -> Reason {
+    let names = model.feature_names();
+    let mut contrib: Vec<f64> = vec![0.0; names.len()];
+    model.contributions(f, &mut contrib);
+    let mut order: Vec<usize> = (0..names.len()).filter(|&i| contrib[i] > 0.0).collect();
+    order.sort_by(|&a, &b| contrib[b].total_cmp(&contrib[a]));
+    let factors: Vec<Factor> = order
+        .into_iter()
+        .take(top)
+        .map(|i| {
+            let value = features::lookup(&names[i])
+                .map(|d| f.num[d.index])
+                .filter(|v| !v.is_nan());
+            Factor {
+                feature: names[i].clone(),
+                value,
+                contribution: contrib[i],
+            }
+        })
+        .collect();
+    let listed: Vec<String> = factors
+        .iter()
+        .map(|x| match x.value {
+            Some(v) => format!("{} = {}", x.feature, crate::rules::format_number(v)),
+            None => format!("{} missing", x.feature),
+        })
+        .collect();
+    Reason {
+        rule: "model".into(),
+        category: "model".into(),
+        detail: if listed.is_empty() {
+            format!("model fraud probability {p:.2}")
+        } else {
+            format!(
+                "model fraud probability {p:.2}, driven by {}",
+                listed.join(", ")
+            )
+        },
+        weight: points,
+        action: None,
+        factors,
     }
 }
 

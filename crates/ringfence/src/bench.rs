@@ -55,6 +55,9 @@ pub struct BenchArgs {
     /// Transactions scored untimed before the engine-only measurement (warm entity state).
     #[arg(long, default_value_t = 1_000_000)]
     pub engine_warmup: usize,
+    /// Engine mode: score with this model too, and time model inference on its own.
+    #[arg(long)]
+    pub model: Option<std::path::PathBuf>,
     /// Seconds of warm-up excluded from the numbers.
     #[arg(long, default_value_t = 2.0)]
     pub warmup: f64,
@@ -73,6 +76,7 @@ impl Default for BenchArgs {
             seed: 7,
             count: 200_000,
             engine_warmup: 1_000_000,
+            model: None,
             warmup: 2.0,
             json: false,
         }

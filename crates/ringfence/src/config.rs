@@ -104,6 +104,16 @@ pub struct ServeArgs {
     /// (terminal and merchant fraud rates) read only days at least this far back.
     #[arg(long, env = "RINGFENCE_LABEL_DELAY_DAYS")]
     pub label_delay_days: Option<i64>,
+    /// Model file (Ringfence format or XGBoost JSON) whose probability joins the score;
+    /// hot-swapped when the file changes.
+    #[arg(long, env = "RINGFENCE_MODEL")]
+    pub model: Option<PathBuf>,
+    /// A second model scored in shadow: its probability is recorded, the decision ignores it.
+    #[arg(long, env = "RINGFENCE_CHALLENGER")]
+    pub challenger: Option<PathBuf>,
+    /// Score points the model adds at probability 1 (score = rule points + this x probability).
+    #[arg(long, env = "RINGFENCE_MODEL_POINTS")]
+    pub model_points: Option<f64>,
 }
 
 /// The same keys as read from the config file.
@@ -128,6 +138,9 @@ struct FileConfig {
     log_format: Option<String>,
     max_clock_skew_secs: Option<i64>,
     label_delay_days: Option<i64>,
+    model: Option<PathBuf>,
+    challenger: Option<PathBuf>,
+    model_points: Option<f64>,
 }
 
 /// A configuration problem, named precisely.
@@ -175,6 +188,10 @@ pub struct Settings {
     pub log_format: String,
     /// Largest accepted lead of an event time over the server clock, in milliseconds.
     pub max_clock_skew_ms: i64,
+    /// Champion model file.
+    pub model: Option<PathBuf>,
+    /// Challenger model file.
+    pub challenger: Option<PathBuf>,
 }
 
 /// Largest batch a client may send.
@@ -238,6 +255,12 @@ impl Settings {
                 "label_delay_days must be within 0..=33".into(),
             ));
         }
+        let model_points = pick!(model_points, defaults.model.points);
+        if !(0.0..=100.0).contains(&model_points) {
+            return Err(ConfigError::Invalid(
+                "model_points must be within 0..=100".into(),
+            ));
+        }
         let max_batch = pick!(max_batch, DEFAULT_MAX_BATCH);
         if max_batch == 0 || max_batch > 100_000 {
             return Err(ConfigError::Invalid(
@@ -261,11 +284,17 @@ impl Settings {
                 small_amount,
                 idle_ttl_ms: idle_ttl_days * 86_400_000,
                 label_delay_days,
+                model: ringfence_core::decision::ModelPolicy {
+                    points: model_points,
+                    ..defaults.model
+                },
             },
             max_body_bytes: pick!(max_body_bytes, 16 * 1024 * 1024),
             max_batch,
             log_format,
             max_clock_skew_ms: max_clock_skew_secs * 1000,
+            model: args.model.clone().or(file.model),
+            challenger: args.challenger.clone().or(file.challenger),
         })
     }
 }

@@ -29,15 +29,28 @@ pub struct EngineReport {
     pub mean_ns: f64,
     /// Decisions other than approve.
     pub flagged: usize,
+    /// With a model: trees in it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_trees: Option<usize>,
+    /// With a model: mean nanoseconds of one prediction alone (feature values precomputed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_predict_ns: Option<f64>,
 }
 
 impl EngineReport {
     /// Human-readable summary.
     pub fn to_text(&self) -> String {
-        format!(
+        let model = match (self.model_trees, self.model_predict_ns) {
+            (Some(trees), Some(ns)) => {
+                format!("\nmodel: {trees} trees, {ns:.0} ns per prediction (inference alone)")
+            }
+            _ => String::new(),
+        };
+        let engine = format!(
             "engine-only: {} transactions after {} warm-up, {} rules, {:.3} s -> {:.0} tx/s per core ({:.0} ns/tx), {} flagged",
             self.transactions, self.warmup, self.rules, self.seconds, self.per_second, self.mean_ns, self.flagged
-        )
+        );
+        engine + &model
     }
 }
 
@@ -50,12 +63,20 @@ pub enum EngineBenchError {
     /// The default rules failed to compile.
     #[error("default rules: {0}")]
     Rules(String),
+    /// The model file could not be loaded.
+    #[error("model: {0}")]
+    Model(String),
 }
 
 /// Generates `warmup + count` simulated transactions, scores the first `warmup` untimed (so
 /// entity state is warm, as in a long-running server) and times scoring the next `count` with
 /// the default rules.
-pub fn run(count: usize, warmup: usize, seed: u64) -> Result<EngineReport, EngineBenchError> {
+pub fn run(
+    count: usize,
+    warmup: usize,
+    seed: u64,
+    model: Option<&std::path::Path>,
+) -> Result<EngineReport, EngineBenchError> {
     let hasher = CardHasher::new(b"bench");
     let gen_id = || String::from("unused");
     let cx = ParseContext {
@@ -86,6 +107,14 @@ pub fn run(count: usize, warmup: usize, seed: u64) -> Result<EngineReport, Engin
         RuleSet::from_toml(DEFAULT_RULES).map_err(|e| EngineBenchError::Rules(e.to_string()))?;
     let n_rules = rules.len();
     let mut engine = Engine::new(EngineConfig::default(), Arc::new(rules));
+    let model = model
+        .map(|p| crate::models::load(p).map(Arc::new))
+        .transpose()
+        .map_err(EngineBenchError::Model)?;
+    engine.set_models(ringfence_core::engine::Models {
+        champion: model.clone(),
+        challenger: None,
+    });
     for tx in &txs[..warmup] {
         engine.score(tx);
     }
@@ -99,7 +128,27 @@ pub fn run(count: usize, warmup: usize, seed: u64) -> Result<EngineReport, Engin
         }
     }
     let seconds = t0.elapsed().as_secs_f64();
+    // Inference alone: feature vectors of the timed transactions, read without applying.
+    let model_predict_ns = model.as_ref().map(|m| {
+        let vectors: Vec<_> = timed
+            .iter()
+            .take(50_000)
+            .map(|t| engine.evaluate(t).features.num)
+            .collect();
+        let mut f = ringfence_core::features::FeatureValues::default();
+        let mut sink = 0.0;
+        let t0 = Instant::now();
+        for v in &vectors {
+            f.num = *v;
+            sink += m.predict(&f);
+        }
+        let ns = t0.elapsed().as_secs_f64() * 1e9 / vectors.len().max(1) as f64;
+        std::hint::black_box(sink);
+        ns
+    });
     Ok(EngineReport {
+        model_trees: model.as_ref().map(|m| m.n_trees()),
+        model_predict_ns,
         warmup,
         transactions: timed.len(),
         rules: n_rules,

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
-use ringfence_core::engine::Engine;
+use ringfence_core::engine::{Engine, Models};
 use ringfence_core::event::{
     CardHasher, EntityId, FieldError, ParseContext, RawTransaction, Timestamp, Transaction,
 };
@@ -87,6 +87,36 @@ pub struct RulesStatus {
     fingerprint: Option<(SystemTime, u64)>,
 }
 
+/// The state of the models: which files, how the last load went.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelsStatus {
+    /// Champion model file.
+    pub champion: Option<PathBuf>,
+    /// Challenger model file.
+    pub challenger: Option<PathBuf>,
+    /// Increments on every successful load.
+    pub version: u64,
+    /// When the active models were loaded.
+    pub loaded_at: Timestamp,
+    /// The error of the last failed load, if the last load failed.
+    pub last_error: Option<String>,
+    #[serde(skip)]
+    fingerprints: [Option<(SystemTime, u64)>; 2],
+}
+
+/// Loads the configured champion and challenger.
+fn load_models(champion: Option<&Path>, challenger: Option<&Path>) -> Result<Models, String> {
+    let load = |p: Option<&Path>| {
+        p.map(crate::models::load)
+            .transpose()
+            .map(|m| m.map(Arc::new))
+    };
+    Ok(Models {
+        champion: load(champion)?,
+        challenger: load(challenger)?,
+    })
+}
+
 /// Ids decided recently, in insertion order, bounded.
 #[derive(Default)]
 struct RecentIds {
@@ -132,6 +162,7 @@ pub struct EngineHost {
     id_counter: AtomicU64,
     id_salt: u32,
     rules: Mutex<RulesStatus>,
+    models: Mutex<ModelsStatus>,
     labels: tokio::sync::Mutex<()>,
     started: Instant,
     settings: Settings,
@@ -238,6 +269,9 @@ pub enum StartError {
     /// The store could not be opened or read.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// A model file could not be loaded.
+    #[error("model: {0}")]
+    Model(String),
     /// The card-hash key is too short to protect card numbers.
     #[error(
         "the card-hash key is {0} bytes; at least 16 are required (32 random bytes recommended)"
@@ -296,6 +330,10 @@ impl EngineHost {
         }
         let rules = load_rules(settings.rules.as_deref())?;
         let mut engine = Engine::new(settings.engine, Arc::new(rules));
+        engine.set_models(
+            load_models(settings.model.as_deref(), settings.challenger.as_deref())
+                .map_err(StartError::Model)?,
+        );
         let began = Instant::now();
         let mut labels = 0u64;
         let txs = store.for_each_history(|item| match item {
@@ -334,6 +372,17 @@ impl EngineHost {
             rules: Mutex::new(RulesStatus {
                 fingerprint: settings.rules.as_deref().and_then(fingerprint),
                 path: settings.rules.clone(),
+                version: 1,
+                loaded_at: now(),
+                last_error: None,
+            }),
+            models: Mutex::new(ModelsStatus {
+                fingerprints: [
+                    settings.model.as_deref().and_then(fingerprint),
+                    settings.challenger.as_deref().and_then(fingerprint),
+                ],
+                champion: settings.model.clone(),
+                challenger: settings.challenger.clone(),
                 version: 1,
                 loaded_at: now(),
                 last_error: None,
@@ -664,6 +713,62 @@ impl EngineHost {
         if changed {
             let _ = self.reload_rules();
         }
+    }
+
+    /// Re-reads the model files; on error the running models stay and the error is kept.
+    pub fn reload_models(&self) -> Result<u64, String> {
+        let mut status = self.models.lock().unwrap_or_else(|p| p.into_inner());
+        status.fingerprints = [
+            status.champion.as_deref().and_then(fingerprint),
+            status.challenger.as_deref().and_then(fingerprint),
+        ];
+        match load_models(status.champion.as_deref(), status.challenger.as_deref()) {
+            Ok(models) => {
+                self.lock().engine.set_models(models);
+                status.version += 1;
+                status.loaded_at = now();
+                status.last_error = None;
+                tracing::info!(version = status.version, "models reloaded");
+                Ok(status.version)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "model reload failed; keeping the running models");
+                status.last_error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Reloads the models if a model file changed since the last load (called periodically).
+    pub fn reload_models_if_changed(&self) {
+        let changed = {
+            let s = self.models.lock().unwrap_or_else(|p| p.into_inner());
+            let now = [
+                s.champion.as_deref().and_then(fingerprint),
+                s.challenger.as_deref().and_then(fingerprint),
+            ];
+            (s.champion.is_some() || s.challenger.is_some()) && now != s.fingerprints
+        };
+        if changed {
+            let _ = self.reload_models();
+        }
+    }
+
+    /// The models status and a description of each loaded model.
+    pub fn models_view(&self) -> serde_json::Value {
+        let status = self
+            .models
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let locked = self.lock();
+        let models = locked.engine.models();
+        serde_json::json!({
+            "status": status,
+            "policy": locked.engine.config().model,
+            "champion": models.champion.as_deref().map(crate::models::describe),
+            "challenger": models.challenger.as_deref().map(crate::models::describe),
+        })
     }
 
     /// The rules status and the active rules with their hit counts.

@@ -10,6 +10,7 @@
 //! - [`metrics_eval`]: AUC ROC, average precision, card precision@k.
 //! - [`train`]: gradient-boosted model training on replayed features; [`eval`]: the
 //!   handbook's prequential protocol.
+//! - [`models`]: model files (own format or XGBoost JSON) for serving and replay.
 //! - [`replay`]: history files through the engine in event-time order, labels after a delay.
 //! - [`simulate`]: synthetic traffic with ground truth, the simulator CLI and the demo feed.
 //! - [`client`]: a small HTTP client (simulator, benchmarks, tests).
@@ -25,6 +26,7 @@ pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod metrics_eval;
+pub mod models;
 pub mod replay;
 pub mod simulate;
 pub mod startup;

@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the engine: HTTP API, rules, embedded storage.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run the engine with live simulated traffic and print what it catches.
     Demo(DemoArgs),
     /// Generate simulated traffic with ground-truth labels (to a server or a file).
@@ -106,9 +106,14 @@ async fn main() -> std::process::ExitCode {
                     .await
                     .map(|r| print_report(&r, args.json, r.to_text()))
                     .map_err(|e| e.to_string()),
-                None => ringfence::engine_bench::run(args.count, args.engine_warmup, args.seed)
-                    .map(|r| print_report(&r, args.json, r.to_text()))
-                    .map_err(|e| e.to_string()),
+                None => ringfence::engine_bench::run(
+                    args.count,
+                    args.engine_warmup,
+                    args.seed,
+                    args.model.as_deref(),
+                )
+                .map(|r| print_report(&r, args.json, r.to_text()))
+                .map_err(|e| e.to_string()),
             }
         }
     };

@@ -40,6 +40,9 @@ pub struct ReplayArgs {
     /// Rules file (built-in defaults when absent).
     #[arg(long)]
     pub rules: Option<PathBuf>,
+    /// Model file whose probability joins the score (as for `serve`).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
 }
 
 /// One transaction of history and its ground truth, if the file has one.
@@ -78,6 +81,9 @@ pub enum ReplayError {
     /// The rules file does not compile.
     #[error("rules: {0}")]
     Rules(String),
+    /// The model file could not be loaded.
+    #[error("model: {0}")]
+    Model(String),
 }
 
 /// Transaction fields a column can map to (plus `label`).
@@ -349,6 +355,13 @@ pub fn main(args: &ReplayArgs) -> Result<(), ReplayError> {
         config.label_delay_days = d;
     }
     let mut engine = Engine::new(config, Arc::new(rules));
+    if let Some(path) = &args.model {
+        let model = crate::models::load(path).map_err(ReplayError::Model)?;
+        engine.set_models(ringfence_core::engine::Models {
+            champion: Some(Arc::new(model)),
+            challenger: None,
+        });
+    }
     let mut out = match &args.scores_out {
         Some(p) => {
             let f = std::fs::File::create(p).map_err(|source| ReplayError::Io {

@@ -84,7 +84,11 @@ impl Application {
             loop {
                 tick.tick().await;
                 let h = Arc::clone(&watcher_host);
-                let _ = tokio::task::spawn_blocking(move || h.reload_rules_if_changed()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    h.reload_rules_if_changed();
+                    h.reload_models_if_changed();
+                })
+                .await;
             }
         });
         let router = http::router(Arc::clone(&self.host));

@@ -67,6 +67,8 @@ mod file;
 mod lexer;
 mod parser;
 mod template;
+
+pub use template::format_number;
 mod typecheck;
 
 use std::fmt;

@@ -152,6 +152,13 @@ fn write_value(out: &mut String, def: &FeatureDef, f: &FeatureValues<'_>) {
     }
 }
 
+/// A number as reasons show it: integers without decimals, others with at most 2.
+pub fn format_number(v: f64) -> String {
+    let mut s = String::new();
+    write_number(&mut s, v);
+    s
+}
+
 /// Integers without decimals (`3`), other numbers with at most 2 (`152.5`, `0.33`).
 fn write_number(out: &mut String, v: f64) {
     // Writing to a String cannot fail.

@@ -42,6 +42,9 @@ pub enum ApiError {
     /// A rules file failed to compile.
     #[error("the rules have errors")]
     InvalidRules(RuleErrors),
+    /// A model file failed to load.
+    #[error("the model could not be loaded")]
+    InvalidModel(String),
     /// Anything else; the cause is logged.
     #[error("internal error")]
     Internal(String),
@@ -71,7 +74,9 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Overloaded | ApiError::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::InvalidRules(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InvalidRules(_) | ApiError::InvalidModel(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -98,6 +103,10 @@ impl ApiError {
                 "code": "invalid_rules",
                 "message": format!("the rules have {} error(s); the running rules are unchanged", errors.0.len()),
                 "errors": errors.0,
+            }),
+            ApiError::InvalidModel(m) => json!({
+                "code": "invalid_model",
+                "message": format!("{m}; the running models are unchanged"),
             }),
             ApiError::Internal(_) => json!({"code": "internal", "message": "internal error"}),
         }

@@ -53,6 +53,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/rules"),
     ("post", "/v1/rules/reload"),
     ("get", "/v1/features"),
+    ("get", "/v1/models"),
+    ("post", "/v1/models/reload"),
     ("get", "/v1/stats"),
     ("get", "/healthz"),
     ("get", "/readyz"),
@@ -79,6 +81,8 @@ pub fn router(host: Arc<EngineHost>) -> Router {
         .route("/v1/rules", get(rules::list))
         .route("/v1/rules/reload", post(rules::reload))
         .route("/v1/features", get(rules::catalog))
+        .route("/v1/models", get(rules::models))
+        .route("/v1/models/reload", post(rules::reload_models))
         .route("/v1/stats", get(stats::stats))
         .route("/healthz", get(stats::healthz))
         .route("/readyz", get(stats::readyz))
