@@ -185,7 +185,7 @@ impl Engine {
             let points = policy.points * p;
             weight += points;
             model_score = Some(p);
-            anomaly_score = None; // TODO(lead): model.anomaly() once the helper lands it
+            anomaly_score = model.anomaly().map(|a| a.score(&f));
             if points >= policy.min_reason_points {
                 reasons.push(model_reason(model, &f, p, points, policy.top_factors));
             }
@@ -351,7 +351,7 @@ impl Engine {
 fn model_reason(model: &Model, f: &FeatureValues<'_>, p: f64, points: f64, top: usize) -> Reason {
     let names = model.feature_names();
     let mut contrib: Vec<f64> = vec![0.0; names.len()];
-    model.contributions(f, &mut contrib);
+    model.path_contributions(f, &mut contrib);
     let mut order: Vec<usize> = (0..names.len()).filter(|&i| contrib[i] > 0.0).collect();
     order.sort_by(|&a, &b| contrib[b].total_cmp(&contrib[a]));
     let factors: Vec<Factor> = order

@@ -447,6 +447,8 @@ impl EntityState {
             let ip = self.ips.get(&k).map(|p| &p.windows);
             self.windows_into(EntityKind::Ip, ip, ts, f);
         }
+        // Days up to `day - delay`. That edge day is only partly visible (labels of its later
+        // transactions arrive later); reading complete days only measured worse (staler).
         let seen_day = day_of(ts) - self.config.label_delay_days;
         let rate = |d: &DailyLabels, w: i64| {
             let (tx, fraud) = d.read(seen_day, w);

@@ -16,7 +16,9 @@ use forust_ml::{GradientBooster, Matrix};
 use ringfence_core::engine::{Engine, EngineConfig};
 use ringfence_core::event::{CardHasher, Timestamp};
 use ringfence_core::features::{self, FeatureType, FeatureValues};
-use ringfence_core::model::{Model, ModelMeta, NodeSpec, TreeSpec};
+use ringfence_core::model::{
+    IsolationForest, IsolationParams, Model, ModelMeta, NodeSpec, TreeSpec,
+};
 use ringfence_core::rules::RuleSet;
 
 use crate::host::DEFAULT_RULES;
@@ -228,6 +230,19 @@ pub fn fit(
         .collect();
     let model = Model::from_trees(names, trees, booster.base_score, meta)
         .map_err(|e| TrainError::Model(e.to_string()))?;
+    // The anomaly score: an isolation forest on the same features of the same rows.
+    let row_major: Vec<f64> = (0..rows)
+        .flat_map(|i| columns.iter().map(move |&j| (i, j)))
+        .map(|(i, j)| set.row(i)[j])
+        .collect();
+    let forest = IsolationForest::fit(
+        &row_major,
+        columns.len(),
+        model.feature_names().to_vec(),
+        IsolationParams::default(),
+    )
+    .map_err(|e| TrainError::Model(format!("isolation forest: {e}")))?;
+    let model = model.with_anomaly(forest);
 
     // The served model must predict what the learner learned.
     let check = rows.min(20_000);

@@ -2,8 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Model, ModelError, ModelMeta, NodeSpec, TreeSpec};
-use crate::features::{self, FeatureType};
+use super::iforest::{self, IsolationNode};
+use super::{IsolationForest, Model, ModelError, ModelMeta, NodeSpec, TreeSpec};
+use crate::features::{self, FeatureDef, FeatureType};
 
 const FORMAT: &str = "ringfence-model";
 const VERSION: u32 = 1;
@@ -36,6 +37,42 @@ struct ModelFile {
     #[serde(default)]
     feature_types: Option<Vec<String>>,
     trees: Vec<TreeFile>,
+    #[serde(default)]
+    anomaly: Option<AnomalyFile>,
+}
+
+/// The optional `anomaly` section: an isolation forest with its own features.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnomalyFile {
+    method: String,
+    sample_size: usize,
+    feature_names: Vec<String>,
+    #[serde(default)]
+    feature_types: Option<Vec<String>>,
+    trees: Vec<IsolationTreeFile>,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct IsolationTreeFile {
+    nodes: Vec<IsolationNodeFile>,
+}
+
+/// An isolation-tree node as written: a split has the first four fields, a leaf has `size`.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct IsolationNodeFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    feature: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    threshold: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    left: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    right: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    size: Option<usize>,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -124,7 +161,87 @@ pub(super) fn parse(src: &str) -> Result<Model, ModelError> {
         trained_at: file.trained_at,
         notes: serde_json::Value::Object(notes),
     };
-    Model::assemble(file.feature_names, &trees, file.base_margin, meta)
+    let model = Model::assemble(file.feature_names, &trees, file.base_margin, meta)?;
+    match file.anomaly {
+        None => Ok(model),
+        Some(anomaly) => Ok(model.with_anomaly(parse_anomaly(file.catalog_version, anomaly)?)),
+    }
+}
+
+/// Validates the `anomaly` section into a forest. Its features are checked against the
+/// catalog like the model's; the model's own check has already noted another catalog version.
+fn parse_anomaly(catalog_version: u32, file: AnomalyFile) -> Result<IsolationForest, ModelError> {
+    if file.method != iforest::METHOD {
+        return Err(ModelError::Unsupported(format!(
+            "anomaly method `{}`; this build reads `{}`",
+            file.method,
+            iforest::METHOD
+        )));
+    }
+    check_catalog(
+        catalog_version,
+        &file.feature_names,
+        file.feature_types.as_deref(),
+    )?;
+    let trees = file
+        .trees
+        .into_iter()
+        .enumerate()
+        .map(|(t, tree)| {
+            tree.nodes
+                .into_iter()
+                .enumerate()
+                .map(|(n, node)| isolation_node(t, n, node))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    IsolationForest::assemble(file.feature_names, file.sample_size, trees)
+}
+
+fn isolation_node(
+    tree: usize,
+    node: usize,
+    n: IsolationNodeFile,
+) -> Result<IsolationNode, ModelError> {
+    let bad = |reason: String| ModelError::InvalidIsolationTree { tree, node, reason };
+    let split_fields = [
+        n.feature.is_some(),
+        n.threshold.is_some(),
+        n.left.is_some(),
+        n.right.is_some(),
+    ];
+    if let Some(size) = n.size {
+        if split_fields.contains(&true) {
+            return Err(bad("a node is a leaf or a split, not both".to_owned()));
+        }
+        return Ok(IsolationNode::Leaf { size });
+    }
+    match (n.feature, n.threshold, n.left, n.right) {
+        (Some(feature), Some(threshold), Some(left), Some(right)) => Ok(IsolationNode::Split {
+            feature,
+            threshold,
+            left,
+            right,
+        }),
+        _ if !split_fields.contains(&true) => Err(bad(
+            "a node needs `size`, or `feature`, `threshold`, `left` and `right`".to_owned(),
+        )),
+        _ => Err(bad(format!(
+            "a split lacks {}",
+            missing_fields(&["feature", "threshold", "left", "right"], &split_fields)
+        ))),
+    }
+}
+
+/// The names whose `present` flag is false, quoted and comma-separated.
+fn missing_fields(names: &[&str], present: &[bool]) -> String {
+    let missing: Vec<_> = names
+        .iter()
+        .zip(present)
+        .filter(|(_, present)| !**present)
+        .map(|(name, _)| format!("`{name}`"))
+        .collect();
+    missing.join(", ")
 }
 
 /// Checks recorded feature types against the catalog. A model from another catalog version
@@ -234,23 +351,20 @@ fn node_spec(tree: usize, node: usize, n: NodeFile) -> Result<NodeSpec, ModelErr
         _ if !split_fields.contains(&true) => Err(bad(
             "a node needs `leaf`, or `feature`, `threshold`, `left`, `right` and `default_left`",
         )),
-        _ => {
-            let names = ["feature", "threshold", "left", "right", "default_left"];
-            let missing: Vec<_> = names
-                .iter()
-                .zip(split_fields)
-                .filter(|(_, present)| !present)
-                .map(|(name, _)| format!("`{name}`"))
-                .collect();
-            Err(bad(&format!("a split lacks {}", missing.join(", "))))
-        }
+        _ => Err(bad(&format!(
+            "a split lacks {}",
+            missing_fields(
+                &["feature", "threshold", "left", "right", "default_left"],
+                &split_fields
+            )
+        ))),
     }
 }
 
 /// Writes a model: header fields one per line, then one line per tree, so files diff well.
 pub(super) fn write(model: &Model) -> String {
     let meta = model.meta();
-    let feature_types: Vec<&str> = model.features.iter().map(|d| d.ty.name()).collect();
+    let feature_types = type_names(&model.features);
     let header: [(&str, serde_json::Value); 10] = [
         ("format", FORMAT.into()),
         ("version", VERSION.into()),
@@ -276,8 +390,64 @@ pub(super) fn write(model: &Model) -> String {
         let line = serde_json::to_string(&file).expect("structs of plain numbers serialize");
         out.push_str(&line);
     }
-    out.push_str("\n]\n}\n");
+    out.push_str("\n]");
+    if let Some(anomaly) = model.anomaly() {
+        write_anomaly(anomaly, &mut out);
+    }
+    out.push_str("\n}\n");
     out
+}
+
+/// Appends the `anomaly` section, laid out like the model: header lines, then one per tree.
+fn write_anomaly(forest: &IsolationForest, out: &mut String) {
+    let header: [(&str, serde_json::Value); 4] = [
+        ("method", iforest::METHOD.into()),
+        ("sample_size", forest.sample_size().into()),
+        ("feature_names", forest.feature_names().to_vec().into()),
+        ("feature_types", type_names(forest.features()).into()),
+    ];
+    out.push_str(",\n\"anomaly\": {\n");
+    for (key, value) in header {
+        out.push_str(&format!("\"{key}\": {value},\n"));
+    }
+    out.push_str("\"trees\": [");
+    for (i, nodes) in forest.tree_nodes().into_iter().enumerate() {
+        out.push_str(if i == 0 { "\n" } else { ",\n" });
+        let file = IsolationTreeFile {
+            nodes: nodes.into_iter().map(isolation_node_file).collect(),
+        };
+        let line = serde_json::to_string(&file).expect("structs of plain numbers serialize");
+        out.push_str(&line);
+    }
+    out.push_str("\n]\n}");
+}
+
+fn type_names(features: &[&'static FeatureDef]) -> Vec<&'static str> {
+    features.iter().map(|d| d.ty.name()).collect()
+}
+
+fn isolation_node_file(node: IsolationNode) -> IsolationNodeFile {
+    match node {
+        IsolationNode::Split {
+            feature,
+            threshold,
+            left,
+            right,
+        } => IsolationNodeFile {
+            feature: Some(feature),
+            threshold: Some(threshold),
+            left: Some(left),
+            right: Some(right),
+            size: None,
+        },
+        IsolationNode::Leaf { size } => IsolationNodeFile {
+            feature: None,
+            threshold: None,
+            left: None,
+            right: None,
+            size: Some(size),
+        },
+    }
 }
 
 fn node_file(node: NodeSpec) -> NodeFile {

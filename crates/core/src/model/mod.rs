@@ -1,5 +1,7 @@
 //! Model inference: gradient-boosted tree ensembles that turn a transaction's features into a
-//! fraud probability, and explain it per feature with exact TreeSHAP.
+//! fraud probability and explain it per feature (by the decision path on every decision, with
+//! exact TreeSHAP on demand), and an optional isolation forest that scores how unusual a
+//! transaction is.
 //!
 //! A [`Model`] is a binary classifier: the sum of its trees' leaf values plus a base margin is
 //! the log-odds of fraud ([`Model::margin`]), and [`Model::predict`] is its sigmoid. Models come
@@ -19,6 +21,9 @@
 //! - Contributions are path-dependent TreeSHAP (Lundberg et al. 2018, Algorithm 2), as
 //!   XGBoost's `pred_contribs`: node covers weight the paths `x` does not take, and the bias is
 //!   the base margin plus each tree's cover-weighted mean leaf value.
+//!   [`Model::path_contributions`] is the cheap alternative, XGBoost's `approx_contribs`
+//!   (Saabas): each split on the path `x` takes credits its feature with the change in the
+//!   cover-weighted mean leaf value below it. Same bias, same additivity, the cost of scoring.
 //! - From XGBoost we take `binary:logistic` models with `gbtree` or `dart` boosters (DART
 //!   weights folded into the leaves) and any `num_parallel_tree`; every tree counts, as in
 //!   `Booster.predict` (a `best_iteration` is only recorded in the notes). Multiclass,
@@ -60,19 +65,56 @@
 //!   every node reachable from the root exactly once (no cycles, no shared subtrees). Nodes
 //!   nothing reaches are dropped.
 //!
+//! ## The `anomaly` section
+//! A model may carry an [`IsolationForest`] ([`Model::with_anomaly`], [`Model::anomaly`]) as
+//! an optional last field, written like the trees, one line per tree:
+//!
+//! ```json
+//! "anomaly": {
+//! "method": "isolation-forest",
+//! "sample_size": 256,
+//! "feature_names": ["tx.amount", "card.count_1h"],
+//! "feature_types": ["number", "number"],
+//! "trees": [
+//! {"nodes": [{"feature": 0, "threshold": 812.5, "left": 1, "right": 2}, {"size": 250}, {"size": 6}]}
+//! ]
+//! }
+//! ```
+//!
+//! - `method` is `"isolation-forest"`; `sample_size` (2 to [`MAX_SAMPLE_SIZE`]) is the rows
+//!   each tree grew on, which normalises the score.
+//! - `feature_names` are the forest's own (they need not be the classifier's), checked against
+//!   the catalog as the model's are, `feature_types` included.
+//! - A node is a split (`feature`, `threshold`, `left`, `right`; `x` goes left iff
+//!   `(x as f32) < threshold`) or a leaf (`size`: the sampled rows that ended there, at least
+//!   1). Each tree's leaf sizes add up to `sample_size`, and the tree limits above apply.
+//! - No missing-value direction is stored: a missing value goes to the child whose leaves hold
+//!   more rows (left on a tie), which is where fitting sent the training rows missing it.
+//!
+//! Files without the section load as before; builds that predate it refuse files that have it
+//! (unknown field `anomaly`).
+//!
 //! # Layout
 //! - `tree.rs`: the flat node arrays scoring walks, and their validation.
 //! - `shap.rs`: TreeSHAP over those arrays.
+//! - `path.rs`: path (Saabas) attributions over the same arrays.
+//! - `iforest.rs`: the isolation forest: fitting, validation, scoring.
 //! - `format.rs`: Ringfence's JSON format.
 //! - `xgboost.rs`: the XGBoost JSON importer.
 
 mod format;
+mod iforest;
+mod path;
 mod shap;
 mod tree;
 mod xgboost;
 
 #[cfg(test)]
+mod iforest_tests;
+#[cfg(test)]
 mod tests;
+
+pub use iforest::{IsolationForest, IsolationParams, MAX_SAMPLE_SIZE};
 
 use crate::features::{self, FeatureDef, FeatureType, FeatureValues};
 use tree::Forest;
@@ -193,6 +235,16 @@ pub enum ModelError {
         /// What is wrong.
         reason: String,
     },
+    /// A tree of the anomaly section that is not a valid isolation tree.
+    #[error("invalid anomaly tree {tree}, node {node}: {reason}")]
+    InvalidIsolationTree {
+        /// Tree index within the anomaly section.
+        tree: usize,
+        /// Node index within the tree, as the input numbers it.
+        node: usize,
+        /// What is wrong.
+        reason: String,
+    },
     /// A model-level inconsistency (array lengths, limits, ...).
     #[error("invalid model: {0}")]
     Invalid(String),
@@ -228,6 +280,8 @@ pub struct Model {
     bias: f64,
     forest: Forest,
     meta: ModelMeta,
+    /// The unsupervised anomaly detector carried with the classifier, if any.
+    anomaly: Option<IsolationForest>,
 }
 
 impl std::fmt::Debug for Model {
@@ -237,6 +291,7 @@ impl std::fmt::Debug for Model {
             .field("trees", &self.n_trees())
             .field("base_margin", &self.base_margin)
             .field("meta", &self.meta)
+            .field("anomaly", &self.anomaly)
             .finish_non_exhaustive()
     }
 }
@@ -313,6 +368,7 @@ impl Model {
             bias,
             forest,
             meta,
+            anomaly: None,
         })
     }
 
@@ -340,6 +396,42 @@ impl Model {
         out.resize(self.feature_names.len(), 0.0);
         self.forest.contributions(&f.num, out);
         self.bias
+    }
+
+    /// Path attributions (Saabas; XGBoost's `approx_contribs`) of each model feature to the
+    /// margin, written to `out`; returns the bias, so that `bias + out.iter().sum()` equals
+    /// [`Model::margin`] (to rounding).
+    ///
+    /// `out` must have one slot per model feature (`feature_names().len()`), in that order; it
+    /// is zeroed first. Each split on the path `x` takes adds the change in the cover-weighted
+    /// mean leaf value, `E[child taken] - E[node]`, to its feature; the bias is the same as
+    /// [`Model::contributions`]'. Allocates nothing and costs about what [`Model::margin`]
+    /// does, so it can explain every decision; for one tree of depth 1 it equals TreeSHAP, in
+    /// general it over-credits features split on near the root.
+    ///
+    /// # Panics
+    /// If `out.len()` is not `feature_names().len()`.
+    pub fn path_contributions(&self, f: &FeatureValues<'_>, out: &mut [f64]) -> f64 {
+        assert_eq!(
+            out.len(),
+            self.feature_names.len(),
+            "path_contributions needs one slot per model feature"
+        );
+        out.fill(0.0);
+        self.forest.path_contributions(&f.num, out);
+        self.bias
+    }
+
+    /// The anomaly detector carried with the model, if any.
+    pub fn anomaly(&self) -> Option<&IsolationForest> {
+        self.anomaly.as_ref()
+    }
+
+    /// The model with `forest` as its anomaly detector (replacing any it had); written to and
+    /// read from the model file's `anomaly` section.
+    pub fn with_anomaly(mut self, forest: IsolationForest) -> Model {
+        self.anomaly = Some(forest);
+        self
     }
 
     /// The model's input features, by catalog name; [`Model::contributions`] follows this order.

@@ -1,5 +1,6 @@
-//! Unit tests: hand-built models with hand-computed scores, every load error, and TreeSHAP
-//! against brute-force Shapley values.
+//! Unit tests: hand-built models with hand-computed scores, every load error, TreeSHAP
+//! against brute-force Shapley values, and path attributions against both. The isolation
+//! forest has its own file, `iforest_tests.rs`, which borrows the helpers here.
 
 use serde_json::{json, Value};
 
@@ -28,7 +29,7 @@ fn leaf(value: f64, cover: f64) -> NodeSpec {
     NodeSpec::Leaf { value, cover }
 }
 
-fn meta() -> ModelMeta {
+pub(super) fn meta() -> ModelMeta {
     ModelMeta {
         catalog_version: CATALOG_VERSION,
         source: "test".to_owned(),
@@ -37,12 +38,12 @@ fn meta() -> ModelMeta {
     }
 }
 
-fn names(list: &[&str]) -> Vec<String> {
+pub(super) fn names(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
 /// Feature values by catalog name; everything else missing.
-fn values(pairs: &[(&str, f64)]) -> FeatureValues<'static> {
+pub(super) fn values(pairs: &[(&str, f64)]) -> FeatureValues<'static> {
     let mut f = FeatureValues::default();
     for (name, v) in pairs {
         f.num[features::lookup(name).expect("catalog name").index] = *v;
@@ -52,7 +53,7 @@ fn values(pairs: &[(&str, f64)]) -> FeatureValues<'static> {
 
 /// Tree 0: `tx.amount < 100` (missing goes right) -> -1.0 | 2.0.
 /// Tree 1: `user.new_device < 0.5` (missing goes left) -> (`tx.amount < 0.1` -> 0.25 | 0.5) | 1.5.
-fn two_trees() -> Model {
+pub(super) fn two_trees() -> Model {
     Model::from_trees(
         names(&["tx.amount", "user.new_device"]),
         vec![
@@ -411,11 +412,11 @@ fn from_trees_needs_the_current_catalog_and_object_notes() {
 }
 
 /// `two_trees()` as a Ringfence JSON document, to corrupt.
-fn ringfence_doc() -> Value {
+pub(super) fn ringfence_doc() -> Value {
     serde_json::from_str(&two_trees().to_json()).expect("valid JSON")
 }
 
-fn load(doc: &Value) -> Result<Model, ModelError> {
+pub(super) fn load(doc: &Value) -> Result<Model, ModelError> {
     Model::from_json(&doc.to_string())
 }
 
@@ -862,10 +863,10 @@ fn shap_of_two_features_by_hand() {
 }
 
 /// splitmix64: a tiny deterministic generator for the random trees below.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -873,11 +874,11 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub(super) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
 
-    fn unit(&mut self) -> f64 {
+    pub(super) fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
 }
@@ -1057,4 +1058,97 @@ fn shap_matches_brute_force_shapley_values() {
             }
         }
     }
+}
+
+// ---- path attributions ----
+
+#[test]
+fn path_contributions_by_hand() {
+    // `two_trees()` at amount 0.05, device 0, margin -0.5 - 1.0 + 0.25:
+    // tree 0: E = (60 * -1 + 40 * 2) / 100 = 0.2; the amount split leads to -1: -1.2 to amount.
+    // tree 1: E = 0.725; the device split leads left, E = (30 * 0.25 + 40 * 0.5) / 70:
+    //         that change goes to the device; the amount split then leads to 0.25.
+    let m = two_trees();
+    let mut out = [f64::NAN; 2]; // zeroed by the call
+    let f = values(&[("tx.amount", 0.05), ("user.new_device", 0.0)]);
+    let bias = m.path_contributions(&f, &mut out);
+    let left = 27.5 / 70.0;
+    assert!((bias - (-0.5 + 0.2 + 0.725)).abs() < 1e-12, "{bias}");
+    assert!((out[0] - (-1.2 + (0.25 - left))).abs() < 1e-12, "{out:?}");
+    assert!((out[1] - (left - 0.725)).abs() < 1e-12, "{out:?}");
+    assert!((bias + out.iter().sum::<f64>() - m.margin(&f)).abs() < 1e-12);
+
+    // Everything missing: tree 0 defaults right (2.0), tree 1 left, then right (0.5).
+    let f = values(&[]);
+    let bias = m.path_contributions(&f, &mut out);
+    assert!(
+        (out[0] - ((2.0 - 0.2) + (0.5 - left))).abs() < 1e-12,
+        "{out:?}"
+    );
+    assert!((out[1] - (left - 0.725)).abs() < 1e-12, "{out:?}");
+    assert!((bias + out.iter().sum::<f64>() - m.margin(&f)).abs() < 1e-12);
+
+    // The same bias as TreeSHAP.
+    let mut shap = Vec::new();
+    assert_eq!(m.contributions(&f, &mut shap), bias);
+
+    // No trees: nothing to credit, the bias is the base margin.
+    let m = Model::from_trees(names(&["tx.amount"]), vec![], 0.25, meta()).expect("valid");
+    let mut out = [7.0];
+    assert_eq!(m.path_contributions(&values(&[]), &mut out), 0.25);
+    assert_eq!(out, [0.0]);
+}
+
+#[test]
+fn path_contributions_are_additive_on_random_models() {
+    let mut rng = Rng(11);
+    let mut out = [0.0; SHAP_FEATURES.len()];
+    for _ in 0..40 {
+        let trees: Vec<TreeSpec> = (0..1 + rng.below(30))
+            .map(|_| {
+                let depth = 1 + rng.below(10);
+                random_tree(&mut rng, SHAP_FEATURES.len(), depth)
+            })
+            .collect();
+        let base = rng.unit() - 0.5;
+        let m = Model::from_trees(names(&SHAP_FEATURES), trees, base, meta()).expect("valid");
+        for _ in 0..25 {
+            let f = feature_values(&random_x(&mut rng));
+            let bias = m.path_contributions(&f, &mut out);
+            let total = bias + out.iter().sum::<f64>();
+            assert!(
+                (total - m.margin(&f)).abs() <= 1e-9,
+                "{total} vs {}",
+                m.margin(&f)
+            );
+        }
+    }
+}
+
+#[test]
+fn path_contributions_equal_treeshap_on_depth_one_trees() {
+    let mut rng = Rng(5);
+    let mut path = [0.0; SHAP_FEATURES.len()];
+    let mut shap = Vec::new();
+    for _ in 0..40 {
+        // Stumps (and now and then a lone leaf), several per model, features repeating.
+        let trees: Vec<TreeSpec> = (0..1 + rng.below(12))
+            .map(|_| random_tree(&mut rng, SHAP_FEATURES.len(), 1))
+            .collect();
+        let m = Model::from_trees(names(&SHAP_FEATURES), trees, 0.1, meta()).expect("valid");
+        for _ in 0..25 {
+            let f = feature_values(&random_x(&mut rng));
+            let bias = m.path_contributions(&f, &mut path);
+            assert_eq!(bias, m.contributions(&f, &mut shap));
+            for (p, s) in path.iter().zip(&shap) {
+                assert!((p - s).abs() < 1e-12, "{path:?} vs {shap:?}");
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "one slot per model feature")]
+fn path_contributions_need_one_slot_per_feature() {
+    two_trees().path_contributions(&values(&[]), &mut [0.0; 3]);
 }

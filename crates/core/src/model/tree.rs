@@ -8,8 +8,8 @@ use crate::features::NUM_COUNT;
 const _: () = assert!(NUM_COUNT <= u16::MAX as usize);
 
 const LEAF: u8 = 1;
-/// Trees walked side by side in [`Forest::sum`].
-const LANES: usize = 8;
+/// Trees walked side by side in [`Forest::sum`] and in path attributions.
+pub(super) const LANES: usize = 8;
 const DEFAULT_LEFT: u8 = 2;
 
 /// One node as scoring reads it: 12 bytes, so a depth-6 tree spans a handful of cache lines.
