@@ -173,6 +173,8 @@ numeric_features! {
     TerminalFraudRate1d => "terminal.fraud_rate_1d", Number, "Share of this terminal's transactions confirmed as fraud, over the day that ends one label delay ago.";
     TerminalFraudRate7d => "terminal.fraud_rate_7d", Number, "Share of this terminal's transactions confirmed as fraud, over the 7 days that end one label delay ago.";
     TerminalFraudRate30d => "terminal.fraud_rate_30d", Number, "Share of this terminal's transactions confirmed as fraud, over the 30 days that end one label delay ago.";
+    TerminalFraudFirstAge => "terminal.fraud_first_age_days", Number, "Days since the terminal's oldest confirmed fraud in the 30 visible days (how long it has shown fraud).";
+    TerminalFraudLastAge => "terminal.fraud_last_age_days", Number, "Days since the terminal's newest visible confirmed fraud (is it still going on).";
     TerminalFrauds30d => "terminal.frauds_30d", Number, "Confirmed frauds on this terminal over the 30 days that end one label delay ago.";
     MerchantFraudRate7d => "merchant.fraud_rate_7d", Number, "Share of this merchant's transactions confirmed as fraud, over the 7 days that end one label delay ago.";
     MerchantFraudRate30d => "merchant.fraud_rate_30d", Number, "Share of this merchant's transactions confirmed as fraud, over the 30 days that end one label delay ago.";

@@ -1,24 +1,30 @@
-//! Label-driven counters: how many of an entity's transactions per day were later confirmed as
-//! fraud. They feed features such as a terminal's fraud rate.
+//! Label-driven counters: how many of an entity's transactions were later confirmed as fraud,
+//! per 4-hour bucket of *transaction* time. They feed features such as a terminal's fraud rate.
 //!
 //! Labels arrive late: in production through `POST /v1/labels` days or weeks after the
-//! transaction, in replay after `--label-delay-days`. Counters are kept per *transaction* day,
-//! and features read only the days that end `delay` days before the transaction being scored,
-//! `(day - delay - w, day - delay]`. A label lands in its transaction's day whenever it arrives.
-//! A read therefore sees exactly the labels that have already arrived, never a future one.
+//! transaction, in replay after `--label-delay-days`. A label lands in its transaction's bucket
+//! whenever it arrives, and features read windows that end one label delay before the
+//! transaction being scored, at the last *complete* bucket: `[end - w, end)` with
+//! `end = bucket(ts - delay)`. A bucket straddling `ts - delay` would count all its
+//! transactions but only the labels of its earlier ones, so it is left out (at most 4 hours
+//! of staleness, no bias). A read therefore sees exactly the labels already visible.
 
-/// Days of history kept per entity: long enough for a 30-day window behind a delay of up to
-/// 33 days.
-pub const DAYS: usize = 64;
-const DAY_MS: i64 = 86_400_000;
+/// Width of a bucket.
+pub const BUCKET_MS: i64 = 4 * 3_600_000;
+/// Buckets per day.
+pub const BUCKETS_PER_DAY: i64 = 6;
+/// Buckets kept per entity: 64 days, enough for a 30-day window behind a delay of up to 33
+/// days.
+pub const DAYS: usize = 64 * BUCKETS_PER_DAY as usize;
 
-/// The day index of a time.
+/// The bucket index of a time.
 #[inline]
 pub fn day_of(ts_ms: i64) -> i64 {
-    ts_ms.div_euclid(DAY_MS)
+    ts_ms.div_euclid(BUCKET_MS)
 }
 
-/// Transactions and confirmed frauds per transaction day, for the last [`DAYS`] days.
+/// Transactions and confirmed frauds per 4-hour bucket of transaction time, for the last
+/// [`DAYS`] buckets (64 days).
 #[derive(Clone, Debug)]
 pub struct DailyLabels {
     /// Newest day held; `i64::MIN` when empty.
@@ -82,7 +88,7 @@ impl DailyLabels {
         self.fraud[s] = self.fraud[s].saturating_add_signed(delta);
     }
 
-    /// Transactions and confirmed frauds over the days `(to - w, to]`.
+    /// Transactions and confirmed frauds over the buckets `(to - w, to]` (`w` in buckets).
     pub fn read(&self, to: i64, w: i64) -> (u32, u32) {
         if self.head == i64::MIN {
             return (0, 0);
@@ -95,6 +101,23 @@ impl DailyLabels {
             fraud += self.fraud[s];
         }
         (tx, fraud)
+    }
+}
+
+impl DailyLabels {
+    /// The oldest and newest buckets in `(to - w, to]` holding a confirmed fraud.
+    pub fn fraud_span(&self, to: i64, w: i64) -> Option<(i64, i64)> {
+        if self.head == i64::MIN {
+            return None;
+        }
+        let from = (to - w + 1).max(self.head - DAYS as i64 + 1);
+        let mut span: Option<(i64, i64)> = None;
+        for b in from..=to.min(self.head) {
+            if self.fraud[Self::slot(b)] > 0 {
+                span = Some(span.map_or((b, b), |(first, _)| (first, b)));
+            }
+        }
+        span
     }
 }
 
@@ -116,6 +139,20 @@ mod tests {
         assert_eq!(d.read(9, 30), (0, 0));
         d.add_fraud(10, -1);
         assert_eq!(d.read(15, 30), (4, 1));
+    }
+
+    #[test]
+    fn fraud_span_finds_the_oldest_and_newest_fraud() {
+        let mut d = DailyLabels::default();
+        for b in [3, 5, 8, 9] {
+            d.add_tx(b);
+        }
+        assert_eq!(d.fraud_span(9, 10), None);
+        d.add_fraud(5, 1);
+        d.add_fraud(8, 1);
+        assert_eq!(d.fraud_span(9, 10), Some((5, 8)));
+        assert_eq!(d.fraud_span(7, 10), Some((5, 5)));
+        assert_eq!(d.fraud_span(9, 2), Some((8, 8)));
     }
 
     #[test]

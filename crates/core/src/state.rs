@@ -22,7 +22,7 @@ use crate::distinct::RecentKeys;
 use crate::event::{Transaction, TxKind};
 use crate::features::{FeatureValues, Num, Text};
 use crate::graph::{LinkGraph, NodeRef};
-use crate::labels::{day_of, DailyLabels};
+use crate::labels::{day_of, DailyLabels, BUCKETS_PER_DAY};
 use crate::profile::{LastSeen, SpendProfile};
 use crate::window::{Ring, Windows};
 
@@ -447,11 +447,11 @@ impl EntityState {
             let ip = self.ips.get(&k).map(|p| &p.windows);
             self.windows_into(EntityKind::Ip, ip, ts, f);
         }
-        // Days up to `day - delay`. That edge day is only partly visible (labels of its later
-        // transactions arrive later); reading complete days only measured worse (staler).
-        let seen_day = day_of(ts) - self.config.label_delay_days;
+        // The last complete bucket before `ts - delay` (see `labels`): windows of `w` days end
+        // there.
+        let seen = day_of(ts - self.config.label_delay_days * 86_400_000) - 1;
         let rate = |d: &DailyLabels, w: i64| {
-            let (tx, fraud) = d.read(seen_day, w);
+            let (tx, fraud) = d.read(seen, w * BUCKETS_PER_DAY);
             if tx == 0 {
                 f64::NAN
             } else {
@@ -467,7 +467,18 @@ impl EntityState {
             f.set(Num::TerminalFraudRate30d, rate(&t.daily, 30));
             f.set(
                 Num::TerminalFrauds30d,
-                f64::from(t.daily.read(seen_day, 30).1),
+                f64::from(t.daily.read(seen, 30 * BUCKETS_PER_DAY).1),
+            );
+            let now_bucket = day_of(ts);
+            let age = |b: i64| (now_bucket - b) as f64 / BUCKETS_PER_DAY as f64;
+            let span = t.daily.fraud_span(seen, 30 * BUCKETS_PER_DAY);
+            f.set(
+                Num::TerminalFraudFirstAge,
+                span.map_or(f64::NAN, |(first, _)| age(first)),
+            );
+            f.set(
+                Num::TerminalFraudLastAge,
+                span.map_or(f64::NAN, |(_, last)| age(last)),
             );
         }
         if let Some(k) = keys.merchant {

@@ -59,6 +59,9 @@ pub struct EvalArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Writes every test prediction as CSV: `fold,transaction_id,card_id,score,label`.
+    #[arg(long)]
+    pub predictions_out: Option<PathBuf>,
 }
 
 /// The result of one fold.
@@ -135,6 +138,7 @@ impl EvalReport {
 
 /// One transaction inside the evaluation range.
 struct Kept {
+    id: String,
     ts: i64,
     card: String,
     label: bool,
@@ -174,6 +178,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, TrainError> {
         };
         set.push(&s.features, label);
         kept.push(Kept {
+            id: rows[i].tx.transaction_id.as_str().to_owned(),
             ts,
             card: rows[i]
                 .tx
@@ -189,6 +194,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, TrainError> {
         )));
     }
 
+    let mut predictions = String::new();
     let mut folds = Vec::new();
     for start in &starts {
         let test_from = start.millis();
@@ -235,6 +241,15 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, TrainError> {
                 }
                 f.num.copy_from_slice(set.row(i));
                 let p = model.predict(&f);
+                if args.predictions_out.is_some() {
+                    predictions.push_str(&format!(
+                        "{},{},{},{p},{}\n",
+                        folds.len(),
+                        k.id,
+                        k.card,
+                        u8::from(k.label)
+                    ));
+                }
                 scores.push(p);
                 labels.push(k.label);
                 today.push(CardScore {
@@ -257,6 +272,13 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, TrainError> {
             average_precision: average_precision(&scores, &labels).unwrap_or(f64::NAN),
             card_precision: card_precision_at_k(&days, args.top_k),
         });
+    }
+    if let Some(path) = &args.predictions_out {
+        std::fs::write(
+            path,
+            format!("fold,transaction_id,card_id,score,label\n{predictions}"),
+        )
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
     }
     let mean =
         |g: fn(&FoldReport) -> f64| folds.iter().map(g).sum::<f64>() / folds.len().max(1) as f64;

@@ -209,6 +209,7 @@ fn training_and_evaluation_on_handbook_history() {
         learner,
         rules: None,
         json: false,
+        predictions_out: None,
     })
     .expect("eval");
     let fold = &report.folds[0];
