@@ -643,11 +643,17 @@ mod label_feature_tests {
     use super::*;
     use crate::event::test_tx as tx;
 
-    fn at(day: i64, id: &str, terminal: &str) -> Transaction {
+    /// A transaction `day` days and `hours` hours after 2023-11-15T01:46:40Z.
+    fn at_hour(day: i64, hours: i64, id: &str, terminal: &str) -> Transaction {
         tx(&format!(
             r#"{{"transaction_id":"{id}","card_id":"c-{id}","terminal_id":"{terminal}","amount":10,"timestamp":"{}"}}"#,
-            Timestamp::from_millis(1_700_006_400_000 + day * 86_400_000).to_rfc3339()
+            Timestamp::from_millis(1_700_012_800_000 + day * 86_400_000 + hours * 3_600_000)
+                .to_rfc3339()
         ))
+    }
+
+    fn at(day: i64, id: &str, terminal: &str) -> Transaction {
+        at_hour(day, 0, id, terminal)
     }
 
     #[test]
@@ -659,8 +665,10 @@ mod label_feature_tests {
             e.score(t);
         }
         e.apply_label(&txs[0], true, None);
+        // Probes at midday: the 4-hour bucket of the day-0 transactions (early morning) is
+        // complete and visible from the morning of day 7.
         let rate = |e: &Engine, day| {
-            e.evaluate(&at(day, "probe", "T1"))
+            e.evaluate(&at_hour(day, 10, "probe", "T1"))
                 .features
                 .get(Num::TerminalFraudRate7d)
         };
