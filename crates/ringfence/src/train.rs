@@ -57,16 +57,16 @@ pub struct TrainArgs {
 #[derive(clap::Args, Debug, Clone, Copy, serde::Serialize)]
 pub struct LearnerArgs {
     /// Boosting rounds (trees).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 500)]
     pub trees: usize,
     /// Shrinkage per tree.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.02)]
     pub learning_rate: f32,
     /// Deepest split level.
     #[arg(long, default_value_t = 6)]
     pub max_depth: usize,
     /// Least hessian sum in a leaf.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 10.0)]
     pub min_leaf_weight: f32,
 }
 
