@@ -169,6 +169,7 @@ numeric_features! {
     AccountAlerts => "account.alerts", Number, "Alerts raised for this account (user, else card) in the escalation window, before this transaction.";
     CardAmountRatio24h => "card.amount_ratio_24h", Number, "This amount divided by the card's mean amount over the 24 hours before it.";
     CardAmountRatio7d => "card.amount_ratio_7d", Number, "This amount divided by the card's mean amount over the 7 days before it.";
+    CardSpikes7d => "card.spikes_7d", Number, "Transactions of this card in the 7 days before this one at 3x its mean amount or more (sudden spending spikes).";
     CardFraudLabels => "card.fraud_labels", Number, "Confirmed-fraud labels received so far on this card's transactions (known compromised).";
     TerminalFraudRate1d => "terminal.fraud_rate_1d", Number, "Share of this terminal's transactions confirmed as fraud, over the day that ends one label delay ago.";
     TerminalFraudRate7d => "terminal.fraud_rate_7d", Number, "Share of this terminal's transactions confirmed as fraud, over the 7 days that end one label delay ago.";

@@ -15,55 +15,55 @@ pub const BUCKET_MS: i64 = 4 * 3_600_000;
 pub const BUCKETS_PER_DAY: i64 = 6;
 /// Buckets kept per entity: 64 days, enough for a 30-day window behind a delay of up to 33
 /// days.
-pub const DAYS: usize = 64 * BUCKETS_PER_DAY as usize;
+pub const BUCKETS: usize = 64 * BUCKETS_PER_DAY as usize;
 
 /// The bucket index of a time.
 #[inline]
-pub fn day_of(ts_ms: i64) -> i64 {
+pub fn bucket_of(ts_ms: i64) -> i64 {
     ts_ms.div_euclid(BUCKET_MS)
 }
 
 /// Transactions and confirmed frauds per 4-hour bucket of transaction time, for the last
-/// [`DAYS`] buckets (64 days).
+/// [`BUCKETS`] buckets (64 days).
 #[derive(Clone, Debug)]
-pub struct DailyLabels {
+pub struct LabelBuckets {
     /// Newest day held; `i64::MIN` when empty.
     head: i64,
-    tx: [u32; DAYS],
-    fraud: [u32; DAYS],
+    tx: [u32; BUCKETS],
+    fraud: [u32; BUCKETS],
 }
 
-impl Default for DailyLabels {
+impl Default for LabelBuckets {
     fn default() -> Self {
         Self::EMPTY
     }
 }
 
-impl DailyLabels {
+impl LabelBuckets {
     /// No history.
-    pub const EMPTY: DailyLabels = DailyLabels {
+    pub const EMPTY: LabelBuckets = LabelBuckets {
         head: i64::MIN,
-        tx: [0; DAYS],
-        fraud: [0; DAYS],
+        tx: [0; BUCKETS],
+        fraud: [0; BUCKETS],
     };
 
     fn slot(day: i64) -> usize {
-        day.rem_euclid(DAYS as i64) as usize
+        day.rem_euclid(BUCKETS as i64) as usize
     }
 
-    /// Whether `day` is still held.
+    /// Whether bucket `day` is still held.
     fn holds(&self, day: i64) -> bool {
-        self.head != i64::MIN && day <= self.head && day > self.head - DAYS as i64
+        self.head != i64::MIN && day <= self.head && day > self.head - BUCKETS as i64
     }
 
-    /// Counts one transaction on `day`.
+    /// Counts one transaction in bucket `day`.
     pub fn add_tx(&mut self, day: i64) {
         if self.head == i64::MIN {
             self.head = day;
         } else if day > self.head {
-            if day - self.head >= DAYS as i64 {
-                self.tx = [0; DAYS];
-                self.fraud = [0; DAYS];
+            if day - self.head >= BUCKETS as i64 {
+                self.tx = [0; BUCKETS];
+                self.fraud = [0; BUCKETS];
             } else {
                 for d in (self.head + 1)..=day {
                     self.tx[Self::slot(d)] = 0;
@@ -78,8 +78,8 @@ impl DailyLabels {
         self.tx[s] = self.tx[s].saturating_add(1);
     }
 
-    /// Adds (`+1`) or withdraws (`-1`) a confirmed fraud on a transaction of `day`. Days no
-    /// longer held are ignored.
+    /// Adds (`+1`) or withdraws (`-1`) a confirmed fraud on a transaction of bucket `day`.
+    /// Buckets no longer held are ignored.
     pub fn add_fraud(&mut self, day: i64, delta: i32) {
         if !self.holds(day) {
             return;
@@ -94,7 +94,7 @@ impl DailyLabels {
             return (0, 0);
         }
         let (mut tx, mut fraud) = (0u32, 0u32);
-        let from = (to - w + 1).max(self.head - DAYS as i64 + 1);
+        let from = (to - w + 1).max(self.head - BUCKETS as i64 + 1);
         for d in from..=to.min(self.head) {
             let s = Self::slot(d);
             tx += self.tx[s];
@@ -104,13 +104,13 @@ impl DailyLabels {
     }
 }
 
-impl DailyLabels {
+impl LabelBuckets {
     /// The oldest and newest buckets in `(to - w, to]` holding a confirmed fraud.
     pub fn fraud_span(&self, to: i64, w: i64) -> Option<(i64, i64)> {
         if self.head == i64::MIN {
             return None;
         }
-        let from = (to - w + 1).max(self.head - DAYS as i64 + 1);
+        let from = (to - w + 1).max(self.head - BUCKETS as i64 + 1);
         let mut span: Option<(i64, i64)> = None;
         for b in from..=to.min(self.head) {
             if self.fraud[Self::slot(b)] > 0 {
@@ -127,7 +127,7 @@ mod tests {
 
     #[test]
     fn counts_per_day_and_reads_windows() {
-        let mut d = DailyLabels::default();
+        let mut d = LabelBuckets::default();
         for day in [10, 10, 11, 15] {
             d.add_tx(day);
         }
@@ -143,7 +143,7 @@ mod tests {
 
     #[test]
     fn fraud_span_finds_the_oldest_and_newest_fraud() {
-        let mut d = DailyLabels::default();
+        let mut d = LabelBuckets::default();
         for b in [3, 5, 8, 9] {
             d.add_tx(b);
         }
@@ -157,18 +157,18 @@ mod tests {
 
     #[test]
     fn old_days_slide_out() {
-        let mut d = DailyLabels::default();
+        let mut d = LabelBuckets::default();
         d.add_tx(0);
         d.add_fraud(0, 1);
-        d.add_tx(DAYS as i64);
+        d.add_tx(BUCKETS as i64);
         assert_eq!(
-            d.read(DAYS as i64, DAYS as i64 + 10),
+            d.read(BUCKETS as i64, BUCKETS as i64 + 10),
             (1, 0),
             "day 0 is gone"
         );
         d.add_fraud(0, 1);
         assert_eq!(
-            d.read(DAYS as i64, 1000),
+            d.read(BUCKETS as i64, 1000),
             (1, 0),
             "a label for a forgotten day is ignored"
         );
@@ -178,7 +178,7 @@ mod tests {
 
     #[test]
     fn late_transactions_within_range_count() {
-        let mut d = DailyLabels::default();
+        let mut d = LabelBuckets::default();
         d.add_tx(20);
         d.add_tx(18);
         assert_eq!(d.read(20, 3), (2, 0));

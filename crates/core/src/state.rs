@@ -22,7 +22,7 @@ use crate::distinct::RecentKeys;
 use crate::event::{Transaction, TxKind};
 use crate::features::{FeatureValues, Num, Text};
 use crate::graph::{LinkGraph, NodeRef};
-use crate::labels::{day_of, DailyLabels, BUCKETS_PER_DAY};
+use crate::labels::{bucket_of, LabelBuckets, BUCKETS_PER_DAY};
 use crate::profile::{LastSeen, SpendProfile};
 use crate::window::{Ring, Windows};
 
@@ -111,7 +111,9 @@ impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             small_amount: 2.0,
-            idle_ttl_ms: 30 * 86_400_000,
+            // Longer than the label windows (30 days behind a 7-day delay), which expiry must
+            // not cut short.
+            idle_ttl_ms: 40 * 86_400_000,
             alert_window_ms: 86_400_000,
             label_delay_days: 7,
         }
@@ -127,6 +129,8 @@ const SEEN_DEVICES_CAP: usize = 16;
 const SEEN_MERCHANTS_CAP: usize = 32;
 /// Buckets of the per-account alert window.
 const ALERT_BUCKETS: usize = 24;
+/// An amount at least this many times the card's mean is a spending spike.
+const SPIKE_RATIO: f64 = 3.0;
 /// Events between two checks for idle entities.
 const SWEEP_EVERY: u32 = 4096;
 
@@ -141,7 +145,7 @@ struct Plain {
 #[derive(Clone, Debug, Default)]
 struct PointOfSale {
     windows: Windows,
-    daily: DailyLabels,
+    labels: LabelBuckets,
     last_ms: i64,
 }
 
@@ -153,6 +157,8 @@ struct CardState {
     profile: SpendProfile,
     seen: LastSeen,
     alerts: Ring<ALERT_BUCKETS>,
+    /// Spending spikes (amount >= SPIKE_RATIO x the mean at the time), 14 x 12 h buckets.
+    spikes: Ring<14>,
     fraud_labels: u32,
     last_ms: i64,
 }
@@ -178,12 +184,13 @@ static EMPTY_CARD: CardState = CardState {
     profile: SpendProfile::EMPTY,
     seen: LastSeen::EMPTY,
     alerts: Ring::EMPTY,
+    spikes: Ring::EMPTY,
     fraud_labels: 0,
     last_ms: 0,
 };
 static EMPTY_POS: PointOfSale = PointOfSale {
     windows: Windows::EMPTY,
-    daily: DailyLabels::EMPTY,
+    labels: LabelBuckets::EMPTY,
     last_ms: 0,
 };
 static EMPTY_USER: UserState = UserState {
@@ -391,6 +398,10 @@ impl EntityState {
             );
             profile_into(Num::CardTxCount, &c.profile, &c.seen, tx, f);
             f.set(Num::CardFraudLabels, f64::from(c.fraud_labels));
+            f.set(
+                Num::CardSpikes7d,
+                f64::from(c.spikes.read(ts.div_euclid(crate::window::WIDTH_7D)).0),
+            );
             // Amount against the card's recent average (the windows were just read above).
             let recent = |count: Num, sum: Num| {
                 let (n, total) = (f.get(count), f.get(sum));
@@ -449,8 +460,8 @@ impl EntityState {
         }
         // The last complete bucket before `ts - delay` (see `labels`): windows of `w` days end
         // there.
-        let seen = day_of(ts - self.config.label_delay_days * 86_400_000) - 1;
-        let rate = |d: &DailyLabels, w: i64| {
+        let seen = bucket_of(ts - self.config.label_delay_days * 86_400_000) - 1;
+        let rate = |d: &LabelBuckets, w: i64| {
             let (tx, fraud) = d.read(seen, w * BUCKETS_PER_DAY);
             if tx == 0 {
                 f64::NAN
@@ -462,16 +473,16 @@ impl EntityState {
             let t = self.terminals.get(&k);
             self.windows_into(EntityKind::Terminal, t.map(|t| &t.windows), ts, f);
             let t = t.unwrap_or(&EMPTY_POS);
-            f.set(Num::TerminalFraudRate1d, rate(&t.daily, 1));
-            f.set(Num::TerminalFraudRate7d, rate(&t.daily, 7));
-            f.set(Num::TerminalFraudRate30d, rate(&t.daily, 30));
+            f.set(Num::TerminalFraudRate1d, rate(&t.labels, 1));
+            f.set(Num::TerminalFraudRate7d, rate(&t.labels, 7));
+            f.set(Num::TerminalFraudRate30d, rate(&t.labels, 30));
             f.set(
                 Num::TerminalFrauds30d,
-                f64::from(t.daily.read(seen, 30 * BUCKETS_PER_DAY).1),
+                f64::from(t.labels.read(seen, 30 * BUCKETS_PER_DAY).1),
             );
-            let now_bucket = day_of(ts);
+            let now_bucket = bucket_of(ts);
             let age = |b: i64| (now_bucket - b) as f64 / BUCKETS_PER_DAY as f64;
-            let span = t.daily.fraud_span(seen, 30 * BUCKETS_PER_DAY);
+            let span = t.labels.fraud_span(seen, 30 * BUCKETS_PER_DAY);
             f.set(
                 Num::TerminalFraudFirstAge,
                 span.map_or(f64::NAN, |(first, _)| age(first)),
@@ -485,8 +496,8 @@ impl EntityState {
             let m = self.merchants.get(&k);
             self.windows_into(EntityKind::Merchant, m.map(|m| &m.windows), ts, f);
             let m = m.unwrap_or(&EMPTY_POS);
-            f.set(Num::MerchantFraudRate7d, rate(&m.daily, 7));
-            f.set(Num::MerchantFraudRate30d, rate(&m.daily, 30));
+            f.set(Num::MerchantFraudRate7d, rate(&m.labels, 7));
+            f.set(Num::MerchantFraudRate30d, rate(&m.labels, 30));
         }
 
         let mut nodes = [NodeRef {
@@ -545,6 +556,9 @@ impl EntityState {
                 c.small_10m.add(ts.div_euclid(60_000), 0);
             }
             if spends {
+                if c.profile.count() >= 2 && c.profile.ratio(amount) >= SPIKE_RATIO {
+                    c.spikes.add(ts.div_euclid(crate::window::WIDTH_7D), 0);
+                }
                 c.profile.add(amount);
             }
             c.seen.update(ts, tx.location);
@@ -598,7 +612,7 @@ impl EntityState {
             if let Some(k) = key {
                 let p = map.entry(k).or_default();
                 p.windows.add(ts, amount);
-                p.daily.add_tx(day_of(ts));
+                p.labels.add_tx(bucket_of(ts));
                 p.last_ms = p.last_ms.max(ts);
             }
         }
@@ -636,13 +650,13 @@ impl EntityState {
         if let Some(c) = keys.card.and_then(|k| self.cards.get_mut(&k)) {
             c.fraud_labels = c.fraud_labels.saturating_add_signed(delta);
         }
-        let day = day_of(tx.timestamp.millis());
+        let bucket = bucket_of(tx.timestamp.millis());
         for (key, map) in [
             (keys.terminal, &mut self.terminals),
             (keys.merchant, &mut self.merchants),
         ] {
             if let Some(p) = key.and_then(|k| map.get_mut(&k)) {
-                p.daily.add_fraud(day, delta);
+                p.labels.add_fraud(bucket, delta);
             }
         }
     }

@@ -261,6 +261,12 @@ impl Settings {
                 "model_points must be within 0..=100".into(),
             ));
         }
+        if idle_ttl_days < label_delay_days + 31 {
+            return Err(ConfigError::Invalid(format!(
+                "idle_ttl_days ({idle_ttl_days}) must be at least label_delay_days + 31 ({}) so expiry keeps the label windows",
+                label_delay_days + 31
+            )));
+        }
         let max_batch = pick!(max_batch, DEFAULT_MAX_BATCH);
         if max_batch == 0 || max_batch > 100_000 {
             return Err(ConfigError::Invalid(

@@ -147,6 +147,11 @@ struct Kept {
 /// `ringfence eval`.
 pub fn run(args: &EvalArgs) -> Result<EvalReport, TrainError> {
     let started = Instant::now();
+    if args.top_k == 0 || args.train_days < 1 || args.test_days < 1 {
+        return Err(TrainError::Invalid(
+            "--top-k, --train-days and --test-days must be at least 1".into(),
+        ));
+    }
     let starts = args
         .test_starts
         .split(',')

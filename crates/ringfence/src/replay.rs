@@ -336,8 +336,23 @@ pub fn run(
     }
 }
 
+/// Checks a label delay: negative would show labels before their transaction (look-ahead);
+/// the label counters hold 64 days, enough for 30-day windows behind at most 33 days.
+pub fn check_delay(days: i64) -> Result<i64, String> {
+    if (0..=33).contains(&days) {
+        Ok(days)
+    } else {
+        Err(format!(
+            "--label-delay-days must be within 0..=33, not {days}"
+        ))
+    }
+}
+
 /// `ringfence replay`.
 pub fn main(args: &ReplayArgs) -> Result<(), ReplayError> {
+    if let Some(d) = args.label_delay_days {
+        check_delay(d).map_err(ReplayError::Columns)?;
+    }
     let started = Instant::now();
     let hasher = CardHasher::new(b"ringfence-replay");
     let rows = load(&args.data, &args.columns, &hasher)?;
@@ -369,7 +384,12 @@ pub fn main(args: &ReplayArgs) -> Result<(), ReplayError> {
                 source,
             })?;
             let mut w = BufWriter::new(f);
-            let _ = writeln!(w, "transaction_id,score,model_score,decision");
+            writeln!(w, "transaction_id,score,model_score,decision").map_err(|source| {
+                ReplayError::Io {
+                    path: p.clone(),
+                    source,
+                }
+            })?;
             Some((p.clone(), w))
         }
         None => None,
@@ -391,11 +411,13 @@ pub fn main(args: &ReplayArgs) -> Result<(), ReplayError> {
             None => {}
         }
         if let Some((_, w)) = out.as_mut() {
+            let model_score = d.model_score.map_or_else(String::new, |p| p.to_string());
             if let Err(e) = writeln!(
                 w,
-                "{},{},,{}",
+                "{},{},{},{}",
                 d.transaction_id,
                 d.score,
+                model_score,
                 d.decision.as_str()
             ) {
                 write_error.get_or_insert(e);

@@ -261,6 +261,13 @@ pub fn fit(
         f.num.copy_from_slice(set.row(i));
         max_diff = max_diff.max((model.margin(&f) - expected).abs());
     }
+    // Thresholds are stored in f32 (as XGBoost does); a value within one f32 step of a
+    // threshold could switch sides. Refuse a model that does not reproduce the learner.
+    if max_diff > 1e-6 {
+        return Err(TrainError::Model(format!(
+            "the converted model differs from the learner by up to {max_diff:.3e} in log-odds on the training rows"
+        )));
+    }
     Ok((model, max_diff))
 }
 
@@ -292,6 +299,7 @@ pub fn collect(
 
 /// The engine used for replays: the given (or default) rules and the label delay.
 pub fn replay_engine(rules: Option<&PathBuf>, label_delay_days: i64) -> Result<Engine, TrainError> {
+    replay::check_delay(label_delay_days).map_err(TrainError::Invalid)?;
     let src = match rules {
         Some(p) => std::fs::read_to_string(p)
             .map_err(|e| TrainError::Invalid(format!("{}: {e}", p.display())))?,

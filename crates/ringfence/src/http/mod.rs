@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod entities;
 pub mod error;
 pub mod labels;
+pub mod models;
 pub mod rules;
 pub mod stats;
 pub mod transactions;
@@ -81,8 +82,8 @@ pub fn router(host: Arc<EngineHost>) -> Router {
         .route("/v1/rules", get(rules::list))
         .route("/v1/rules/reload", post(rules::reload))
         .route("/v1/features", get(rules::catalog))
-        .route("/v1/models", get(rules::models))
-        .route("/v1/models/reload", post(rules::reload_models))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/reload", post(models::reload))
         .route("/v1/stats", get(stats::stats))
         .route("/healthz", get(stats::healthz))
         .route("/readyz", get(stats::readyz))

@@ -1,5 +1,5 @@
-//! `GET /v1/rules`, `POST /v1/rules/reload`, `GET /v1/features` (what rules and models can
-//! use), `GET /v1/models` and `POST /v1/models/reload`.
+//! `GET /v1/rules`, `POST /v1/rules/reload` and `GET /v1/features` (what rules and models
+//! can use).
 
 use axum::extract::State;
 use axum::Json;
@@ -32,25 +32,4 @@ pub async fn catalog() -> Json<serde_json::Value> {
         .map(|d| serde_json::json!({ "name": d.name, "type": d.ty.name(), "description": d.description }))
         .collect();
     Json(serde_json::json!({ "version": features::CATALOG_VERSION, "features": list }))
-}
-
-/// The champion and challenger models, the scoring policy and the last load's status.
-pub async fn models(State(cx): State<ApiContext>) -> Json<serde_json::Value> {
-    Json(cx.host.models_view())
-}
-
-/// Reloads the model files now; a broken file keeps the running models (422 with the error).
-pub async fn reload_models(
-    State(cx): State<ApiContext>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let host = cx.host.clone();
-    let result = tokio::task::spawn_blocking(move || host.reload_models())
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    match result {
-        Ok(version) => Ok(Json(
-            serde_json::json!({ "reloaded": true, "version": version }),
-        )),
-        Err(message) => Err(ApiError::InvalidModel(message)),
-    }
 }

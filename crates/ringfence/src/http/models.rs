@@ -1,0 +1,26 @@
+//! `GET /v1/models` and `POST /v1/models/reload`: the champion and challenger models.
+
+use axum::extract::State;
+use axum::Json;
+
+use super::error::ApiError;
+use super::ApiContext;
+
+/// The champion and challenger models, the scoring policy and the last load's status.
+pub async fn list(State(cx): State<ApiContext>) -> Json<serde_json::Value> {
+    Json(cx.host.models_view())
+}
+
+/// Reloads the model files now; a broken file keeps the running models (422 with the error).
+pub async fn reload(State(cx): State<ApiContext>) -> Result<Json<serde_json::Value>, ApiError> {
+    let host = cx.host.clone();
+    let result = tokio::task::spawn_blocking(move || host.reload_models())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    match result {
+        Ok(version) => Ok(Json(
+            serde_json::json!({ "reloaded": true, "version": version }),
+        )),
+        Err(message) => Err(ApiError::InvalidModel(message)),
+    }
+}
