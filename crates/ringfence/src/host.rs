@@ -715,27 +715,49 @@ impl EngineHost {
         }
     }
 
-    /// Re-reads the model files; on error the running models stay and the error is kept.
+    /// Re-reads the model files, each on its own: a file that fails to load keeps its running
+    /// model (and the error is kept), the other is still swapped. Files are parsed outside
+    /// every lock.
     pub fn reload_models(&self) -> Result<u64, String> {
-        let mut status = self.models.lock().unwrap_or_else(|p| p.into_inner());
-        status.fingerprints = [
-            status.champion.as_deref().and_then(fingerprint),
-            status.challenger.as_deref().and_then(fingerprint),
+        let (champion_path, challenger_path) = {
+            let s = self.models.lock().unwrap_or_else(|p| p.into_inner());
+            (s.champion.clone(), s.challenger.clone())
+        };
+        let fingerprints = [
+            champion_path.as_deref().and_then(fingerprint),
+            challenger_path.as_deref().and_then(fingerprint),
         ];
-        match load_models(status.champion.as_deref(), status.challenger.as_deref()) {
-            Ok(models) => {
-                self.lock().engine.set_models(models);
-                status.version += 1;
-                status.loaded_at = now();
-                status.last_error = None;
-                tracing::info!(version = status.version, "models reloaded");
-                Ok(status.version)
+        let load = |p: &Option<PathBuf>| p.as_deref().map(crate::models::load);
+        let (champion, challenger) = (load(&champion_path), load(&challenger_path));
+        let mut errors = Vec::new();
+        {
+            let mut locked = self.lock();
+            let mut models = locked.engine.models().clone();
+            match champion {
+                Some(Ok(m)) => models.champion = Some(Arc::new(m)),
+                Some(Err(e)) => errors.push(e),
+                None => {}
             }
-            Err(e) => {
-                tracing::error!(error = %e, "model reload failed; keeping the running models");
-                status.last_error = Some(e.clone());
-                Err(e)
+            match challenger {
+                Some(Ok(m)) => models.challenger = Some(Arc::new(m)),
+                Some(Err(e)) => errors.push(e),
+                None => {}
             }
+            locked.engine.set_models(models);
+        }
+        let mut status = self.models.lock().unwrap_or_else(|p| p.into_inner());
+        status.fingerprints = fingerprints;
+        status.version += 1;
+        status.loaded_at = now();
+        if errors.is_empty() {
+            status.last_error = None;
+            tracing::info!(version = status.version, "models reloaded");
+            Ok(status.version)
+        } else {
+            let e = errors.join("; ");
+            tracing::error!(error = %e, "model reload failed for a file; its running model stays");
+            status.last_error = Some(e.clone());
+            Err(e)
         }
     }
 

@@ -152,6 +152,32 @@ async fn a_model_scores_explains_hot_swaps_and_shadows() {
     );
     assert_eq!(models["champion"]["trees"], 1);
 
+    // Each file reloads on its own: a broken challenger does not hold back a champion swap.
+    model_file(dir.path(), "champion.json", 2000.0, 4.0);
+    std::fs::write(&challenger, "not json").expect("write");
+    let r = s
+        .client
+        .post(
+            &format!("{}/v1/models/reload", s.base),
+            "application/json",
+            "",
+        )
+        .await
+        .expect("reload");
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(r.text().contains("challenger.json"), "{}", r.text());
+    let (_, d) = s.post("/v1/transactions", &json!({"amount": 1500})).await;
+    assert_eq!(
+        d["decision"], "approve",
+        "the new champion (split at 2000) decides: {d}"
+    );
+    assert!(
+        d["challenger_score"]
+            .as_f64()
+            .expect("old challenger still scores")
+            > 0.9
+    );
+
     let _ = s.stop.send(());
     let _ = s.handle.await;
 }
