@@ -140,7 +140,7 @@ numeric_features! {
     TerminalSum7d => "terminal.sum_7d", Number, "Amount spent by this terminal in the last 7 days, before this one.";
     CardSmallCount10m => "card.small_count_10m", Number, "Transactions of this card under the small-amount threshold in the last 10 minutes, before this one.";
     CardTxCount => "card.tx_count", Number, "Transactions of this card seen so far (within the idle expiry).";
-    CardAmountMean => "card.amount_mean", Number, "Mean amount of this card's earlier transactions.";
+    CardAmountMean => "card.amount_mean", Number, "Mean amount of this card's earlier transactions (spikes above 3x the mean enter capped at 3x).";
     CardAmountStd => "card.amount_std", Number, "Standard deviation of this card's earlier amounts.";
     CardAmountZscore => "card.amount_zscore", Number, "How many standard deviations this amount is above the card's mean.";
     CardAmountRatio => "card.amount_ratio", Number, "This amount divided by the card's mean amount.";
@@ -148,7 +148,7 @@ numeric_features! {
     CardKmFromLast => "card.km_from_last", Number, "Kilometres from this card's previous located transaction.";
     CardSpeedKmh => "card.speed_kmh", Number, "Implied travel speed (km/h) from this card's previous located transaction.";
     UserTxCount => "user.tx_count", Number, "Transactions of this user seen so far (within the idle expiry).";
-    UserAmountMean => "user.amount_mean", Number, "Mean amount of this user's earlier transactions.";
+    UserAmountMean => "user.amount_mean", Number, "Mean amount of this user's earlier transactions (spikes above 3x the mean enter capped at 3x).";
     UserAmountStd => "user.amount_std", Number, "Standard deviation of this user's earlier amounts.";
     UserAmountZscore => "user.amount_zscore", Number, "How many standard deviations this amount is above the user's mean.";
     UserAmountRatio => "user.amount_ratio", Number, "This amount divided by the user's mean amount.";

@@ -556,10 +556,18 @@ impl EntityState {
                 c.small_10m.add(ts.div_euclid(60_000), 0);
             }
             if spends {
-                if c.profile.count() >= 2 && c.profile.ratio(amount) >= SPIKE_RATIO {
+                let spike = c.profile.count() >= 2 && c.profile.ratio(amount) >= SPIKE_RATIO;
+                if spike {
                     c.spikes.add(ts.div_euclid(crate::window::WIDTH_7D), 0);
                 }
-                c.profile.add(amount);
+                // A spike enters the profile capped at SPIKE_RATIO x the mean, so a burst of
+                // fraudulent amounts cannot drag the card's normal spending up to its level.
+                let capped = if spike {
+                    SPIKE_RATIO * c.profile.mean()
+                } else {
+                    amount
+                };
+                c.profile.add(capped);
             }
             c.seen.update(ts, tx.location);
             if alert && matches!(account, Some((EntityKind::Card, _))) {
@@ -571,7 +579,13 @@ impl EntityState {
             let u = self.users.entry(k).or_default();
             u.windows.add(ts, amount);
             if spends {
-                u.profile.add(amount);
+                // Same robust profile as cards: spikes enter capped.
+                let spike = u.profile.count() >= 2 && u.profile.ratio(amount) >= SPIKE_RATIO;
+                u.profile.add(if spike {
+                    SPIKE_RATIO * u.profile.mean()
+                } else {
+                    amount
+                });
             }
             u.seen.update(ts, tx.location);
             if let Some(d) = keys.device {
@@ -821,6 +835,25 @@ mod tests {
         );
         let no_device = tx(r#"{"user_id":"u","amount":1}"#);
         assert!(read(&s, &no_device).get(Num::UserNewDevice).is_nan());
+    }
+
+    #[test]
+    fn spikes_are_counted_and_enter_the_profile_capped() {
+        let mut s = EntityState::new(StateConfig::default());
+        for (i, amount) in [10, 10, 10, 100].iter().enumerate() {
+            apply(
+                &mut s,
+                &tx(&format!(
+                    r#"{{"card_id":"c","amount":{amount},"timestamp":"2024-01-01T00:0{i}:00Z"}}"#
+                )),
+            );
+        }
+        let next = tx(r#"{"card_id":"c","amount":10,"timestamp":"2024-01-01T00:05:00Z"}"#);
+        let f = read(&s, &next);
+        assert_eq!(f.get(Num::CardSpikes7d), 1.0);
+        // 10, 10, 10 and the spike capped at 3 x 10 = 30: mean 15, not 32.5.
+        assert_eq!(f.get(Num::CardAmountMean), 15.0);
+        assert_eq!(f.get(Num::CardTxCount), 4.0);
     }
 
     #[test]
