@@ -261,8 +261,7 @@ pub fn fit(
         f.num.copy_from_slice(set.row(i));
         max_diff = max_diff.max((model.margin(&f) - expected).abs());
     }
-    // Thresholds are stored in f32 (as XGBoost does); a value within one f32 step of a
-    // threshold could switch sides. Refuse a model that does not reproduce the learner.
+    // The served model must reproduce the learner exactly; refuse to write one that does not.
     if max_diff > 1e-6 {
         return Err(TrainError::Model(format!(
             "the converted model differs from the learner by up to {max_diff:.3e} in log-odds on the training rows"

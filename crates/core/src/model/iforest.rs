@@ -7,8 +7,9 @@
 //! [`Forest::sum`]: allocation-free, eight trees at a time.
 //!
 //! # Semantics
-//! - A split sends `x` left iff `(x as f32) < threshold`, thresholds stored as `f32`, as in the
-//!   classifier's trees (so a threshold survives a JSON round trip bit for bit).
+//! - A split sends `x` left iff `(x as f32) < t` for the `f32` threshold `t` drawn at fit; the
+//!   file stores the equivalent f64 boundary (`tree::f32_split_boundary`), which the shared
+//!   tree walk compares in double precision, so fit and scoring route every value alike.
 //! - Fitting: each tree grows on `sample_size` rows drawn without replacement. A node picks a
 //!   feature uniformly among those not constant in it, and a threshold uniformly between the
 //!   node's smallest and largest value of that feature, so both children get rows. It stops at
@@ -467,7 +468,7 @@ impl Grower<'_> {
         let right = self.grow(right_rows, depth + 1, nodes);
         nodes[at] = IsolationNode::Split {
             feature,
-            threshold: f64::from(threshold),
+            threshold: super::tree::f32_split_boundary(threshold),
             left,
             right,
         };

@@ -10,11 +10,14 @@
 //! ([`Model::from_trees`]). All three go through one validation, so a hostile file gets an
 //! error, never a panic or a hang.
 //!
-//! # Semantics (XGBoost's, so its models score here as they do in Python)
-//! - A split sends `x` left iff `(x as f32) < threshold`; thresholds are stored as `f32`.
-//!   XGBoost compares in single precision, and a value that rounds onto the threshold in `f32`
-//!   goes right even when it is below it in `f64`. A missing value (`NaN`) takes the split's
-//!   default direction.
+//! # Semantics
+//! - A split sends `x` left iff `x < threshold`, compared in double precision, as the
+//!   Ringfence trainer (forust-ml) learned it. A missing value (`NaN`) takes the split's default
+//!   direction.
+//! - XGBoost compares `(x as f32) < t` in single precision. On import each `t` becomes the f64
+//!   boundary with exactly the same effect (values that round below `t` are those under the
+//!   midpoint to the next f32 down, ties to even), so XGBoost models score here as they do in
+//!   Python, and the model file records that boundary.
 //! - Features are resolved by name against the catalog ([`crate::features`]) once, at load: a
 //!   model reads `FeatureValues::num` directly (booleans as `0.0` / `1.0`). Text features and
 //!   names the catalog does not know are load errors that name the feature.
@@ -86,7 +89,7 @@
 //! - `feature_names` are the forest's own (they need not be the classifier's), checked against
 //!   the catalog as the model's are, `feature_types` included.
 //! - A node is a split (`feature`, `threshold`, `left`, `right`; `x` goes left iff
-//!   `(x as f32) < threshold`) or a leaf (`size`: the sampled rows that ended there, at least
+//!   `x < threshold`) or a leaf (`size`: the sampled rows that ended there, at least
 //!   1). Each tree's leaf sizes add up to `sample_size`, and the tree limits above apply.
 //! - No missing-value direction is stored: a missing value goes to the child whose leaves hold
 //!   more rows (left on a tie), which is where fitting sent the training rows missing it.
@@ -134,10 +137,7 @@ pub struct TreeSpec {
 /// One node of a [`TreeSpec`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum NodeSpec {
-    /// An internal node: `x` goes to `left` iff `(x as f32) < (threshold as f32)`.
-    ///
-    /// The threshold is rounded to `f32` at load, as XGBoost stores it; a trainer that picks
-    /// thresholds in `f64` should check that rounding keeps its training rows on their side.
+    /// An internal node: `x` goes to `left` iff `x < threshold` (double precision).
     Split {
         /// Index into the model's feature names.
         feature: usize,

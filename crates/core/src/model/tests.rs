@@ -172,8 +172,8 @@ fn round_trips_through_ringfence_json() {
             {"leaf": 2.0, "cover": 40.0},
         ])
     );
-    // The threshold is written as the f32 it is compared as.
-    assert_eq!(doc["trees"][1]["nodes"][1]["threshold"], f64::from(0.1f32));
+    // The threshold is written as the f64 it is compared as.
+    assert_eq!(doc["trees"][1]["nodes"][1]["threshold"], 0.1);
 }
 
 #[test]
@@ -344,20 +344,52 @@ fn tree_count_is_limited() {
 }
 
 #[test]
+fn f32_boundaries_reproduce_single_precision_comparisons() {
+    use super::tree::f32_split_boundary;
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for _ in 0..20_000 {
+        let t = f32::from_bits((next() as u32) & 0x7f7f_ffff)
+            * if next() & 1 == 0 { 1.0 } else { -1.0 };
+        if !t.is_finite() {
+            continue;
+        }
+        let m = f32_split_boundary(t);
+        // Values around the threshold, including the exact midpoints below and above it.
+        let below = f64::from(t.next_down());
+        let mid = (below + f64::from(t)) / 2.0;
+        for x in [
+            mid,
+            mid.next_down(),
+            mid.next_up(),
+            f64::from(t),
+            f64::from(t).next_down(),
+            below,
+        ] {
+            assert_eq!((x as f32) < t, x < m, "t = {t:e}, x = {x:e}, m = {m:e}");
+        }
+    }
+}
+
+#[test]
 fn bad_numbers_are_refused() {
     let (_, reason) = tree_error(vec![
         split(0, f64::NAN, 1, 2, true, 2.0),
         leaf(0.0, 1.0),
         leaf(0.0, 1.0),
     ]);
-    assert!(reason.contains("not a finite float32"), "{reason}");
-    // Finite in f64 but not in f32.
+    assert!(reason.contains("is not finite"), "{reason}");
     let (_, reason) = tree_error(vec![
-        split(0, 1e39, 1, 2, true, 2.0),
+        split(0, f64::INFINITY, 1, 2, true, 2.0),
         leaf(0.0, 1.0),
         leaf(0.0, 1.0),
     ]);
-    assert!(reason.contains("not a finite float32"), "{reason}");
+    assert!(reason.contains("is not finite"), "{reason}");
     let (node, reason) = tree_error(vec![
         split(0, 1.0, 1, 2, true, 2.0),
         leaf(f64::INFINITY, 1.0),

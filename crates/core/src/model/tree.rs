@@ -12,7 +12,26 @@ const LEAF: u8 = 1;
 pub(super) const LANES: usize = 8;
 const DEFAULT_LEFT: u8 = 2;
 
-/// One node as scoring reads it: 12 bytes, so a depth-6 tree spans a handful of cache lines.
+/// The f64 boundary `m` such that `x < m` exactly when `(x as f32) < t`: XGBoost's
+/// single-precision split rule as one double-precision comparison. Rounding to f32 is
+/// monotonic, so the values that round below `t` are those under the midpoint between `t` and
+/// the next f32 down; a value exactly on that midpoint rounds to whichever of the two is even.
+pub(crate) fn f32_split_boundary(t: f32) -> f64 {
+    let below = t.next_down();
+    if below == f32::NEG_INFINITY {
+        // `t` is the lowest finite f32: only values that round to -inf are below it.
+        return f64::from(t) - 2f64.powi(103);
+    }
+    let mid = (f64::from(below) + f64::from(t)) / 2.0; // exact: f64 has 29 more bits
+    if below.to_bits() & 1 == 0 {
+        // The midpoint rounds down to `below` (even), so it belongs on the left.
+        mid.next_up()
+    } else {
+        mid
+    }
+}
+
+/// One node as scoring reads it: 16 bytes, so a depth-6 tree spans a few cache lines.
 ///
 /// Nodes are in preorder, so a split's left child is always the next node and only the right
 /// child needs an index. Leaf values live in [`Forest::values`], off the walk's path. A leaf
@@ -20,8 +39,9 @@ const DEFAULT_LEFT: u8 = 2;
 /// a fixed number of steps per tree without asking whether it has arrived.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Node {
-    /// Go left iff `(x as f32) < threshold`: XGBoost compares in single precision.
-    threshold: f32,
+    /// Go left iff `x < threshold`. Models with XGBoost's single-precision rule store the
+    /// boundary from [`f32_split_boundary`], which makes this comparison exact for them too.
+    threshold: f64,
     /// Index into `FeatureValues::num` of the feature split on.
     num: u16,
     /// `LEAF` and `DEFAULT_LEFT` bits.
@@ -58,7 +78,7 @@ impl Node {
     pub(super) fn next(&self, at: usize, x: f64) -> usize {
         // Written without branches (a NaN compares false) so it compiles to a select: which
         // way a row goes is data, and mispredicted jumps would dominate the walk.
-        let left = ((x as f32) < self.threshold) | (x.is_nan() & self.default_left());
+        let left = (x < self.threshold) | (x.is_nan() & self.default_left());
         if left {
             at + 1
         } else {
@@ -172,7 +192,7 @@ impl Forest {
                         ));
                     }
                     self.nodes.push(Node {
-                        threshold: f32::NAN,
+                        threshold: f64::NAN,
                         num: 0,
                         flags: LEAF,
                         right: at as u32,
@@ -204,12 +224,8 @@ impl Forest {
                             ),
                         ));
                     };
-                    let threshold32 = threshold as f32;
-                    if !threshold32.is_finite() {
-                        return Err(bad(
-                            p.spec,
-                            format!("threshold {threshold} is not a finite float32"),
-                        ));
+                    if !threshold.is_finite() {
+                        return Err(bad(p.spec, format!("threshold {threshold} is not finite")));
                     }
                     if !(cover.is_finite() && cover > 0.0) {
                         return Err(bad(
@@ -240,7 +256,7 @@ impl Forest {
                         seen[child] = true;
                     }
                     self.nodes.push(Node {
-                        threshold: threshold32,
+                        threshold,
                         num,
                         flags: if default_left { DEFAULT_LEFT } else { 0 },
                         right: 0, // patched when the right child is laid out
@@ -350,7 +366,7 @@ impl Forest {
                         } else {
                             NodeSpec::Split {
                                 feature: self.split_feature[i] as usize,
-                                threshold: f64::from(node.threshold),
+                                threshold: node.threshold,
                                 left: i + 1 - root,
                                 right: node.right as usize - root,
                                 default_left: node.default_left(),

@@ -285,7 +285,8 @@ fn tree_spec(t: usize, tree: &Json<'_>, weight: f32) -> Result<TreeSpec, ModelEr
         }
         nodes.push(NodeSpec::Split {
             feature: index(i, "split feature", split_indices[i])?,
-            threshold: f64::from(conditions[i] as f32),
+            // XGBoost compares `(x as f32) < threshold` in single precision.
+            threshold: super::tree::f32_split_boundary(conditions[i] as f32),
             left: index(i, "left child", left[i])?,
             right: index(i, "right child", right[i])?,
             default_left: default_left[i],
