@@ -168,7 +168,7 @@ pub fn run(args: &EvalArgs) -> Result<EvalReport, TrainError> {
         &args.columns,
         &CardHasher::new(b"ringfence-replay"),
     )?;
-    let mut engine = train::replay_engine(args.rules.as_ref(), args.delay_days)?;
+    let mut engine = replay::engine(args.rules.as_deref(), args.delay_days)?;
     let mut set = TrainingSet::default();
     let mut kept: Vec<Kept> = Vec::new();
     let mut missing_label = 0usize;

@@ -336,6 +336,25 @@ pub fn run(
     }
 }
 
+/// The engine history runs through: the given rules file (or the built-in defaults) and the
+/// label delay its label-driven features read behind. Shared by replay, training and evaluation.
+pub fn engine(rules: Option<&Path>, label_delay_days: i64) -> Result<Engine, ReplayError> {
+    check_delay(label_delay_days).map_err(ReplayError::Columns)?;
+    let source = match rules {
+        Some(p) => std::fs::read_to_string(p).map_err(|source| ReplayError::Io {
+            path: p.to_owned(),
+            source,
+        })?,
+        None => DEFAULT_RULES.to_owned(),
+    };
+    let rules = RuleSet::from_toml(&source).map_err(|e| ReplayError::Rules(e.to_string()))?;
+    let config = EngineConfig {
+        label_delay_days,
+        ..EngineConfig::default()
+    };
+    Ok(Engine::new(config, Arc::new(rules)))
+}
+
 /// Checks a label delay: negative would show labels before their transaction (look-ahead);
 /// the label counters hold 64 days, enough for 30-day windows behind at most 33 days.
 pub fn check_delay(days: i64) -> Result<i64, String> {
@@ -357,19 +376,10 @@ pub fn main(args: &ReplayArgs) -> Result<(), ReplayError> {
     let hasher = CardHasher::new(b"ringfence-replay");
     let rows = load(&args.data, &args.columns, &hasher)?;
     let loaded = started.elapsed();
-    let rules = match &args.rules {
-        Some(p) => std::fs::read_to_string(p).map_err(|source| ReplayError::Io {
-            path: p.clone(),
-            source,
-        })?,
-        None => DEFAULT_RULES.to_owned(),
-    };
-    let rules = RuleSet::from_toml(&rules).map_err(|e| ReplayError::Rules(e.to_string()))?;
-    let mut config = EngineConfig::default();
-    if let Some(d) = args.label_delay_days {
-        config.label_delay_days = d;
-    }
-    let mut engine = Engine::new(config, Arc::new(rules));
+    let delay = args
+        .label_delay_days
+        .unwrap_or(EngineConfig::default().label_delay_days);
+    let mut engine = engine(args.rules.as_deref(), delay)?;
     if let Some(path) = &args.model {
         let model = crate::models::load(path).map_err(ReplayError::Model)?;
         engine.set_models(ringfence_core::engine::Models {

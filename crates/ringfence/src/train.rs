@@ -8,20 +8,17 @@
 //! checked against the learner's own predictions before the file is written.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use forust_ml::objective::ObjectiveType;
 use forust_ml::{GradientBooster, Matrix};
-use ringfence_core::engine::{Engine, EngineConfig};
+use ringfence_core::engine::Engine;
 use ringfence_core::event::{CardHasher, Timestamp};
 use ringfence_core::features::{self, FeatureType, FeatureValues};
 use ringfence_core::model::{
     IsolationForest, IsolationParams, Model, ModelMeta, NodeSpec, TreeSpec,
 };
-use ringfence_core::rules::RuleSet;
 
-use crate::host::DEFAULT_RULES;
 use crate::replay::{self, HistoryRow, ReplayError};
 
 /// Flags of `ringfence train`.
@@ -296,22 +293,6 @@ pub fn collect(
     set
 }
 
-/// The engine used for replays: the given (or default) rules and the label delay.
-pub fn replay_engine(rules: Option<&PathBuf>, label_delay_days: i64) -> Result<Engine, TrainError> {
-    replay::check_delay(label_delay_days).map_err(TrainError::Invalid)?;
-    let src = match rules {
-        Some(p) => std::fs::read_to_string(p)
-            .map_err(|e| TrainError::Invalid(format!("{}: {e}", p.display())))?,
-        None => DEFAULT_RULES.to_owned(),
-    };
-    let rules = RuleSet::from_toml(&src).map_err(|e| TrainError::Invalid(e.to_string()))?;
-    let config = EngineConfig {
-        label_delay_days,
-        ..EngineConfig::default()
-    };
-    Ok(Engine::new(config, Arc::new(rules)))
-}
-
 /// `ringfence train`.
 pub fn main(args: &TrainArgs) -> Result<(), TrainError> {
     let started = Instant::now();
@@ -319,7 +300,7 @@ pub fn main(args: &TrainArgs) -> Result<(), TrainError> {
     let until = Timestamp::from_millis(from.millis() + args.train_days * 86_400_000);
     let hasher = CardHasher::new(b"ringfence-replay");
     let rows = replay::load(&args.data, &args.columns, &hasher)?;
-    let mut engine = replay_engine(args.rules.as_ref(), args.label_delay_days)?;
+    let mut engine = replay::engine(args.rules.as_deref(), args.label_delay_days)?;
     let set = collect(&rows, &mut engine, args.label_delay_days, from, until);
     let columns = informative_features(&set);
     let frauds = set.labels.iter().filter(|l| **l).count();
