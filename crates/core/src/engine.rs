@@ -358,9 +358,7 @@ fn model_reason(model: &Model, f: &FeatureValues<'_>, p: f64, points: f64, top: 
         .into_iter()
         .take(top)
         .map(|i| {
-            let value = features::lookup(&names[i])
-                .map(|d| f.num[d.index])
-                .filter(|v| !v.is_nan());
+            let value = Some(f.num[model.features()[i].index]).filter(|v| !v.is_nan());
             Factor {
                 feature: names[i].clone(),
                 value,

@@ -102,9 +102,7 @@ impl LabelBuckets {
         }
         (tx, fraud)
     }
-}
 
-impl LabelBuckets {
     /// The oldest and newest buckets in `(to - w, to]` holding a confirmed fraud.
     pub fn fraud_span(&self, to: i64, w: i64) -> Option<(i64, i64)> {
         if self.head == i64::MIN {

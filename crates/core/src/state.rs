@@ -461,25 +461,23 @@ impl EntityState {
         // The last complete bucket before `ts - delay` (see `labels`): windows of `w` days end
         // there.
         let seen = bucket_of(ts - self.config.label_delay_days * 86_400_000) - 1;
-        let rate = |d: &LabelBuckets, w: i64| {
-            let (tx, fraud) = d.read(seen, w * BUCKETS_PER_DAY);
+        let rate = |(tx, fraud): (u32, u32)| {
             if tx == 0 {
                 f64::NAN
             } else {
                 f64::from(fraud) / f64::from(tx)
             }
         };
+        let window = |d: &LabelBuckets, days: i64| d.read(seen, days * BUCKETS_PER_DAY);
         if let Some(k) = keys.terminal {
             let t = self.terminals.get(&k);
             self.windows_into(EntityKind::Terminal, t.map(|t| &t.windows), ts, f);
             let t = t.unwrap_or(&EMPTY_POS);
-            f.set(Num::TerminalFraudRate1d, rate(&t.labels, 1));
-            f.set(Num::TerminalFraudRate7d, rate(&t.labels, 7));
-            f.set(Num::TerminalFraudRate30d, rate(&t.labels, 30));
-            f.set(
-                Num::TerminalFrauds30d,
-                f64::from(t.labels.read(seen, 30 * BUCKETS_PER_DAY).1),
-            );
+            let month = window(&t.labels, 30);
+            f.set(Num::TerminalFraudRate1d, rate(window(&t.labels, 1)));
+            f.set(Num::TerminalFraudRate7d, rate(window(&t.labels, 7)));
+            f.set(Num::TerminalFraudRate30d, rate(month));
+            f.set(Num::TerminalFrauds30d, f64::from(month.1));
             let now_bucket = bucket_of(ts);
             let age = |b: i64| (now_bucket - b) as f64 / BUCKETS_PER_DAY as f64;
             let span = t.labels.fraud_span(seen, 30 * BUCKETS_PER_DAY);
@@ -496,8 +494,8 @@ impl EntityState {
             let m = self.merchants.get(&k);
             self.windows_into(EntityKind::Merchant, m.map(|m| &m.windows), ts, f);
             let m = m.unwrap_or(&EMPTY_POS);
-            f.set(Num::MerchantFraudRate7d, rate(&m.labels, 7));
-            f.set(Num::MerchantFraudRate30d, rate(&m.labels, 30));
+            f.set(Num::MerchantFraudRate7d, rate(window(&m.labels, 7)));
+            f.set(Num::MerchantFraudRate30d, rate(window(&m.labels, 30)));
         }
 
         let mut nodes = [NodeRef {

@@ -434,6 +434,11 @@ impl Model {
         self
     }
 
+    /// The catalog entries of the model's features, in the model's order.
+    pub fn features(&self) -> &[&'static FeatureDef] {
+        &self.features
+    }
+
     /// The model's input features, by catalog name; [`Model::contributions`] follows this order.
     pub fn feature_names(&self) -> &[String] {
         &self.feature_names

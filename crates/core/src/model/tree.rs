@@ -308,13 +308,31 @@ impl Forest {
     }
 
     /// Sum over trees of the leaf `num` reaches.
-    ///
-    /// Walks [`LANES`] trees at once: each step is a chain of dependent loads, and interleaving
-    /// independent chains lets the CPU overlap their latency. Leaves are added in tree order,
-    /// so the sum is the same as walking one tree at a time.
     #[inline]
     pub(super) fn sum(&self, num: &[f64; NUM_COUNT]) -> f64 {
         let mut sum = 0.0;
+        self.walk(
+            |at| {
+                let node = self.nodes[at];
+                node.next(at, num[node.num as usize])
+            },
+            |leaf| sum += self.values[leaf],
+        );
+        sum
+    }
+
+    /// Walks every tree from its root with `step` (which returns the next node) and hands
+    /// each tree's final node to `at_leaf`, in tree order.
+    ///
+    /// Walks [`LANES`] trees at once for as many steps as the deepest of them: each step is a
+    /// chain of dependent loads, and interleaving independent chains lets the CPU overlap
+    /// their latency. A leaf steps to itself, so no lane needs to ask whether it has arrived.
+    #[inline(always)]
+    pub(super) fn walk(
+        &self,
+        mut step: impl FnMut(usize) -> usize,
+        mut at_leaf: impl FnMut(usize),
+    ) {
         let roots = self.roots.chunks_exact(LANES);
         let rest = roots.remainder();
         for (roots, depths) in roots.zip(self.depths.chunks_exact(LANES)) {
@@ -322,24 +340,21 @@ impl Forest {
             let steps = depths.iter().copied().max().unwrap_or(0);
             for _ in 0..steps {
                 for a in &mut at {
-                    let node = self.nodes[*a];
-                    *a = node.next(*a, num[node.num as usize]);
+                    *a = step(*a);
                 }
             }
             for a in at {
-                sum += self.values[a];
+                at_leaf(a);
             }
         }
         let done = self.roots.len() - rest.len();
         for (&root, &depth) in rest.iter().zip(&self.depths[done..]) {
             let mut at = root as usize;
             for _ in 0..depth {
-                let node = self.nodes[at];
-                at = node.next(at, num[node.num as usize]);
+                at = step(at);
             }
-            sum += self.values[at];
+            at_leaf(at);
         }
-        sum
     }
 
     /// The trees back as specs, renumbered in preorder (for writing them out).

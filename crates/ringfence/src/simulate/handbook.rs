@@ -37,6 +37,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Poisson, StandardNormal};
 use ringfence_core::event::Timestamp;
 
+use super::world::mix64;
 use super::{SimulateArgs, SimulateError};
 
 /// The book's start of the simulated period, in the CSV's own `TX_DATETIME` form (UTC).
@@ -273,14 +274,6 @@ enum Stream {
 /// The stream `stream` of `seed`, for item `index` (a customer or a day).
 fn rng_for(seed: u64, stream: Stream, index: u64) -> SmallRng {
     SmallRng::seed_from_u64(mix64(mix64(seed ^ mix64(stream as u64)) ^ index))
-}
-
-/// splitmix64's finaliser: a bijection on u64 that scatters neighbouring inputs.
-fn mix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Simulates the transactions of `config`, labelled, in time order.
