@@ -23,6 +23,29 @@ pub fn bucket_of(ts_ms: i64) -> i64 {
     ts_ms.div_euclid(BUCKET_MS)
 }
 
+/// What [`LabelBuckets::summary`] reads: per window, transactions and confirmed frauds, and
+/// the oldest and newest buckets with a fraud in the widest window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LabelSummary<const N: usize> {
+    /// Transactions per window.
+    pub tx: [u32; N],
+    /// Confirmed frauds per window.
+    pub fraud: [u32; N],
+    /// (oldest, newest) bucket holding a fraud in the widest window.
+    pub span: Option<(i64, i64)>,
+}
+
+impl<const N: usize> LabelSummary<N> {
+    /// Share of window `i`'s transactions confirmed as fraud; `NaN` without transactions.
+    pub fn rate(&self, i: usize) -> f64 {
+        if self.tx[i] == 0 {
+            f64::NAN
+        } else {
+            f64::from(self.fraud[i]) / f64::from(self.tx[i])
+        }
+    }
+}
+
 /// Transactions and confirmed frauds per 4-hour bucket of transaction time, for the last
 /// [`BUCKETS`] buckets (64 days).
 #[derive(Clone, Debug)]
@@ -103,6 +126,45 @@ impl LabelBuckets {
         (tx, fraud)
     }
 
+    /// Transactions and confirmed frauds over the windows of `widths[i]` buckets that all end
+    /// at bucket `to` (`(to - widths[i], to]`), and the oldest and newest buckets holding a
+    /// fraud within the widest one. One pass over the ring, stepping the slot instead of
+    /// dividing per bucket: this runs for every transaction with a terminal or merchant.
+    pub fn summary<const N: usize>(&self, to: i64, widths: [i64; N]) -> LabelSummary<N> {
+        let mut out = LabelSummary {
+            tx: [0; N],
+            fraud: [0; N],
+            span: None,
+        };
+        if self.head == i64::MIN {
+            return out;
+        }
+        let widest = widths.iter().copied().max().unwrap_or(0);
+        let from = (to - widest + 1).max(self.head - BUCKETS as i64 + 1);
+        let last = to.min(self.head);
+        if last < from {
+            return out;
+        }
+        let mut slot = Self::slot(last);
+        for b in (from..=last).rev() {
+            let (tx, fraud) = (self.tx[slot], self.fraud[slot]);
+            let age = to - b; // 0 for the bucket that ends the windows
+            for ((sum_tx, sum_fraud), width) in
+                out.tx.iter_mut().zip(out.fraud.iter_mut()).zip(widths)
+            {
+                if age < width {
+                    *sum_tx += tx;
+                    *sum_fraud += fraud;
+                }
+            }
+            if fraud > 0 {
+                out.span = Some(out.span.map_or((b, b), |(_, newest)| (b, newest)));
+            }
+            slot = if slot == 0 { BUCKETS - 1 } else { slot - 1 };
+        }
+        out
+    }
+
     /// The oldest and newest buckets in `(to - w, to]` holding a confirmed fraud.
     pub fn fraud_span(&self, to: i64, w: i64) -> Option<(i64, i64)> {
         if self.head == i64::MIN {
@@ -151,6 +213,29 @@ mod tests {
         assert_eq!(d.fraud_span(9, 10), Some((5, 8)));
         assert_eq!(d.fraud_span(7, 10), Some((5, 5)));
         assert_eq!(d.fraud_span(9, 2), Some((8, 8)));
+    }
+
+    #[test]
+    fn summary_matches_separate_reads() {
+        let mut d = LabelBuckets::default();
+        let mut x = 7u64;
+        for b in 0..500i64 {
+            for _ in 0..(b % 3) {
+                d.add_tx(b);
+            }
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            if x >> 61 == 0 {
+                d.add_fraud(b, 1);
+            }
+        }
+        for to in [100, 300, 450, 499, 520] {
+            let s = d.summary(to, [1, 6, 42, 180]);
+            for (i, w) in [1, 6, 42, 180].into_iter().enumerate() {
+                assert_eq!((s.tx[i], s.fraud[i]), d.read(to, w), "to {to}, w {w}");
+            }
+            assert_eq!(s.span, d.fraud_span(to, 180), "to {to}");
+        }
+        assert_eq!(LabelBuckets::default().summary(5, [1, 2]).tx, [0, 0]);
     }
 
     #[test]

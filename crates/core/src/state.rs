@@ -22,7 +22,7 @@ use crate::distinct::RecentKeys;
 use crate::event::{Transaction, TxKind};
 use crate::features::{FeatureValues, Num, Text};
 use crate::graph::{LinkGraph, NodeRef};
-use crate::labels::{bucket_of, LabelBuckets, BUCKETS_PER_DAY};
+use crate::labels::{bucket_of, LabelBuckets, LabelSummary, BUCKETS_PER_DAY};
 use crate::profile::{LastSeen, SpendProfile};
 use crate::window::{Ring, Windows};
 
@@ -141,12 +141,29 @@ struct Plain {
     last_ms: i64,
 }
 
-/// State of a terminal or merchant: windows plus label-driven daily counts.
+/// State of a terminal or merchant: windows plus label-driven counts.
 #[derive(Clone, Debug, Default)]
 struct PointOfSale {
     windows: Windows,
     labels: LabelBuckets,
+    /// The label windows as read for the window end `.0`. A transaction's own bucket is always
+    /// newer than the windows it reads, so only a label or a very late event changes them;
+    /// computing them once per window position keeps the ring scan off most transactions.
+    summary: Option<(i64, LabelSummary<3>)>,
     last_ms: i64,
+}
+
+/// Label windows read for terminals and merchants: 1, 7 and 30 days.
+const LABEL_WINDOWS: [i64; 3] = [BUCKETS_PER_DAY, 7 * BUCKETS_PER_DAY, 30 * BUCKETS_PER_DAY];
+
+impl PointOfSale {
+    /// The label windows ending at bucket `seen`, from the cache when it is current.
+    fn label_summary(&self, seen: i64) -> LabelSummary<3> {
+        match self.summary {
+            Some((at, s)) if at == seen => s,
+            _ => self.labels.summary(seen, LABEL_WINDOWS),
+        }
+    }
 }
 
 /// State of a card.
@@ -191,6 +208,7 @@ static EMPTY_CARD: CardState = CardState {
 static EMPTY_POS: PointOfSale = PointOfSale {
     windows: Windows::EMPTY,
     labels: LabelBuckets::EMPTY,
+    summary: None,
     last_ms: 0,
 };
 static EMPTY_USER: UserState = UserState {
@@ -332,6 +350,14 @@ fn profile_into(
     f.num[base as usize..base as usize + values.len()].copy_from_slice(&values);
 }
 
+impl EntityState {
+    /// The last complete label bucket before `ts - delay` (see `labels`): label windows end
+    /// there.
+    fn label_window_end(&self, ts: i64) -> i64 {
+        bucket_of(ts - self.config.label_delay_days * 86_400_000) - 1
+    }
+}
+
 fn bucket(ts: i64, window_ms: i64, buckets: usize) -> i64 {
     ts.div_euclid((window_ms / buckets as i64).max(1))
 }
@@ -458,44 +484,34 @@ impl EntityState {
             let ip = self.ips.get(&k).map(|p| &p.windows);
             self.windows_into(EntityKind::Ip, ip, ts, f);
         }
-        // The last complete bucket before `ts - delay` (see `labels`): windows of `w` days end
-        // there.
-        let seen = bucket_of(ts - self.config.label_delay_days * 86_400_000) - 1;
-        let rate = |(tx, fraud): (u32, u32)| {
-            if tx == 0 {
-                f64::NAN
-            } else {
-                f64::from(fraud) / f64::from(tx)
-            }
-        };
-        let window = |d: &LabelBuckets, days: i64| d.read(seen, days * BUCKETS_PER_DAY);
+        let seen = self.label_window_end(ts);
         if let Some(k) = keys.terminal {
             let t = self.terminals.get(&k);
             self.windows_into(EntityKind::Terminal, t.map(|t| &t.windows), ts, f);
             let t = t.unwrap_or(&EMPTY_POS);
-            let month = window(&t.labels, 30);
-            f.set(Num::TerminalFraudRate1d, rate(window(&t.labels, 1)));
-            f.set(Num::TerminalFraudRate7d, rate(window(&t.labels, 7)));
-            f.set(Num::TerminalFraudRate30d, rate(month));
-            f.set(Num::TerminalFrauds30d, f64::from(month.1));
+            let l = t.label_summary(seen);
+            f.set(Num::TerminalFraudRate1d, l.rate(0));
+            f.set(Num::TerminalFraudRate7d, l.rate(1));
+            f.set(Num::TerminalFraudRate30d, l.rate(2));
+            f.set(Num::TerminalFrauds30d, f64::from(l.fraud[2]));
             let now_bucket = bucket_of(ts);
             let age = |b: i64| (now_bucket - b) as f64 / BUCKETS_PER_DAY as f64;
-            let span = t.labels.fraud_span(seen, 30 * BUCKETS_PER_DAY);
             f.set(
                 Num::TerminalFraudFirstAge,
-                span.map_or(f64::NAN, |(first, _)| age(first)),
+                l.span.map_or(f64::NAN, |(first, _)| age(first)),
             );
             f.set(
                 Num::TerminalFraudLastAge,
-                span.map_or(f64::NAN, |(_, last)| age(last)),
+                l.span.map_or(f64::NAN, |(_, last)| age(last)),
             );
         }
         if let Some(k) = keys.merchant {
             let m = self.merchants.get(&k);
             self.windows_into(EntityKind::Merchant, m.map(|m| &m.windows), ts, f);
             let m = m.unwrap_or(&EMPTY_POS);
-            f.set(Num::MerchantFraudRate7d, rate(window(&m.labels, 7)));
-            f.set(Num::MerchantFraudRate30d, rate(window(&m.labels, 30)));
+            let l = m.label_summary(seen);
+            f.set(Num::MerchantFraudRate7d, l.rate(1));
+            f.set(Num::MerchantFraudRate30d, l.rate(2));
         }
 
         let mut nodes = [NodeRef {
@@ -617,6 +633,7 @@ impl EntityState {
             p.windows.add(ts, amount);
             p.last_ms = p.last_ms.max(ts);
         }
+        let seen = self.label_window_end(ts);
         for (key, map) in [
             (keys.merchant, &mut self.merchants),
             (keys.terminal, &mut self.terminals),
@@ -624,7 +641,14 @@ impl EntityState {
             if let Some(k) = key {
                 let p = map.entry(k).or_default();
                 p.windows.add(ts, amount);
-                p.labels.add_tx(bucket_of(ts));
+                let at = bucket_of(ts);
+                p.labels.add_tx(at);
+                match p.summary {
+                    // A transaction this late lands inside the cached windows.
+                    Some((end, _)) if at <= end => p.summary = None,
+                    Some((end, _)) if end == seen => {}
+                    _ => p.summary = Some((seen, p.labels.summary(seen, LABEL_WINDOWS))),
+                }
                 p.last_ms = p.last_ms.max(ts);
             }
         }
@@ -669,6 +693,7 @@ impl EntityState {
         ] {
             if let Some(p) = key.and_then(|k| map.get_mut(&k)) {
                 p.labels.add_fraud(bucket, delta);
+                p.summary = None;
             }
         }
     }
