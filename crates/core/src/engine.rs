@@ -686,4 +686,53 @@ mod label_feature_tests {
         e.apply_label(&txs[0], false, Some(true));
         assert_eq!(rate(&e, 7), 0.0);
     }
+
+    #[test]
+    fn terminal_fraud_streak_and_ordinary_frauds() {
+        let mut e = Engine::new(EngineConfig::default(), Arc::new(RuleSet::empty()));
+        let pay = |hours: i64, id: &str, card: &str, terminal: &str, amount: f64| {
+            tx(&format!(
+                r#"{{"transaction_id":"{id}","card_id":"{card}","terminal_id":"{terminal}","amount":{amount},"timestamp":"{}"}}"#,
+                Timestamp::from_millis(1_700_012_800_000 + hours * 3_600_000).to_rfc3339()
+            ))
+        };
+        // Three cards that usually spend 10, three days before.
+        for (i, card) in ["x", "y", "z"].iter().enumerate() {
+            for j in 0..3 {
+                e.score(&pay(-72 + j, &format!("h{i}{j}"), card, "home", 10.0));
+            }
+        }
+        // At T on day 0: a genuine payment, then a fraud of an ordinary amount, then a fraud
+        // ten times the card's usual spending, then a genuine payment again.
+        let genuine = pay(0, "t0", "x", "T", 10.0);
+        let plain = pay(5, "t1", "y", "T", 11.0);
+        let spike = pay(10, "t2", "z", "T", 100.0);
+        let after = pay(15, "t3", "x", "T", 9.0);
+        for t in [&genuine, &plain, &spike, &after] {
+            e.score(t);
+        }
+        e.apply_label(&plain, true, None);
+        e.apply_label(&spike, true, None);
+        let probe_tx = pay(8 * 24, "probe", "w", "T", 10.0);
+        let probe = |e: &Engine| e.evaluate(&probe_tx).features.num;
+        let get = |f: &[f64; crate::features::NUM_COUNT], n: Num| f[n as usize];
+        let f = probe(&e);
+        assert_eq!(get(&f, Num::TerminalFrauds30d), 2.0);
+        assert_eq!(
+            get(&f, Num::TerminalPlainFrauds30d),
+            1.0,
+            "the spike is explained by the card's own spending"
+        );
+        // Since the oldest fraud (hour 5): the two frauds and one genuine payment.
+        assert!((get(&f, Num::TerminalFraudStreak) - 2.0 / 3.0).abs() < 1e-12);
+        e.apply_label(&plain, false, Some(true));
+        let f = probe(&e);
+        assert_eq!(get(&f, Num::TerminalPlainFrauds30d), 0.0);
+        assert_eq!(get(&f, Num::TerminalFraudStreak), 0.5, "from the spike on");
+        e.apply_label(&spike, false, Some(true));
+        assert!(
+            get(&probe(&e), Num::TerminalFraudStreak).is_nan(),
+            "no fraud left"
+        );
+    }
 }

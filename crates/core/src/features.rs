@@ -7,7 +7,7 @@
 //! Text values are borrowed from the transaction.
 
 /// Bumped whenever a feature is added, removed or changes meaning; recorded by trained models.
-pub const CATALOG_VERSION: u32 = 1;
+pub const CATALOG_VERSION: u32 = 2;
 
 /// The type a feature has in the rule language.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,6 +176,8 @@ numeric_features! {
     TerminalFraudRate30d => "terminal.fraud_rate_30d", Number, "Share of this terminal's transactions confirmed as fraud, over the 30 days that end one label delay ago.";
     TerminalFraudFirstAge => "terminal.fraud_first_age_days", Number, "Days since the terminal's oldest confirmed fraud in the 30 visible days (how long it has shown fraud).";
     TerminalFraudLastAge => "terminal.fraud_last_age_days", Number, "Days since the terminal's newest visible confirmed fraud (is it still going on).";
+    TerminalFraudStreak => "terminal.fraud_streak", Number, "Share of this terminal's visible transactions confirmed as fraud since its oldest visible fraud (1 when every one since was fraud: a compromised terminal).";
+    TerminalPlainFrauds30d => "terminal.plain_frauds_30d", Number, "Confirmed frauds on this terminal over the visible 30 days whose amounts were ordinary for their cards (the terminal, not the card's spending, is the common factor).";
     TerminalFrauds30d => "terminal.frauds_30d", Number, "Confirmed frauds on this terminal over the 30 days that end one label delay ago.";
     MerchantFraudRate7d => "merchant.fraud_rate_7d", Number, "Share of this merchant's transactions confirmed as fraud, over the 7 days that end one label delay ago.";
     MerchantFraudRate30d => "merchant.fraud_rate_30d", Number, "Share of this merchant's transactions confirmed as fraud, over the 30 days that end one label delay ago.";

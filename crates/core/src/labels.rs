@@ -33,6 +33,11 @@ pub struct LabelSummary<const N: usize> {
     pub fraud: [u32; N],
     /// (oldest, newest) bucket holding a fraud in the widest window.
     pub span: Option<(i64, i64)>,
+    /// Transactions and confirmed frauds from the oldest fraud bucket of the widest window to
+    /// its end: is the fraud a streak (every transaction since) or an isolated case.
+    pub since_first: (u32, u32),
+    /// Confirmed frauds in the widest window whose amounts were ordinary for their cards.
+    pub plain_fraud: u32,
 }
 
 impl<const N: usize> LabelSummary<N> {
@@ -54,6 +59,7 @@ pub struct LabelBuckets {
     head: i64,
     tx: [u32; BUCKETS],
     fraud: [u32; BUCKETS],
+    plain: [u16; BUCKETS],
 }
 
 impl Default for LabelBuckets {
@@ -68,6 +74,7 @@ impl LabelBuckets {
         head: i64::MIN,
         tx: [0; BUCKETS],
         fraud: [0; BUCKETS],
+        plain: [0; BUCKETS],
     };
 
     fn slot(day: i64) -> usize {
@@ -87,10 +94,12 @@ impl LabelBuckets {
             if day - self.head >= BUCKETS as i64 {
                 self.tx = [0; BUCKETS];
                 self.fraud = [0; BUCKETS];
+                self.plain = [0; BUCKETS];
             } else {
                 for d in (self.head + 1)..=day {
                     self.tx[Self::slot(d)] = 0;
                     self.fraud[Self::slot(d)] = 0;
+                    self.plain[Self::slot(d)] = 0;
                 }
             }
             self.head = day;
@@ -101,14 +110,17 @@ impl LabelBuckets {
         self.tx[s] = self.tx[s].saturating_add(1);
     }
 
-    /// Adds (`+1`) or withdraws (`-1`) a confirmed fraud on a transaction of bucket `day`.
-    /// Buckets no longer held are ignored.
-    pub fn add_fraud(&mut self, day: i64, delta: i32) {
+    /// Adds (`+1`) or withdraws (`-1`) a confirmed fraud on a transaction of bucket `day`;
+    /// `plain` when its amount was ordinary for its card. Buckets no longer held are ignored.
+    pub fn add_fraud(&mut self, day: i64, delta: i32, plain: bool) {
         if !self.holds(day) {
             return;
         }
         let s = Self::slot(day);
         self.fraud[s] = self.fraud[s].saturating_add_signed(delta);
+        if plain {
+            self.plain[s] = self.plain[s].saturating_add_signed(delta as i16);
+        }
     }
 
     /// Transactions and confirmed frauds over the buckets `(to - w, to]` (`w` in buckets).
@@ -135,6 +147,8 @@ impl LabelBuckets {
             tx: [0; N],
             fraud: [0; N],
             span: None,
+            since_first: (0, 0),
+            plain_fraud: 0,
         };
         if self.head == i64::MIN {
             return out;
@@ -146,8 +160,14 @@ impl LabelBuckets {
             return out;
         }
         let mut slot = Self::slot(last);
+        let (mut newer_tx, mut newer_fraud) = (0u32, 0u32);
         for b in (from..=last).rev() {
             let (tx, fraud) = (self.tx[slot], self.fraud[slot]);
+            newer_tx += tx;
+            newer_fraud += fraud;
+            // A withdrawn label is judged "ordinary" again when it is withdrawn, so a bucket's
+            // plain count could outlive its frauds; it never counts above them.
+            out.plain_fraud += u32::from(self.plain[slot]).min(fraud);
             let age = to - b; // 0 for the bucket that ends the windows
             for ((sum_tx, sum_fraud), width) in
                 out.tx.iter_mut().zip(out.fraud.iter_mut()).zip(widths)
@@ -159,6 +179,7 @@ impl LabelBuckets {
             }
             if fraud > 0 {
                 out.span = Some(out.span.map_or((b, b), |(_, newest)| (b, newest)));
+                out.since_first = (newer_tx, newer_fraud);
             }
             slot = if slot == 0 { BUCKETS - 1 } else { slot - 1 };
         }
@@ -191,13 +212,13 @@ mod tests {
         for day in [10, 10, 11, 15] {
             d.add_tx(day);
         }
-        d.add_fraud(10, 1);
-        d.add_fraud(15, 1);
+        d.add_fraud(10, 1, false);
+        d.add_fraud(15, 1, false);
         assert_eq!(d.read(15, 1), (1, 1));
         assert_eq!(d.read(11, 2), (3, 1));
         assert_eq!(d.read(15, 30), (4, 2));
         assert_eq!(d.read(9, 30), (0, 0));
-        d.add_fraud(10, -1);
+        d.add_fraud(10, -1, false);
         assert_eq!(d.read(15, 30), (4, 1));
     }
 
@@ -208,8 +229,8 @@ mod tests {
             d.add_tx(b);
         }
         assert_eq!(d.fraud_span(9, 10), None);
-        d.add_fraud(5, 1);
-        d.add_fraud(8, 1);
+        d.add_fraud(5, 1, false);
+        d.add_fraud(8, 1, false);
         assert_eq!(d.fraud_span(9, 10), Some((5, 8)));
         assert_eq!(d.fraud_span(7, 10), Some((5, 5)));
         assert_eq!(d.fraud_span(9, 2), Some((8, 8)));
@@ -225,7 +246,7 @@ mod tests {
             }
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
             if x >> 61 == 0 {
-                d.add_fraud(b, 1);
+                d.add_fraud(b, 1, false);
             }
         }
         for to in [100, 300, 450, 499, 520] {
@@ -239,17 +260,36 @@ mod tests {
     }
 
     #[test]
+    fn summary_reads_the_streak_since_the_oldest_fraud_and_ordinary_frauds() {
+        let mut d = LabelBuckets::default();
+        for b in [1, 2, 2, 4, 6, 9] {
+            d.add_tx(b);
+        }
+        d.add_fraud(2, 1, true);
+        d.add_fraud(4, 1, false);
+        let s = d.summary(9, [8]);
+        // Buckets 2..=9 hold five transactions, two of them fraud.
+        assert_eq!(s.since_first, (5, 2));
+        assert_eq!(s.plain_fraud, 1);
+        assert_eq!(d.summary(9, [6]).since_first, (3, 1), "bucket 2 is out");
+        // Withdrawn, but judged not ordinary at withdrawal: the plain count stays under the
+        // frauds it belongs to.
+        d.add_fraud(2, -1, false);
+        assert_eq!(d.summary(9, [8]).plain_fraud, 0);
+    }
+
+    #[test]
     fn old_days_slide_out() {
         let mut d = LabelBuckets::default();
         d.add_tx(0);
-        d.add_fraud(0, 1);
+        d.add_fraud(0, 1, false);
         d.add_tx(BUCKETS as i64);
         assert_eq!(
             d.read(BUCKETS as i64, BUCKETS as i64 + 10),
             (1, 0),
             "day 0 is gone"
         );
-        d.add_fraud(0, 1);
+        d.add_fraud(0, 1, false);
         assert_eq!(
             d.read(BUCKETS as i64, 1000),
             (1, 0),
@@ -265,7 +305,7 @@ mod tests {
         d.add_tx(20);
         d.add_tx(18);
         assert_eq!(d.read(20, 3), (2, 0));
-        d.add_fraud(18, 1);
+        d.add_fraud(18, 1, false);
         assert_eq!(d.read(18, 1), (1, 1));
     }
 }

@@ -131,6 +131,8 @@ const SEEN_MERCHANTS_CAP: usize = 32;
 const ALERT_BUCKETS: usize = 24;
 /// An amount at least this many times the card's mean is a spending spike.
 const SPIKE_RATIO: f64 = 3.0;
+/// A confirmed fraud under this many times its card's mean amount was ordinary spending.
+const PLAIN_RATIO: f64 = 2.0;
 /// Events between two checks for idle entities.
 const SWEEP_EVERY: u32 = 4096;
 
@@ -494,6 +496,16 @@ impl EntityState {
             f.set(Num::TerminalFraudRate7d, l.rate(1));
             f.set(Num::TerminalFraudRate30d, l.rate(2));
             f.set(Num::TerminalFrauds30d, f64::from(l.fraud[2]));
+            f.set(Num::TerminalPlainFrauds30d, f64::from(l.plain_fraud));
+            let (since_tx, since_fraud) = l.since_first;
+            f.set(
+                Num::TerminalFraudStreak,
+                if since_tx == 0 {
+                    f64::NAN
+                } else {
+                    f64::from(since_fraud) / f64::from(since_tx)
+                },
+            );
             let now_bucket = bucket_of(ts);
             let age = |b: i64| (now_bucket - b) as f64 / BUCKETS_PER_DAY as f64;
             f.set(
@@ -683,8 +695,10 @@ impl EntityState {
             self.graph.label(*node, fraud);
         }
         let delta = if fraud { 1 } else { -1 };
+        let mut plain = false;
         if let Some(c) = keys.card.and_then(|k| self.cards.get_mut(&k)) {
             c.fraud_labels = c.fraud_labels.saturating_add_signed(delta);
+            plain = c.profile.count() >= 2 && c.profile.ratio(tx.amount) < PLAIN_RATIO;
         }
         let bucket = bucket_of(tx.timestamp.millis());
         for (key, map) in [
@@ -692,7 +706,7 @@ impl EntityState {
             (keys.merchant, &mut self.merchants),
         ] {
             if let Some(p) = key.and_then(|k| map.get_mut(&k)) {
-                p.labels.add_fraud(bucket, delta);
+                p.labels.add_fraud(bucket, delta, plain);
                 p.summary = None;
             }
         }

@@ -39,7 +39,7 @@
 //! {
 //! "format": "ringfence-model",
 //! "version": 1,
-//! "catalog_version": 1,
+//! "catalog_version": 2,
 //! "source": "ringfence-gbdt",
 //! "trained_at": "2024-06-01T12:00:00Z",
 //! "notes": {"rows": 120000},
