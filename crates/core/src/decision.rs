@@ -145,6 +145,8 @@ pub struct Factor {
     pub value: Option<f64>,
     /// How much it moved the model's log-odds.
     pub contribution: f64,
+    /// The value in words, e.g. "the amount is 4.2 times this card's average".
+    pub says: String,
 }
 
 /// How the model's probability joins the rule weights in the 0..100 score:

@@ -358,21 +358,17 @@ fn model_reason(model: &Model, f: &FeatureValues<'_>, p: f64, points: f64, top: 
         .into_iter()
         .take(top)
         .map(|i| {
-            let value = Some(f.num[model.features()[i].index]).filter(|v| !v.is_nan());
+            let def = model.features()[i];
+            let raw = f.num[def.index];
             Factor {
                 feature: names[i].clone(),
-                value,
+                value: Some(raw).filter(|v| !v.is_nan()),
                 contribution: contrib[i],
+                says: def.describe(raw),
             }
         })
         .collect();
-    let listed: Vec<String> = factors
-        .iter()
-        .map(|x| match x.value {
-            Some(v) => format!("{} = {}", x.feature, crate::rules::format_number(v)),
-            None => format!("{} missing", x.feature),
-        })
-        .collect();
+    let listed: Vec<&str> = factors.iter().map(|x| x.says.as_str()).collect();
     Reason {
         rule: "model".into(),
         category: "model".into(),
@@ -380,8 +376,8 @@ fn model_reason(model: &Model, f: &FeatureValues<'_>, p: f64, points: f64, top: 
             format!("model fraud probability {p:.2}")
         } else {
             format!(
-                "model fraud probability {p:.2}, driven by {}",
-                listed.join(", ")
+                "model fraud probability {p:.2}, driven by: {}",
+                listed.join("; ")
             )
         },
         weight: points,

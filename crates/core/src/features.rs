@@ -42,10 +42,35 @@ pub struct FeatureDef {
     pub index: usize,
     /// What it measures, for analysts.
     pub description: &'static str,
+    /// How a value reads in a decision's reasons: `{}` stands for the number, `{%}` for it
+    /// as a percentage; a boolean has the true and the false wording around a `|`. Empty for
+    /// text features.
+    pub says: &'static str,
+}
+
+impl FeatureDef {
+    /// The value `v` in words an analyst reads, e.g. "the amount is 4.2 times this card's
+    /// average"; a missing value (`NaN`) says so.
+    pub fn describe(&self, v: f64) -> String {
+        if v.is_nan() || self.says.is_empty() {
+            let what = self.description.trim_end_matches('.');
+            return format!("{what}: not known yet");
+        }
+        if self.ty == FeatureType::Bool {
+            let (yes, no) = self.says.split_once('|').unwrap_or((self.says, self.says));
+            return if v != 0.0 { yes } else { no }.to_owned();
+        }
+        if self.says.contains("{%}") {
+            let pct = crate::rules::format_number((v * 1000.0).round() / 10.0);
+            self.says.replace("{%}", &format!("{pct}%"))
+        } else {
+            self.says.replace("{}", &crate::rules::format_number(v))
+        }
+    }
 }
 
 macro_rules! numeric_features {
-    ($( $variant:ident => $name:literal, $ty:ident, $desc:literal; )*) => {
+    ($( $variant:ident => $name:literal, $ty:ident, $says:literal, $desc:literal; )*) => {
         /// Numeric and boolean features, in catalog order.
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
         #[repr(usize)]
@@ -53,7 +78,7 @@ macro_rules! numeric_features {
 
         /// Definitions of the numeric and boolean features, indexed by [`Num`].
         pub const NUM_FEATURES: &[FeatureDef] = &[
-            $( FeatureDef { name: $name, ty: FeatureType::$ty, index: Num::$variant as usize, description: $desc } ),*
+            $( FeatureDef { name: $name, ty: FeatureType::$ty, index: Num::$variant as usize, description: $desc, says: $says } ),*
         ];
     };
 }
@@ -67,120 +92,120 @@ macro_rules! text_features {
 
         /// Definitions of the text features, indexed by [`Text`].
         pub const TEXT_FEATURES: &[FeatureDef] = &[
-            $( FeatureDef { name: $name, ty: FeatureType::Text, index: Text::$variant as usize, description: $desc } ),*
+            $( FeatureDef { name: $name, ty: FeatureType::Text, index: Text::$variant as usize, description: $desc, says: "" } ),*
         ];
     };
 }
 
 numeric_features! {
-    TxAmount => "tx.amount", Number, "Amount of this transaction.";
-    TxHour => "tx.hour", Number, "Hour of the day (UTC, 0-23) of this transaction.";
-    TxHasCardNumber => "tx.has_card_number", Bool, "The client sent a raw card number (tokenised at the edge).";
-    TxHasLocation => "tx.has_location", Bool, "The transaction carries lat/lon.";
-    TxIsSmall => "tx.is_small", Bool, "The amount is below the configured small-amount threshold (card testing).";
-    CardCount1m => "card.count_1m", Number, "Transactions of this card in the last minute, before this one.";
-    CardSum1m => "card.sum_1m", Number, "Amount spent by this card in the last minute, before this one.";
-    CardCount10m => "card.count_10m", Number, "Transactions of this card in the last 10 minutes, before this one.";
-    CardSum10m => "card.sum_10m", Number, "Amount spent by this card in the last 10 minutes, before this one.";
-    CardCount1h => "card.count_1h", Number, "Transactions of this card in the last hour, before this one.";
-    CardSum1h => "card.sum_1h", Number, "Amount spent by this card in the last hour, before this one.";
-    CardCount24h => "card.count_24h", Number, "Transactions of this card in the last 24 hours, before this one.";
-    CardSum24h => "card.sum_24h", Number, "Amount spent by this card in the last 24 hours, before this one.";
-    CardCount7d => "card.count_7d", Number, "Transactions of this card in the last 7 days, before this one.";
-    CardSum7d => "card.sum_7d", Number, "Amount spent by this card in the last 7 days, before this one.";
-    UserCount1m => "user.count_1m", Number, "Transactions of this user in the last minute, before this one.";
-    UserSum1m => "user.sum_1m", Number, "Amount spent by this user in the last minute, before this one.";
-    UserCount10m => "user.count_10m", Number, "Transactions of this user in the last 10 minutes, before this one.";
-    UserSum10m => "user.sum_10m", Number, "Amount spent by this user in the last 10 minutes, before this one.";
-    UserCount1h => "user.count_1h", Number, "Transactions of this user in the last hour, before this one.";
-    UserSum1h => "user.sum_1h", Number, "Amount spent by this user in the last hour, before this one.";
-    UserCount24h => "user.count_24h", Number, "Transactions of this user in the last 24 hours, before this one.";
-    UserSum24h => "user.sum_24h", Number, "Amount spent by this user in the last 24 hours, before this one.";
-    UserCount7d => "user.count_7d", Number, "Transactions of this user in the last 7 days, before this one.";
-    UserSum7d => "user.sum_7d", Number, "Amount spent by this user in the last 7 days, before this one.";
-    DeviceCount1m => "device.count_1m", Number, "Transactions of this device in the last minute, before this one.";
-    DeviceSum1m => "device.sum_1m", Number, "Amount spent by this device in the last minute, before this one.";
-    DeviceCount10m => "device.count_10m", Number, "Transactions of this device in the last 10 minutes, before this one.";
-    DeviceSum10m => "device.sum_10m", Number, "Amount spent by this device in the last 10 minutes, before this one.";
-    DeviceCount1h => "device.count_1h", Number, "Transactions of this device in the last hour, before this one.";
-    DeviceSum1h => "device.sum_1h", Number, "Amount spent by this device in the last hour, before this one.";
-    DeviceCount24h => "device.count_24h", Number, "Transactions of this device in the last 24 hours, before this one.";
-    DeviceSum24h => "device.sum_24h", Number, "Amount spent by this device in the last 24 hours, before this one.";
-    DeviceCount7d => "device.count_7d", Number, "Transactions of this device in the last 7 days, before this one.";
-    DeviceSum7d => "device.sum_7d", Number, "Amount spent by this device in the last 7 days, before this one.";
-    IpCount1m => "ip.count_1m", Number, "Transactions of this ip in the last minute, before this one.";
-    IpSum1m => "ip.sum_1m", Number, "Amount spent by this ip in the last minute, before this one.";
-    IpCount10m => "ip.count_10m", Number, "Transactions of this ip in the last 10 minutes, before this one.";
-    IpSum10m => "ip.sum_10m", Number, "Amount spent by this ip in the last 10 minutes, before this one.";
-    IpCount1h => "ip.count_1h", Number, "Transactions of this ip in the last hour, before this one.";
-    IpSum1h => "ip.sum_1h", Number, "Amount spent by this ip in the last hour, before this one.";
-    IpCount24h => "ip.count_24h", Number, "Transactions of this ip in the last 24 hours, before this one.";
-    IpSum24h => "ip.sum_24h", Number, "Amount spent by this ip in the last 24 hours, before this one.";
-    IpCount7d => "ip.count_7d", Number, "Transactions of this ip in the last 7 days, before this one.";
-    IpSum7d => "ip.sum_7d", Number, "Amount spent by this ip in the last 7 days, before this one.";
-    MerchantCount1m => "merchant.count_1m", Number, "Transactions of this merchant in the last minute, before this one.";
-    MerchantSum1m => "merchant.sum_1m", Number, "Amount spent by this merchant in the last minute, before this one.";
-    MerchantCount10m => "merchant.count_10m", Number, "Transactions of this merchant in the last 10 minutes, before this one.";
-    MerchantSum10m => "merchant.sum_10m", Number, "Amount spent by this merchant in the last 10 minutes, before this one.";
-    MerchantCount1h => "merchant.count_1h", Number, "Transactions of this merchant in the last hour, before this one.";
-    MerchantSum1h => "merchant.sum_1h", Number, "Amount spent by this merchant in the last hour, before this one.";
-    MerchantCount24h => "merchant.count_24h", Number, "Transactions of this merchant in the last 24 hours, before this one.";
-    MerchantSum24h => "merchant.sum_24h", Number, "Amount spent by this merchant in the last 24 hours, before this one.";
-    MerchantCount7d => "merchant.count_7d", Number, "Transactions of this merchant in the last 7 days, before this one.";
-    MerchantSum7d => "merchant.sum_7d", Number, "Amount spent by this merchant in the last 7 days, before this one.";
-    TerminalCount1m => "terminal.count_1m", Number, "Transactions of this terminal in the last minute, before this one.";
-    TerminalSum1m => "terminal.sum_1m", Number, "Amount spent by this terminal in the last minute, before this one.";
-    TerminalCount10m => "terminal.count_10m", Number, "Transactions of this terminal in the last 10 minutes, before this one.";
-    TerminalSum10m => "terminal.sum_10m", Number, "Amount spent by this terminal in the last 10 minutes, before this one.";
-    TerminalCount1h => "terminal.count_1h", Number, "Transactions of this terminal in the last hour, before this one.";
-    TerminalSum1h => "terminal.sum_1h", Number, "Amount spent by this terminal in the last hour, before this one.";
-    TerminalCount24h => "terminal.count_24h", Number, "Transactions of this terminal in the last 24 hours, before this one.";
-    TerminalSum24h => "terminal.sum_24h", Number, "Amount spent by this terminal in the last 24 hours, before this one.";
-    TerminalCount7d => "terminal.count_7d", Number, "Transactions of this terminal in the last 7 days, before this one.";
-    TerminalSum7d => "terminal.sum_7d", Number, "Amount spent by this terminal in the last 7 days, before this one.";
-    CardSmallCount10m => "card.small_count_10m", Number, "Transactions of this card under the small-amount threshold in the last 10 minutes, before this one.";
-    CardTxCount => "card.tx_count", Number, "Transactions of this card seen so far (within the idle expiry).";
-    CardAmountMean => "card.amount_mean", Number, "Mean amount of this card's earlier transactions (spikes above 3x the mean enter capped at 3x).";
-    CardAmountStd => "card.amount_std", Number, "Standard deviation of this card's earlier amounts.";
-    CardAmountZscore => "card.amount_zscore", Number, "How many standard deviations this amount is above the card's mean.";
-    CardAmountRatio => "card.amount_ratio", Number, "This amount divided by the card's mean amount.";
-    CardSecsSinceLast => "card.secs_since_last", Number, "Seconds since this card's previous transaction.";
-    CardKmFromLast => "card.km_from_last", Number, "Kilometres from this card's previous located transaction.";
-    CardSpeedKmh => "card.speed_kmh", Number, "Implied travel speed (km/h) from this card's previous located transaction.";
-    UserTxCount => "user.tx_count", Number, "Transactions of this user seen so far (within the idle expiry).";
-    UserAmountMean => "user.amount_mean", Number, "Mean amount of this user's earlier transactions (spikes above 3x the mean enter capped at 3x).";
-    UserAmountStd => "user.amount_std", Number, "Standard deviation of this user's earlier amounts.";
-    UserAmountZscore => "user.amount_zscore", Number, "How many standard deviations this amount is above the user's mean.";
-    UserAmountRatio => "user.amount_ratio", Number, "This amount divided by the user's mean amount.";
-    UserSecsSinceLast => "user.secs_since_last", Number, "Seconds since this user's previous transaction.";
-    UserKmFromLast => "user.km_from_last", Number, "Kilometres from this user's previous located transaction.";
-    UserSpeedKmh => "user.speed_kmh", Number, "Implied travel speed (km/h) from this user's previous located transaction.";
-    UserNewDevice => "user.new_device", Bool, "This user has not used this device before (in the remembered history).";
-    UserNewMerchant => "user.new_merchant", Bool, "This user has not paid this merchant before (in the remembered history).";
-    UserDevices24h => "user.devices_24h", Number, "Distinct devices this user used in the last 24 hours, before this transaction.";
-    UserCards24h => "user.cards_24h", Number, "Distinct cards this user used in the last 24 hours, before this transaction.";
-    DeviceUsers24h => "device.users_24h", Number, "Distinct users on this device in the last 24 hours, before this transaction.";
-    DeviceCards24h => "device.cards_24h", Number, "Distinct cards on this device in the last 24 hours, before this transaction.";
-    DeviceOtherUsers24h => "device.other_users_24h", Number, "Distinct users other than this one on this device in the last 24 hours.";
-    DeviceOtherCards24h => "device.other_cards_24h", Number, "Distinct cards other than this one on this device in the last 24 hours.";
-    RingSize => "ring.size", Number, "Users, cards and devices linked (by shared use) to this transaction's user, card and device, counting them.";
-    RingUsers => "ring.users", Number, "Distinct users in that linked group, counting this transaction's user.";
-    RingHasFraud => "ring.has_fraud", Bool, "A member of that linked group carries a confirmed-fraud label.";
-    AccountAlerts => "account.alerts", Number, "Alerts raised for this account (user, else card) in the escalation window, before this transaction.";
-    CardAmountRatio24h => "card.amount_ratio_24h", Number, "This amount divided by the card's mean amount over the 24 hours before it.";
-    CardAmountRatio7d => "card.amount_ratio_7d", Number, "This amount divided by the card's mean amount over the 7 days before it.";
-    CardSpikes7d => "card.spikes_7d", Number, "Transactions of this card in the 7 days before this one at 3x its mean amount or more (sudden spending spikes).";
-    CardFraudLabels => "card.fraud_labels", Number, "Confirmed-fraud labels received so far on this card's transactions (known compromised).";
-    TerminalFraudRate1d => "terminal.fraud_rate_1d", Number, "Share of this terminal's transactions confirmed as fraud, over the day that ends one label delay ago.";
-    TerminalFraudRate7d => "terminal.fraud_rate_7d", Number, "Share of this terminal's transactions confirmed as fraud, over the 7 days that end one label delay ago.";
-    TerminalFraudRate30d => "terminal.fraud_rate_30d", Number, "Share of this terminal's transactions confirmed as fraud, over the 30 days that end one label delay ago.";
-    TerminalFraudFirstAge => "terminal.fraud_first_age_days", Number, "Days since the terminal's oldest confirmed fraud in the 30 visible days (how long it has shown fraud).";
-    TerminalFraudLastAge => "terminal.fraud_last_age_days", Number, "Days since the terminal's newest visible confirmed fraud (is it still going on).";
-    TerminalFraudStreak => "terminal.fraud_streak", Number, "Share of this terminal's visible transactions confirmed as fraud since its oldest visible fraud (1 when every one since was fraud: a compromised terminal).";
-    TerminalPlainFrauds30d => "terminal.plain_frauds_30d", Number, "Confirmed frauds on this terminal over the visible 30 days whose amounts were ordinary for their cards (the terminal, not the card's spending, is the common factor).";
-    TerminalFrauds30d => "terminal.frauds_30d", Number, "Confirmed frauds on this terminal over the 30 days that end one label delay ago.";
-    MerchantFraudRate7d => "merchant.fraud_rate_7d", Number, "Share of this merchant's transactions confirmed as fraud, over the 7 days that end one label delay ago.";
-    MerchantFraudRate30d => "merchant.fraud_rate_30d", Number, "Share of this merchant's transactions confirmed as fraud, over the 30 days that end one label delay ago.";
+    TxAmount => "tx.amount", Number, "the amount is {}", "Amount of this transaction.";
+    TxHour => "tx.hour", Number, "made at {} h (UTC)", "Hour of the day (UTC, 0-23) of this transaction.";
+    TxHasCardNumber => "tx.has_card_number", Bool, "the client sent a raw card number|no raw card number sent", "The client sent a raw card number (tokenised at the edge).";
+    TxHasLocation => "tx.has_location", Bool, "the transaction carries a location|the transaction carries no location", "The transaction carries lat/lon.";
+    TxIsSmall => "tx.is_small", Bool, "a small amount, as used to test stolen cards|not a small amount", "The amount is below the configured small-amount threshold (card testing).";
+    CardCount1m => "card.count_1m", Number, "{} transactions by this card in the minute before", "Transactions of this card in the last minute, before this one.";
+    CardSum1m => "card.sum_1m", Number, "{} spent by this card in the minute before", "Amount spent by this card in the last minute, before this one.";
+    CardCount10m => "card.count_10m", Number, "{} transactions by this card in the 10 minutes before", "Transactions of this card in the last 10 minutes, before this one.";
+    CardSum10m => "card.sum_10m", Number, "{} spent by this card in the 10 minutes before", "Amount spent by this card in the last 10 minutes, before this one.";
+    CardCount1h => "card.count_1h", Number, "{} transactions by this card in the hour before", "Transactions of this card in the last hour, before this one.";
+    CardSum1h => "card.sum_1h", Number, "{} spent by this card in the hour before", "Amount spent by this card in the last hour, before this one.";
+    CardCount24h => "card.count_24h", Number, "{} transactions by this card in the 24 hours before", "Transactions of this card in the last 24 hours, before this one.";
+    CardSum24h => "card.sum_24h", Number, "{} spent by this card in the 24 hours before", "Amount spent by this card in the last 24 hours, before this one.";
+    CardCount7d => "card.count_7d", Number, "{} transactions by this card in the 7 days before", "Transactions of this card in the last 7 days, before this one.";
+    CardSum7d => "card.sum_7d", Number, "{} spent by this card in the 7 days before", "Amount spent by this card in the last 7 days, before this one.";
+    UserCount1m => "user.count_1m", Number, "{} transactions by this user in the minute before", "Transactions of this user in the last minute, before this one.";
+    UserSum1m => "user.sum_1m", Number, "{} spent by this user in the minute before", "Amount spent by this user in the last minute, before this one.";
+    UserCount10m => "user.count_10m", Number, "{} transactions by this user in the 10 minutes before", "Transactions of this user in the last 10 minutes, before this one.";
+    UserSum10m => "user.sum_10m", Number, "{} spent by this user in the 10 minutes before", "Amount spent by this user in the last 10 minutes, before this one.";
+    UserCount1h => "user.count_1h", Number, "{} transactions by this user in the hour before", "Transactions of this user in the last hour, before this one.";
+    UserSum1h => "user.sum_1h", Number, "{} spent by this user in the hour before", "Amount spent by this user in the last hour, before this one.";
+    UserCount24h => "user.count_24h", Number, "{} transactions by this user in the 24 hours before", "Transactions of this user in the last 24 hours, before this one.";
+    UserSum24h => "user.sum_24h", Number, "{} spent by this user in the 24 hours before", "Amount spent by this user in the last 24 hours, before this one.";
+    UserCount7d => "user.count_7d", Number, "{} transactions by this user in the 7 days before", "Transactions of this user in the last 7 days, before this one.";
+    UserSum7d => "user.sum_7d", Number, "{} spent by this user in the 7 days before", "Amount spent by this user in the last 7 days, before this one.";
+    DeviceCount1m => "device.count_1m", Number, "{} transactions by this device in the minute before", "Transactions of this device in the last minute, before this one.";
+    DeviceSum1m => "device.sum_1m", Number, "{} spent by this device in the minute before", "Amount spent by this device in the last minute, before this one.";
+    DeviceCount10m => "device.count_10m", Number, "{} transactions by this device in the 10 minutes before", "Transactions of this device in the last 10 minutes, before this one.";
+    DeviceSum10m => "device.sum_10m", Number, "{} spent by this device in the 10 minutes before", "Amount spent by this device in the last 10 minutes, before this one.";
+    DeviceCount1h => "device.count_1h", Number, "{} transactions by this device in the hour before", "Transactions of this device in the last hour, before this one.";
+    DeviceSum1h => "device.sum_1h", Number, "{} spent by this device in the hour before", "Amount spent by this device in the last hour, before this one.";
+    DeviceCount24h => "device.count_24h", Number, "{} transactions by this device in the 24 hours before", "Transactions of this device in the last 24 hours, before this one.";
+    DeviceSum24h => "device.sum_24h", Number, "{} spent by this device in the 24 hours before", "Amount spent by this device in the last 24 hours, before this one.";
+    DeviceCount7d => "device.count_7d", Number, "{} transactions by this device in the 7 days before", "Transactions of this device in the last 7 days, before this one.";
+    DeviceSum7d => "device.sum_7d", Number, "{} spent by this device in the 7 days before", "Amount spent by this device in the last 7 days, before this one.";
+    IpCount1m => "ip.count_1m", Number, "{} transactions by this IP address in the minute before", "Transactions of this ip in the last minute, before this one.";
+    IpSum1m => "ip.sum_1m", Number, "{} spent by this IP address in the minute before", "Amount spent by this ip in the last minute, before this one.";
+    IpCount10m => "ip.count_10m", Number, "{} transactions by this IP address in the 10 minutes before", "Transactions of this ip in the last 10 minutes, before this one.";
+    IpSum10m => "ip.sum_10m", Number, "{} spent by this IP address in the 10 minutes before", "Amount spent by this ip in the last 10 minutes, before this one.";
+    IpCount1h => "ip.count_1h", Number, "{} transactions by this IP address in the hour before", "Transactions of this ip in the last hour, before this one.";
+    IpSum1h => "ip.sum_1h", Number, "{} spent by this IP address in the hour before", "Amount spent by this ip in the last hour, before this one.";
+    IpCount24h => "ip.count_24h", Number, "{} transactions by this IP address in the 24 hours before", "Transactions of this ip in the last 24 hours, before this one.";
+    IpSum24h => "ip.sum_24h", Number, "{} spent by this IP address in the 24 hours before", "Amount spent by this ip in the last 24 hours, before this one.";
+    IpCount7d => "ip.count_7d", Number, "{} transactions by this IP address in the 7 days before", "Transactions of this ip in the last 7 days, before this one.";
+    IpSum7d => "ip.sum_7d", Number, "{} spent by this IP address in the 7 days before", "Amount spent by this ip in the last 7 days, before this one.";
+    MerchantCount1m => "merchant.count_1m", Number, "{} transactions by this merchant in the minute before", "Transactions of this merchant in the last minute, before this one.";
+    MerchantSum1m => "merchant.sum_1m", Number, "{} taken by this merchant in the minute before", "Amount spent by this merchant in the last minute, before this one.";
+    MerchantCount10m => "merchant.count_10m", Number, "{} transactions by this merchant in the 10 minutes before", "Transactions of this merchant in the last 10 minutes, before this one.";
+    MerchantSum10m => "merchant.sum_10m", Number, "{} taken by this merchant in the 10 minutes before", "Amount spent by this merchant in the last 10 minutes, before this one.";
+    MerchantCount1h => "merchant.count_1h", Number, "{} transactions by this merchant in the hour before", "Transactions of this merchant in the last hour, before this one.";
+    MerchantSum1h => "merchant.sum_1h", Number, "{} taken by this merchant in the hour before", "Amount spent by this merchant in the last hour, before this one.";
+    MerchantCount24h => "merchant.count_24h", Number, "{} transactions by this merchant in the 24 hours before", "Transactions of this merchant in the last 24 hours, before this one.";
+    MerchantSum24h => "merchant.sum_24h", Number, "{} taken by this merchant in the 24 hours before", "Amount spent by this merchant in the last 24 hours, before this one.";
+    MerchantCount7d => "merchant.count_7d", Number, "{} transactions by this merchant in the 7 days before", "Transactions of this merchant in the last 7 days, before this one.";
+    MerchantSum7d => "merchant.sum_7d", Number, "{} taken by this merchant in the 7 days before", "Amount spent by this merchant in the last 7 days, before this one.";
+    TerminalCount1m => "terminal.count_1m", Number, "{} transactions by this terminal in the minute before", "Transactions of this terminal in the last minute, before this one.";
+    TerminalSum1m => "terminal.sum_1m", Number, "{} taken by this terminal in the minute before", "Amount spent by this terminal in the last minute, before this one.";
+    TerminalCount10m => "terminal.count_10m", Number, "{} transactions by this terminal in the 10 minutes before", "Transactions of this terminal in the last 10 minutes, before this one.";
+    TerminalSum10m => "terminal.sum_10m", Number, "{} taken by this terminal in the 10 minutes before", "Amount spent by this terminal in the last 10 minutes, before this one.";
+    TerminalCount1h => "terminal.count_1h", Number, "{} transactions by this terminal in the hour before", "Transactions of this terminal in the last hour, before this one.";
+    TerminalSum1h => "terminal.sum_1h", Number, "{} taken by this terminal in the hour before", "Amount spent by this terminal in the last hour, before this one.";
+    TerminalCount24h => "terminal.count_24h", Number, "{} transactions by this terminal in the 24 hours before", "Transactions of this terminal in the last 24 hours, before this one.";
+    TerminalSum24h => "terminal.sum_24h", Number, "{} taken by this terminal in the 24 hours before", "Amount spent by this terminal in the last 24 hours, before this one.";
+    TerminalCount7d => "terminal.count_7d", Number, "{} transactions by this terminal in the 7 days before", "Transactions of this terminal in the last 7 days, before this one.";
+    TerminalSum7d => "terminal.sum_7d", Number, "{} taken by this terminal in the 7 days before", "Amount spent by this terminal in the last 7 days, before this one.";
+    CardSmallCount10m => "card.small_count_10m", Number, "{} small test-sized payments by this card in the 10 minutes before", "Transactions of this card under the small-amount threshold in the last 10 minutes, before this one.";
+    CardTxCount => "card.tx_count", Number, "this card has {} earlier transactions", "Transactions of this card seen so far (within the idle expiry).";
+    CardAmountMean => "card.amount_mean", Number, "this card's average amount is {}", "Mean amount of this card's earlier transactions (spikes above 3x the mean enter capped at 3x).";
+    CardAmountStd => "card.amount_std", Number, "this card's amounts usually vary by {}", "Standard deviation of this card's earlier amounts.";
+    CardAmountZscore => "card.amount_zscore", Number, "the amount is {} standard deviations above this card's average", "How many standard deviations this amount is above the card's mean.";
+    CardAmountRatio => "card.amount_ratio", Number, "the amount is {} times this card's average", "This amount divided by the card's mean amount.";
+    CardSecsSinceLast => "card.secs_since_last", Number, "{} seconds since this card's previous transaction", "Seconds since this card's previous transaction.";
+    CardKmFromLast => "card.km_from_last", Number, "{} km from this card's previous located transaction", "Kilometres from this card's previous located transaction.";
+    CardSpeedKmh => "card.speed_kmh", Number, "travel at {} km/h would be needed since this card's previous transaction", "Implied travel speed (km/h) from this card's previous located transaction.";
+    UserTxCount => "user.tx_count", Number, "this user has {} earlier transactions", "Transactions of this user seen so far (within the idle expiry).";
+    UserAmountMean => "user.amount_mean", Number, "this user's average amount is {}", "Mean amount of this user's earlier transactions (spikes above 3x the mean enter capped at 3x).";
+    UserAmountStd => "user.amount_std", Number, "this user's amounts usually vary by {}", "Standard deviation of this user's earlier amounts.";
+    UserAmountZscore => "user.amount_zscore", Number, "the amount is {} standard deviations above this user's average", "How many standard deviations this amount is above the user's mean.";
+    UserAmountRatio => "user.amount_ratio", Number, "the amount is {} times this user's average", "This amount divided by the user's mean amount.";
+    UserSecsSinceLast => "user.secs_since_last", Number, "{} seconds since this user's previous transaction", "Seconds since this user's previous transaction.";
+    UserKmFromLast => "user.km_from_last", Number, "{} km from this user's previous located transaction", "Kilometres from this user's previous located transaction.";
+    UserSpeedKmh => "user.speed_kmh", Number, "travel at {} km/h would be needed since this user's previous transaction", "Implied travel speed (km/h) from this user's previous located transaction.";
+    UserNewDevice => "user.new_device", Bool, "a device this user has not used before|a device this user has used before", "This user has not used this device before (in the remembered history).";
+    UserNewMerchant => "user.new_merchant", Bool, "a merchant this user has not paid before|a merchant this user has paid before", "This user has not paid this merchant before (in the remembered history).";
+    UserDevices24h => "user.devices_24h", Number, "this user used {} devices in the 24 hours before", "Distinct devices this user used in the last 24 hours, before this transaction.";
+    UserCards24h => "user.cards_24h", Number, "this user used {} cards in the 24 hours before", "Distinct cards this user used in the last 24 hours, before this transaction.";
+    DeviceUsers24h => "device.users_24h", Number, "{} users on this device in the 24 hours before", "Distinct users on this device in the last 24 hours, before this transaction.";
+    DeviceCards24h => "device.cards_24h", Number, "{} cards on this device in the 24 hours before", "Distinct cards on this device in the last 24 hours, before this transaction.";
+    DeviceOtherUsers24h => "device.other_users_24h", Number, "{} other users on this device in the 24 hours before", "Distinct users other than this one on this device in the last 24 hours.";
+    DeviceOtherCards24h => "device.other_cards_24h", Number, "{} other cards on this device in the 24 hours before", "Distinct cards other than this one on this device in the last 24 hours.";
+    RingSize => "ring.size", Number, "linked by shared use to a group of {} users, cards and devices", "Users, cards and devices linked (by shared use) to this transaction's user, card and device, counting them.";
+    RingUsers => "ring.users", Number, "{} users in the group linked by shared devices and cards", "Distinct users in that linked group, counting this transaction's user.";
+    RingHasFraud => "ring.has_fraud", Bool, "a linked user, card or device has confirmed fraud|no confirmed fraud in the linked group", "A member of that linked group carries a confirmed-fraud label.";
+    AccountAlerts => "account.alerts", Number, "{} earlier alerts on this account in the escalation window", "Alerts raised for this account (user, else card) in the escalation window, before this transaction.";
+    CardAmountRatio24h => "card.amount_ratio_24h", Number, "the amount is {} times this card's average over the 24 hours before", "This amount divided by the card's mean amount over the 24 hours before it.";
+    CardAmountRatio7d => "card.amount_ratio_7d", Number, "the amount is {} times this card's average over the 7 days before", "This amount divided by the card's mean amount over the 7 days before it.";
+    CardSpikes7d => "card.spikes_7d", Number, "{} spending spikes (3x its average or more) on this card in the 7 days before", "Transactions of this card in the 7 days before this one at 3x its mean amount or more (sudden spending spikes).";
+    CardFraudLabels => "card.fraud_labels", Number, "{} of this card's transactions confirmed as fraud so far", "Confirmed-fraud labels received so far on this card's transactions (known compromised).";
+    TerminalFraudRate1d => "terminal.fraud_rate_1d", Number, "{%} of this terminal's transactions were confirmed fraud over the latest day with labels", "Share of this terminal's transactions confirmed as fraud, over the day that ends one label delay ago.";
+    TerminalFraudRate7d => "terminal.fraud_rate_7d", Number, "{%} of this terminal's transactions were confirmed fraud over the latest 7 days with labels", "Share of this terminal's transactions confirmed as fraud, over the 7 days that end one label delay ago.";
+    TerminalFraudRate30d => "terminal.fraud_rate_30d", Number, "{%} of this terminal's transactions were confirmed fraud over the latest 30 days with labels", "Share of this terminal's transactions confirmed as fraud, over the 30 days that end one label delay ago.";
+    TerminalFraudFirstAge => "terminal.fraud_first_age_days", Number, "this terminal first showed confirmed fraud {} days ago", "Days since the terminal's oldest confirmed fraud in the 30 visible days (how long it has shown fraud).";
+    TerminalFraudLastAge => "terminal.fraud_last_age_days", Number, "this terminal last showed confirmed fraud {} days ago", "Days since the terminal's newest visible confirmed fraud (is it still going on).";
+    TerminalFraudStreak => "terminal.fraud_streak", Number, "{%} of this terminal's transactions since its first confirmed fraud were fraud too", "Share of this terminal's visible transactions confirmed as fraud since its oldest visible fraud (1 when every one since was fraud: a compromised terminal).";
+    TerminalPlainFrauds30d => "terminal.plain_frauds_30d", Number, "{} confirmed frauds at this terminal with ordinary amounts for their cards (a compromised terminal)", "Confirmed frauds on this terminal over the visible 30 days whose amounts were ordinary for their cards (the terminal, not the card's spending, is the common factor).";
+    TerminalFrauds30d => "terminal.frauds_30d", Number, "{} confirmed frauds at this terminal over the latest 30 days with labels", "Confirmed frauds on this terminal over the 30 days that end one label delay ago.";
+    MerchantFraudRate7d => "merchant.fraud_rate_7d", Number, "{%} of this merchant's transactions were confirmed fraud over the latest 7 days with labels", "Share of this merchant's transactions confirmed as fraud, over the 7 days that end one label delay ago.";
+    MerchantFraudRate30d => "merchant.fraud_rate_30d", Number, "{%} of this merchant's transactions were confirmed fraud over the latest 30 days with labels", "Share of this merchant's transactions confirmed as fraud, over the 30 days that end one label delay ago.";
 }
 
 text_features! {
@@ -339,6 +364,54 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn every_number_and_flag_reads_in_words() {
+        for def in NUM_FEATURES {
+            match def.ty {
+                FeatureType::Bool => assert!(
+                    def.says
+                        .split_once('|')
+                        .is_some_and(|(y, n)| !y.is_empty() && !n.is_empty()),
+                    "{}: needs a true|false wording",
+                    def.name
+                ),
+                _ => assert_eq!(
+                    usize::from(def.says.contains("{}")) + usize::from(def.says.contains("{%}")),
+                    1,
+                    "{}: needs exactly one placeholder",
+                    def.name
+                ),
+            }
+        }
+        let ratio = &NUM_FEATURES[Num::CardAmountRatio as usize];
+        assert_eq!(
+            ratio.describe(4.25),
+            "the amount is 4.25 times this card's average"
+        );
+        let rate = &NUM_FEATURES[Num::TerminalFraudRate7d as usize];
+        assert_eq!(
+            rate.describe(1.0 / 3.0),
+            "33.3% of this terminal's transactions were confirmed fraud over the latest 7 days with labels"
+        );
+        let new_device = &NUM_FEATURES[Num::UserNewDevice as usize];
+        assert_eq!(
+            new_device.describe(1.0),
+            "a device this user has not used before"
+        );
+        assert_eq!(
+            new_device.describe(0.0),
+            "a device this user has used before"
+        );
+        assert_eq!(
+            NUM_FEATURES[Num::CardCount1h as usize].describe(3.0),
+            "3 transactions by this card in the hour before"
+        );
+        assert_eq!(
+            rate.describe(f64::NAN),
+            "Share of this terminal's transactions confirmed as fraud, over the 7 days that end one label delay ago: not known yet"
+        );
     }
 
     #[test]

@@ -102,10 +102,11 @@ async fn a_model_scores_explains_hot_swaps_and_shadows() {
         .expect("model reason");
     assert_eq!(model_reason["factors"][0]["feature"], "tx.amount");
     assert_eq!(model_reason["factors"][0]["value"], 5000.0);
+    assert_eq!(model_reason["factors"][0]["says"], "the amount is 5000");
     assert!(
         model_reason["detail"]
             .as_str()
-            .is_some_and(|t| t.contains("tx.amount = 5000")),
+            .is_some_and(|t| t.ends_with("driven by: the amount is 5000")),
         "{model_reason}"
     );
 
