@@ -1,0 +1,274 @@
+//! Private Redis and PostgreSQL servers for tests: real servers from Debian's packages, each on
+//! a free loopback port with its data in a temp dir, stopped (and restartable) on demand and
+//! killed when dropped. `./scripts/test` installs the packages; nothing here is mocked.
+
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on port {port} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn missing(program: &str) -> ! {
+    panic!(
+        "{program} is not installed: run ./scripts/test, which installs redis-server and \
+         postgresql from Debian's packages"
+    )
+}
+
+/// A private `redis-server`.
+pub struct RedisServer {
+    pub port: u16,
+    dir: TempDir,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts one without a password.
+    pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// Starts one with extra `redis-server` arguments (e.g. `--requirepass`).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let dir = tempfile::Builder::new()
+            .prefix("redis-")
+            .tempdir()
+            .expect("redis dir");
+        let port = free_port();
+        let mut args: Vec<String> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            dir.path().to_str().expect("utf-8 temp path"),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "no",
+            "--logfile",
+            "redis.log",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut server = RedisServer {
+            port,
+            dir,
+            args,
+            child: None,
+        };
+        server.resume();
+        server
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (as a crash or a network cut looks to clients).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port (its data is gone: persistence is off).
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new("redis-server")
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|_| missing("redis-server"));
+        self.child = Some(child);
+        wait_for_port(self.port, "redis-server");
+    }
+
+    /// The server's log, for assertions that a secret never reached it and for debugging.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A private PostgreSQL cluster (initdb + pg_ctl), run as the `postgres` user when the tests
+/// run as root (PostgreSQL refuses to run as root).
+pub struct PostgresServer {
+    pub port: u16,
+    dir: TempDir,
+    bin: PathBuf,
+    running: bool,
+}
+
+fn postgres_bin() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.retain(|p| p.join("pg_ctl").exists());
+    versions.sort();
+    versions.pop().unwrap_or_else(|| missing("postgresql"))
+}
+
+fn running_as_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+impl PostgresServer {
+    /// Creates a cluster with trust auth on loopback and starts it.
+    pub fn start() -> PostgresServer {
+        let dir = tempfile::Builder::new()
+            .prefix("postgres-")
+            .tempdir()
+            .expect("postgres dir");
+        if running_as_root() {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown to postgres failed");
+        }
+        let mut server = PostgresServer {
+            port: free_port(),
+            dir,
+            bin: postgres_bin(),
+            running: false,
+        };
+        server.pg(
+            "initdb",
+            &[
+                "-D",
+                &server.data(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        server.resume();
+        server
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn pg(&self, program: &str, args: &[&str]) {
+        let exe = self.bin.join(program);
+        let mut cmd = if running_as_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        let out = cmd.args(args).output().expect("run a postgres program");
+        assert!(
+            out.status.success(),
+            "{program} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/postgres`.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server (fast shutdown: clients are cut off).
+    pub fn stop(&mut self) {
+        if self.running {
+            self.running = false;
+            self.pg("pg_ctl", &["-D", &self.data(), "-m", "fast", "-w", "stop"]);
+        }
+    }
+
+    /// Starts it again on the same port, with its data.
+    pub fn resume(&mut self) {
+        assert!(!self.running, "already running");
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("log").display().to_string();
+        self.pg(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data(),
+                "-o",
+                &options,
+                "-l",
+                &log,
+                "-w",
+                "start",
+            ],
+        );
+        self.running = true;
+        wait_for_port(self.port, "postgres");
+    }
+}
+
+impl Drop for PostgresServer {
+    fn drop(&mut self) {
+        if self.running {
+            self.running = false;
+            let exe = self.bin.join("pg_ctl");
+            let data = self.data();
+            let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
+            let _ = if running_as_root() {
+                Command::new("runuser")
+                    .args(["-u", "postgres", "--"])
+                    .arg(&exe)
+                    .args(args)
+                    .output()
+            } else {
+                Command::new(&exe).args(args).output()
+            };
+        }
+    }
+}
