@@ -8,6 +8,7 @@
 //! sequence number in the order the engine applied them, which is the order a restart replays
 //! them in.
 
+pub mod postgres;
 pub mod sqlite;
 
 use ringfence_core::decision::Decision;

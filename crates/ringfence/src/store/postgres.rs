@@ -1,0 +1,1195 @@
+//! The production records store: PostgreSQL, with one writer task and group commit.
+//!
+//! The shape follows [`super::sqlite`] so the host can use either: writes are queued in
+//! engine order through a bounded queue and acknowledged (with the record's sequence number)
+//! only after the transaction that holds them has committed; reads have the same meaning as
+//! the SQLite ones.
+//!
+//! Why one writer task and not a pool of writers: a batch of up to [`MAX_BATCH`] writes costs
+//! one transaction and one WAL flush on the server, so a single connection that always writes
+//! whatever queued up while the previous batch committed (group commit) keeps up with the
+//! engine, and it keeps the sequence numbers of one node in the order the engine applied the
+//! writes. Each batch is a handful of `INSERT ... SELECT FROM unnest(arrays)` statements, one
+//! per table, so the statement count does not grow with the batch.
+//!
+//! Why a shared sequence (`ringfence_seq`) instead of per-table serials: history replays
+//! transactions and labels merged in one order, so both tables draw their `seq` from one
+//! sequence, allocated per batch in engine order.
+//!
+//! Reads use a few connections of their own, opened lazily and reopened when the server
+//! dropped them, so a restart of PostgreSQL costs the requests in flight but not the node.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringfence_core::decision::Action;
+use ringfence_core::event::{Timestamp, Transaction};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::{Client, Config, IsolationLevel, NoTls, Statement};
+
+use super::{AlertQuery, AlertRow, HistoryItem, LabelRecord, StoreCounts, TxSummary, WriteOp};
+
+pub use super::sqlite::{send, QueuedWrite, WritePermit};
+
+/// Most writes committed in one PostgreSQL transaction.
+pub const MAX_BATCH: usize = 2048;
+/// Writes that may wait for the writer before submitters are turned away.
+pub const WRITE_QUEUE: usize = 100_000;
+/// Read connections kept open (each pipelines its queries).
+const READ_CONNECTIONS: usize = 4;
+/// How long to wait for a TCP connection and the startup handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a batch may take from BEGIN to COMMIT before the writer gives up on it. A server
+/// that stopped answering must turn into an error for the waiting requests, not a hang.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a read may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Rows fetched per round trip when replaying history.
+const HISTORY_CHUNK: i32 = 10_000;
+/// Key of the advisory lock that serialises migrations between nodes starting at once.
+const MIGRATION_LOCK: i64 = 0x7269_6e67_6665_6e63; // "ringfenc"
+
+/// One versioned schema step. Steps are append-only: a released step is never edited, a
+/// change is a new step.
+struct Migration {
+    version: i32,
+    name: &'static str,
+    sql: &'static str,
+}
+
+/// The schema, step by step. The logical schema is the SQLite one; the differences are
+/// PostgreSQL types and `alerts.id` being the transaction's `seq` (one alert per transaction,
+/// so the alert list is in engine order across nodes without a second sequence).
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "records",
+    sql: r#"
+CREATE SEQUENCE ringfence_seq;
+CREATE TABLE transactions (
+    seq BIGINT PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    ts BIGINT NOT NULL,
+    amount DOUBLE PRECISION NOT NULL,
+    action TEXT NOT NULL,
+    score DOUBLE PRECISION NOT NULL,
+    alert BOOLEAN NOT NULL,
+    event TEXT NOT NULL,
+    decision TEXT NOT NULL
+);
+CREATE TABLE tx_entities (
+    entity TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    PRIMARY KEY (entity, seq)
+);
+CREATE TABLE alerts (
+    id BIGINT PRIMARY KEY,
+    transaction_id TEXT NOT NULL,
+    ts BIGINT NOT NULL,
+    account TEXT,
+    action TEXT NOT NULL,
+    score DOUBLE PRECISION NOT NULL,
+    category TEXT NOT NULL,
+    amount DOUBLE PRECISION NOT NULL,
+    reasons TEXT NOT NULL
+);
+CREATE INDEX alerts_account ON alerts (account, id);
+CREATE INDEX alerts_category ON alerts (category, id);
+CREATE TABLE labels (
+    seq BIGINT PRIMARY KEY,
+    transaction_id TEXT NOT NULL,
+    fraud BOOLEAN NOT NULL,
+    previous BOOLEAN,
+    source TEXT,
+    note TEXT,
+    labeled_at BIGINT NOT NULL
+);
+CREATE INDEX labels_tx ON labels (transaction_id, seq);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"#,
+}];
+
+/// A failure of the PostgreSQL store. Messages never contain the password of the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresError {
+    /// The URL could not be parsed (shown redacted).
+    #[error("invalid PostgreSQL URL {url}: {detail}")]
+    Url {
+        /// The URL with its password replaced by `***`.
+        url: String,
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// The server could not be reached or refused the session.
+    #[error("cannot connect to PostgreSQL at {url}: {detail}")]
+    Connect {
+        /// The URL with its password replaced by `***`.
+        url: String,
+        /// Why.
+        detail: String,
+    },
+    /// A schema step failed; nothing of it was applied.
+    #[error("migration {version} ({name}) failed: {detail}")]
+    Migration {
+        /// The step's version.
+        version: i32,
+        /// The step's name.
+        name: &'static str,
+        /// Why.
+        detail: String,
+    },
+    /// A statement failed.
+    #[error("postgres: {0}")]
+    Query(String),
+    /// The server did not answer in time; a write's outcome is then unknown.
+    #[error("PostgreSQL did not answer within {0:?}")]
+    Timeout(Duration),
+    /// A stored record could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// The writer task is gone or was closed.
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl From<tokio_postgres::Error> for PostgresError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        PostgresError::Query(describe(&e))
+    }
+}
+
+/// `tokio_postgres::Error`'s own message is only its kind ("db error"); the useful part (the
+/// server's message, the IO error) is in its source chain.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{} ({}): {}", db.severity(), db.code().code(), db.message());
+    }
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// `url` with any password replaced by `***`, for logs and error messages. Handles the URL
+/// form (`postgres://user:pw@host/db`, `?password=pw`) and the key-value form
+/// (`host=h password=pw`). When in doubt it hides more, never less.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        // The last `@` ends the user info: an unencoded `@` in a password comes before it.
+        if let Some(at) = out[rest_start..].rfind('@').map(|i| rest_start + i) {
+            if let Some(colon) = out[rest_start..at].find(':').map(|i| rest_start + i) {
+                out.replace_range(colon + 1..at, "***");
+            }
+        }
+    }
+    redact_password_params(&out)
+}
+
+/// Replaces the value of every `password=` parameter (query string or key-value form, quoted
+/// or not) with `***`.
+fn redact_password_params(s: &str) -> String {
+    let lower = s.to_ascii_lowercase();
+    let mut out = String::with_capacity(s.len());
+    let mut copied = 0;
+    let mut search = 0;
+    while let Some(found) = lower[search..].find("password").map(|i| search + i) {
+        let mut i = found + "password".len();
+        search = i;
+        let starts_param =
+            found == 0 || matches!(s.as_bytes()[found - 1], b'?' | b'&' | b' ' | b'\t' | b'\n');
+        if !starts_param {
+            continue;
+        }
+        let bytes = s.as_bytes();
+        while i < bytes.len() && bytes[i] == b' ' {
+            i += 1;
+        }
+        if i >= bytes.len() || bytes[i] != b'=' {
+            continue;
+        }
+        i += 1;
+        while i < bytes.len() && bytes[i] == b' ' {
+            i += 1;
+        }
+        let value_start = i;
+        let value_end = if i < bytes.len() && bytes[i] == b'\'' {
+            // Quoted value: up to the closing quote that is not escaped by a backslash.
+            let mut j = i + 1;
+            while j < bytes.len() && bytes[j] != b'\'' {
+                j += if bytes[j] == b'\\' { 2 } else { 1 };
+            }
+            (j + 1).min(bytes.len())
+        } else {
+            let mut j = i;
+            while j < bytes.len() && !matches!(bytes[j], b'&' | b' ' | b'\t' | b'\n') {
+                j += 1;
+            }
+            j
+        };
+        out.push_str(&s[copied..value_start]);
+        out.push_str("***");
+        copied = value_end;
+        search = value_end;
+    }
+    out.push_str(&s[copied..]);
+    out
+}
+
+/// How to open a session: the parsed config and the URL to name in errors, already redacted.
+#[derive(Clone)]
+struct Connector {
+    config: Config,
+    redacted: String,
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connector")
+            .field("url", &self.redacted)
+            .finish()
+    }
+}
+
+impl Connector {
+    fn parse(url: &str) -> Result<Connector, PostgresError> {
+        let redacted = redact_url(url);
+        let mut config: Config = url.parse().map_err(|e| PostgresError::Url {
+            url: redacted.clone(),
+            detail: describe(&e),
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("ringfence");
+        }
+        Ok(Connector { config, redacted })
+    }
+
+    /// Opens a session and runs its connection on a task of its own.
+    async fn connect(&self) -> Result<Client, PostgresError> {
+        let (client, connection) =
+            self.config
+                .connect(NoTls)
+                .await
+                .map_err(|e| PostgresError::Connect {
+                    url: self.redacted.clone(),
+                    detail: describe(&e),
+                })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %describe(&e), "a PostgreSQL connection ended");
+            }
+        });
+        Ok(client)
+    }
+}
+
+/// Applies the steps of [`MIGRATIONS`] the database does not have yet, in one transaction.
+/// The transaction-scoped advisory lock makes a second node that starts at the same time wait
+/// and then find every step applied, instead of racing on `CREATE TABLE`.
+async fn migrate(client: &mut Client) -> Result<(), PostgresError> {
+    let t = client.transaction().await?;
+    t.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    t.batch_execute(
+        "CREATE TABLE IF NOT EXISTS ringfence_migrations (
+             version INTEGER PRIMARY KEY,
+             name TEXT NOT NULL,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+         )",
+    )
+    .await?;
+    let applied: HashSet<i32> = t
+        .query("SELECT version FROM ringfence_migrations", &[])
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    for m in MIGRATIONS {
+        if applied.contains(&m.version) {
+            continue;
+        }
+        let failed = |e: tokio_postgres::Error| PostgresError::Migration {
+            version: m.version,
+            name: m.name,
+            detail: describe(&e),
+        };
+        t.batch_execute(m.sql).await.map_err(failed)?;
+        t.execute(
+            "INSERT INTO ringfence_migrations (version, name) VALUES ($1, $2)",
+            &[&m.version, &m.name],
+        )
+        .await
+        .map_err(failed)?;
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "applied schema migration"
+        );
+    }
+    let known = MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0);
+    if let Some(newer) = applied.iter().copied().filter(|v| *v > known).max() {
+        // A newer node migrated this database. Steps only add, so this build can still run
+        // (a rolling upgrade passes through this state); say so in case it cannot.
+        tracing::warn!(
+            database = newer,
+            this_build = known,
+            "the database schema is newer than this build"
+        );
+    }
+    t.commit().await?;
+    Ok(())
+}
+
+/// The write side: submit in engine order, get the record's sequence number once committed.
+/// Same API as [`super::sqlite::Writer`]; permits and [`send`] are the same types.
+#[derive(Clone, Debug)]
+pub struct Writer {
+    queue: mpsc::Sender<QueuedWrite>,
+}
+
+impl Writer {
+    /// Reserves one place in the queue, or `None` when the queue is full.
+    pub fn try_reserve(&self) -> Option<WritePermit<'_>> {
+        self.queue.try_reserve().ok()
+    }
+
+    /// Reserves `n` places, or `None` when the queue has fewer free.
+    pub fn try_reserve_many(&self, n: usize) -> Option<mpsc::PermitIterator<'_, QueuedWrite>> {
+        self.queue.try_reserve_many(n).ok()
+    }
+
+    /// Writes everything queued so far, closes the writer's connection and waits until it
+    /// is closed. Later writes fail with [`PostgresError::Closed`].
+    pub async fn close(&self) {
+        if let Ok(permit) = self.queue.reserve().await {
+            let _ = send(permit, WriteOp::Close).await;
+        }
+    }
+
+    /// Writes pending in the queue.
+    pub fn backlog(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+}
+
+/// The PostgreSQL store. Cheap to clone; clones share the writer and the read connections.
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    readers: Arc<ReadPool>,
+    writer: Writer,
+}
+
+impl PostgresStore {
+    /// Connects to `url`, applies pending migrations and starts the writer task. Must be
+    /// called inside a tokio runtime. Fails when the server cannot be reached.
+    pub async fn connect(url: &str) -> Result<PostgresStore, PostgresError> {
+        let connector = Connector::parse(url)?;
+        let mut client = connector.connect().await?;
+        migrate(&mut client).await?;
+        let first = WriteConn::prepare(client).await?;
+        let (queue, rx) = mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(writer_loop(connector.clone(), Some(first), rx));
+        Ok(PostgresStore {
+            readers: Arc::new(ReadPool {
+                slots: (0..READ_CONNECTIONS)
+                    .map(|_| tokio::sync::Mutex::new(None))
+                    .collect(),
+                next: AtomicUsize::new(0),
+                connector,
+            }),
+            writer: Writer { queue },
+        })
+    }
+
+    /// The write side.
+    pub fn writer(&self) -> &Writer {
+        &self.writer
+    }
+
+    /// A value from the `meta` table (settings the data was written under).
+    pub async fn meta(&self, key: &str) -> Result<Option<String>, PostgresError> {
+        let c = self.readers.get().await?;
+        let row = read(c.client.query_opt(&c.meta, &[&key])).await?;
+        row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
+    }
+
+    /// Sets a `meta` value.
+    pub async fn set_meta(&self, key: &str, value: &str) -> Result<(), PostgresError> {
+        let c = self.readers.get().await?;
+        read(c.client.execute(
+            "INSERT INTO meta (key, value) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&key, &value],
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// The stored decision of each of `ids` that exists, as JSON text.
+    pub async fn decisions_of(
+        &self,
+        ids: Vec<String>,
+    ) -> Result<HashMap<String, String>, PostgresError> {
+        let c = self.readers.get().await?;
+        let rows = read(c.client.query(&c.decisions, &[&ids])).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// The stored decision of one id. (The SQLite store's `decision_blocking`: there is no
+    /// blocking read here, a caller under a lock must look up before taking it.)
+    pub async fn decision(&self, id: &str) -> Result<Option<String>, PostgresError> {
+        let c = self.readers.get().await?;
+        let row = read(c.client.query_opt(&c.decision, &[&id])).await?;
+        row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
+    }
+
+    /// A stored transaction with its decision and labels.
+    pub async fn transaction(
+        &self,
+        id: String,
+    ) -> Result<Option<serde_json::Value>, PostgresError> {
+        let c = self.readers.get().await?;
+        let Some(row) = read(c.client.query_opt(&c.transaction, &[&id])).await? else {
+            return Ok(None);
+        };
+        let seq: i64 = row.try_get(0)?;
+        let event: String = row.try_get(1)?;
+        let decision: String = row.try_get(2)?;
+        let labels = read(c.client.query(&c.labels_of, &[&id]))
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(LabelRecord {
+                    transaction_id: id.clone(),
+                    fraud: r.try_get(0)?,
+                    previous: r.try_get(1)?,
+                    source: r.try_get(2)?,
+                    note: r.try_get(3)?,
+                    labeled_at: Timestamp::from_millis(r.try_get(4)?),
+                })
+            })
+            .collect::<Result<Vec<_>, PostgresError>>()?;
+        Ok(Some(serde_json::json!({
+            "seq": seq,
+            "transaction": parse_json(&event)?,
+            "decision": parse_json(&decision)?,
+            "labels": labels,
+        })))
+    }
+
+    /// The stored event of a transaction and its latest label.
+    pub async fn event_and_label(
+        &self,
+        id: String,
+    ) -> Result<Option<(Transaction, Option<bool>)>, PostgresError> {
+        let c = self.readers.get().await?;
+        let Some(row) = read(c.client.query_opt(&c.event_and_label, &[&id])).await? else {
+            return Ok(None);
+        };
+        let event: String = row.try_get(0)?;
+        let tx: Transaction =
+            serde_json::from_str(&event).map_err(|e| PostgresError::Corrupt(e.to_string()))?;
+        Ok(Some((tx, row.try_get(1)?)))
+    }
+
+    /// Newest transactions of an entity (`kind:id`), newest first.
+    pub async fn entity_transactions(
+        &self,
+        entity: String,
+        limit: u32,
+    ) -> Result<Vec<(TxSummary, Transaction)>, PostgresError> {
+        let c = self.readers.get().await?;
+        let rows = read(
+            c.client
+                .query(&c.entity_transactions, &[&entity, &i64::from(limit)]),
+        )
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let event: String = r.try_get(5)?;
+                let tx: Transaction = serde_json::from_str(&event)
+                    .map_err(|e| PostgresError::Corrupt(e.to_string()))?;
+                Ok((
+                    TxSummary {
+                        transaction_id: r.try_get(0)?,
+                        timestamp: Timestamp::from_millis(r.try_get(1)?),
+                        amount: r.try_get(2)?,
+                        decision: r.try_get(3)?,
+                        score: r.try_get(4)?,
+                        merchant: tx.merchant.as_ref().map(|m| m.as_str().to_owned()),
+                    },
+                    tx,
+                ))
+            })
+            .collect()
+    }
+
+    /// Alerts, newest first: at most `limit` (default 100, clamped to 1..=1000), filtered by
+    /// every field of `q` that is set.
+    pub async fn alerts(&self, q: AlertQuery) -> Result<Vec<AlertRow>, PostgresError> {
+        let c = self.readers.get().await?;
+        let limit = i64::from(q.limit.unwrap_or(100).clamp(1, 1000));
+        let rows = read(c.client.query(
+            &c.alerts,
+            &[&q.before, &q.category, &q.account, &q.decision, &limit],
+        ))
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let reasons: String = r.try_get(8)?;
+                Ok(AlertRow {
+                    id: r.try_get(0)?,
+                    transaction_id: r.try_get(1)?,
+                    timestamp: Timestamp::from_millis(r.try_get(2)?),
+                    account: r.try_get(3)?,
+                    decision: r.try_get(4)?,
+                    score: r.try_get(5)?,
+                    category: r.try_get(6)?,
+                    amount: r.try_get(7)?,
+                    reasons: parse_json(&reasons)?,
+                })
+            })
+            .collect()
+    }
+
+    /// How many records the store holds (exact counts: a full scan on large tables).
+    pub async fn counts(&self) -> Result<StoreCounts, PostgresError> {
+        let c = self.readers.get().await?;
+        let row = read(c.client.query_one(&c.counts, &[])).await?;
+        let count = |i: usize| -> Result<u64, PostgresError> {
+            Ok(u64::try_from(row.try_get::<_, i64>(i)?).unwrap_or(0))
+        };
+        Ok(StoreCounts {
+            transactions: count(0)?,
+            alerts: count(1)?,
+            labels: count(2)?,
+        })
+    }
+
+    /// Streams stored history (transactions and labels merged by sequence number) into `f`
+    /// and returns the number of transactions. Used once at start to rebuild entity state.
+    ///
+    /// Reads through a cursor in a read-only repeatable-read transaction on a connection of
+    /// its own: memory stays bounded by one chunk however long the history, and writes that
+    /// commit meanwhile are not half-seen.
+    pub async fn for_each_history(
+        &self,
+        mut f: impl FnMut(HistoryItem),
+    ) -> Result<u64, PostgresError> {
+        let mut client = self.readers.connector.connect().await?;
+        let t = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        // A label on a transaction that is not stored is skipped, as in the SQLite store.
+        let portal = t
+            .bind(
+                "SELECT seq, TRUE, alert, NULL::boolean, NULL::boolean, event FROM transactions
+                 UNION ALL
+                 SELECT l.seq, FALSE, NULL::boolean, l.fraud, l.previous, t.event
+                 FROM labels l JOIN transactions t ON t.id = l.transaction_id
+                 ORDER BY 1",
+                &[],
+            )
+            .await?;
+        let mut n = 0u64;
+        loop {
+            let rows = read(t.query_portal(&portal, HISTORY_CHUNK)).await?;
+            for row in &rows {
+                let seq: i64 = row.try_get(0)?;
+                let is_tx: bool = row.try_get(1)?;
+                let event: String = row.try_get(5)?;
+                let what = if is_tx { "transaction" } else { "label" };
+                let tx: Transaction = serde_json::from_str(&event)
+                    .map_err(|e| PostgresError::Corrupt(format!("{what} seq {seq}: {e}")))?;
+                if is_tx {
+                    let alert: Option<bool> = row.try_get(2)?;
+                    f(HistoryItem::Tx {
+                        tx,
+                        alert: alert.unwrap_or(false),
+                    });
+                    n += 1;
+                } else {
+                    let fraud: Option<bool> = row.try_get(3)?;
+                    let fraud = fraud.ok_or_else(|| {
+                        PostgresError::Corrupt(format!("label seq {seq}: no verdict"))
+                    })?;
+                    f(HistoryItem::Label {
+                        tx,
+                        fraud,
+                        previous: row.try_get(4)?,
+                    });
+                }
+            }
+            if rows.len() < HISTORY_CHUNK as usize {
+                break;
+            }
+        }
+        t.commit().await?;
+        Ok(n)
+    }
+}
+
+fn parse_json(s: &str) -> Result<serde_json::Value, PostgresError> {
+    serde_json::from_str(s).map_err(|e| PostgresError::Corrupt(e.to_string()))
+}
+
+/// Runs a read with [`READ_TIMEOUT`].
+async fn read<T>(
+    fut: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, PostgresError> {
+    match tokio::time::timeout(READ_TIMEOUT, fut).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => Err(PostgresError::Timeout(READ_TIMEOUT)),
+    }
+}
+
+/// A few read connections, handed out round-robin. Each is a pipelining client, so sharing
+/// one between requests is fine; several spread the work over server backends.
+#[derive(Debug)]
+struct ReadPool {
+    slots: Vec<tokio::sync::Mutex<Option<Arc<ReadConn>>>>,
+    next: AtomicUsize,
+    connector: Connector,
+}
+
+impl ReadPool {
+    /// A live read connection, reopened if the server dropped the old one.
+    async fn get(&self) -> Result<Arc<ReadConn>, PostgresError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut slot = self.slots[i].lock().await;
+        if let Some(c) = slot.as_ref() {
+            if !c.client.is_closed() {
+                return Ok(c.clone());
+            }
+        }
+        *slot = None;
+        let conn = Arc::new(ReadConn::open(&self.connector).await?);
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+}
+
+/// A read connection with its statements prepared once.
+struct ReadConn {
+    client: Client,
+    meta: Statement,
+    decisions: Statement,
+    decision: Statement,
+    transaction: Statement,
+    labels_of: Statement,
+    event_and_label: Statement,
+    entity_transactions: Statement,
+    alerts: Statement,
+    counts: Statement,
+}
+
+impl fmt::Debug for ReadConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadConn")
+            .field("closed", &self.client.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReadConn {
+    async fn open(connector: &Connector) -> Result<ReadConn, PostgresError> {
+        let client = connector.connect().await?;
+        read(ReadConn::prepare(client)).await
+    }
+
+    async fn prepare(client: Client) -> Result<ReadConn, tokio_postgres::Error> {
+        Ok(ReadConn {
+            meta: client
+                .prepare("SELECT value FROM meta WHERE key = $1")
+                .await?,
+            decisions: client
+                .prepare("SELECT id, decision FROM transactions WHERE id = ANY($1::text[])")
+                .await?,
+            decision: client
+                .prepare("SELECT decision FROM transactions WHERE id = $1")
+                .await?,
+            transaction: client
+                .prepare("SELECT seq, event, decision FROM transactions WHERE id = $1")
+                .await?,
+            labels_of: client
+                .prepare(
+                    "SELECT fraud, previous, source, note, labeled_at FROM labels
+                     WHERE transaction_id = $1 ORDER BY seq",
+                )
+                .await?,
+            event_and_label: client
+                .prepare(
+                    "SELECT t.event,
+                        (SELECT l.fraud FROM labels l WHERE l.transaction_id = t.id
+                         ORDER BY l.seq DESC LIMIT 1)
+                     FROM transactions t WHERE t.id = $1",
+                )
+                .await?,
+            entity_transactions: client
+                .prepare(
+                    "SELECT t.id, t.ts, t.amount, t.action, t.score, t.event
+                     FROM tx_entities e JOIN transactions t ON t.seq = e.seq
+                     WHERE e.entity = $1 ORDER BY e.seq DESC LIMIT $2",
+                )
+                .await?,
+            alerts: client
+                .prepare(
+                    "SELECT id, transaction_id, ts, account, action, score, category, amount,
+                            reasons
+                     FROM alerts
+                     WHERE ($1::bigint IS NULL OR id < $1) AND ($2::text IS NULL OR category = $2)
+                       AND ($3::text IS NULL OR account = $3) AND ($4::text IS NULL OR action = $4)
+                     ORDER BY id DESC LIMIT $5",
+                )
+                .await?,
+            counts: client
+                .prepare(
+                    "SELECT (SELECT COUNT(*) FROM transactions),
+                            (SELECT COUNT(*) FROM alerts),
+                            (SELECT COUNT(*) FROM labels)",
+                )
+                .await?,
+            client,
+        })
+    }
+}
+
+/// The writer's connection with its statements prepared once.
+struct WriteConn {
+    client: Client,
+    next_seqs: Statement,
+    insert_transactions: Statement,
+    insert_entities: Statement,
+    insert_alerts: Statement,
+    insert_labels: Statement,
+}
+
+impl WriteConn {
+    async fn prepare(client: Client) -> Result<WriteConn, PostgresError> {
+        let next_seqs = client
+            .prepare("SELECT nextval('ringfence_seq') FROM generate_series(1, $1::bigint)")
+            .await?;
+        let insert_transactions = client
+            .prepare(
+                "INSERT INTO transactions (seq, id, ts, amount, action, score, alert, event, decision)
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::float8[],
+                                      $5::text[], $6::float8[], $7::boolean[], $8::text[],
+                                      $9::text[])
+                 ON CONFLICT (id) DO NOTHING
+                 RETURNING seq",
+            )
+            .await?;
+        let insert_entities = client
+            .prepare(
+                "INSERT INTO tx_entities (entity, seq)
+                 SELECT * FROM unnest($1::text[], $2::bigint[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .await?;
+        let insert_alerts = client
+            .prepare(
+                "INSERT INTO alerts (id, transaction_id, ts, account, action, score, category,
+                                     amount, reasons)
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[],
+                                      $5::text[], $6::float8[], $7::text[], $8::float8[],
+                                      $9::text[])",
+            )
+            .await?;
+        let insert_labels = client
+            .prepare(
+                "INSERT INTO labels (seq, transaction_id, fraud, previous, source, note,
+                                     labeled_at)
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::boolean[], $4::boolean[],
+                                      $5::text[], $6::text[], $7::bigint[])",
+            )
+            .await?;
+        Ok(WriteConn {
+            client,
+            next_seqs,
+            insert_transactions,
+            insert_entities,
+            insert_alerts,
+            insert_labels,
+        })
+    }
+
+    /// Writes `batch` in one transaction and returns the sequence number given to each op.
+    async fn write(&mut self, batch: &[QueuedWrite]) -> Result<Vec<i64>, PostgresError> {
+        let t = self.client.transaction().await?;
+        let mut seqs: Vec<i64> = t
+            .query(&self.next_seqs, &[&(batch.len() as i64)])
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
+        // Values of one `nextval` call are increasing; sorting makes the engine order of the
+        // batch the sequence order without relying on the order rows come back in.
+        seqs.sort_unstable();
+        if seqs.len() != batch.len() {
+            return Err(PostgresError::Query(format!(
+                "asked for {} sequence numbers, got {}",
+                batch.len(),
+                seqs.len()
+            )));
+        }
+        let mut txs = TxColumns::default();
+        let mut labels = LabelColumns::default();
+        for ((op, _), &seq) in batch.iter().zip(&seqs) {
+            match op {
+                WriteOp::Tx(rec) => txs.push(seq, rec)?,
+                WriteOp::Label(l) => labels.push(seq, l),
+                WriteOp::Close => {}
+            }
+        }
+        if !txs.seq.is_empty() {
+            let inserted: HashSet<i64> = t
+                .query(
+                    &self.insert_transactions,
+                    &[
+                        &txs.seq,
+                        &txs.id,
+                        &txs.ts,
+                        &txs.amount,
+                        &txs.action,
+                        &txs.score,
+                        &txs.alert,
+                        &txs.event,
+                        &txs.decision,
+                    ],
+                )
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+            let (entities, alerts) = txs.dependents(&inserted);
+            if !entities.entity.is_empty() {
+                t.execute(&self.insert_entities, &[&entities.entity, &entities.seq])
+                    .await?;
+            }
+            if !alerts.id.is_empty() {
+                t.execute(
+                    &self.insert_alerts,
+                    &[
+                        &alerts.id,
+                        &alerts.transaction_id,
+                        &alerts.ts,
+                        &alerts.account,
+                        &alerts.action,
+                        &alerts.score,
+                        &alerts.category,
+                        &alerts.amount,
+                        &alerts.reasons,
+                    ],
+                )
+                .await?;
+            }
+        }
+        if !labels.seq.is_empty() {
+            t.execute(
+                &self.insert_labels,
+                &[
+                    &labels.seq,
+                    &labels.transaction_id,
+                    &labels.fraud,
+                    &labels.previous,
+                    &labels.source,
+                    &labels.note,
+                    &labels.labeled_at,
+                ],
+            )
+            .await?;
+        }
+        t.commit().await?;
+        Ok(seqs)
+    }
+}
+
+/// The transactions of a batch, column by column (what `unnest` takes), with the entity and
+/// alert rows each would add if it is not a duplicate.
+#[derive(Default)]
+struct TxColumns {
+    seq: Vec<i64>,
+    id: Vec<String>,
+    ts: Vec<i64>,
+    amount: Vec<f64>,
+    action: Vec<&'static str>,
+    score: Vec<f64>,
+    alert: Vec<bool>,
+    event: Vec<String>,
+    decision: Vec<String>,
+    entities: Vec<Vec<String>>,
+    alert_rows: Vec<Option<PendingAlert>>,
+}
+
+/// An alert row waiting to learn whether its transaction was new.
+struct PendingAlert {
+    account: Option<String>,
+    category: String,
+    reasons: String,
+}
+
+#[derive(Default)]
+struct EntityColumns {
+    entity: Vec<String>,
+    seq: Vec<i64>,
+}
+
+#[derive(Default)]
+struct AlertColumns {
+    id: Vec<i64>,
+    transaction_id: Vec<String>,
+    ts: Vec<i64>,
+    account: Vec<Option<String>>,
+    action: Vec<&'static str>,
+    score: Vec<f64>,
+    category: Vec<String>,
+    amount: Vec<f64>,
+    reasons: Vec<String>,
+}
+
+impl TxColumns {
+    fn push(&mut self, seq: i64, rec: &super::TxRecord) -> Result<(), PostgresError> {
+        let tx = &rec.tx;
+        let d = &rec.decision.decision;
+        let event = serde_json::to_string(tx).map_err(|e| PostgresError::Corrupt(e.to_string()))?;
+        let decision = serde_json::to_string(&rec.decision)
+            .map_err(|e| PostgresError::Corrupt(e.to_string()))?;
+        self.seq.push(seq);
+        self.id.push(tx.transaction_id.as_str().to_owned());
+        self.ts.push(tx.timestamp.millis());
+        self.amount.push(tx.amount);
+        self.action.push(d.decision.as_str());
+        self.score.push(d.score);
+        self.alert.push(d.alert);
+        self.event.push(event);
+        self.decision.push(decision);
+        self.entities.push(
+            [
+                ("card", &tx.card_id),
+                ("user", &tx.user_id),
+                ("device", &tx.device_id),
+                ("ip", &tx.ip),
+                ("merchant", &tx.merchant),
+                ("terminal", &tx.terminal_id),
+                ("store", &tx.store_id),
+            ]
+            .into_iter()
+            .filter_map(|(kind, id)| id.as_ref().map(|id| format!("{kind}:{}", id.as_str())))
+            .collect(),
+        );
+        // Every decision above approve is queued for analysts, escalations included; `alert`
+        // (the ladder's count) is stored with the transaction. Same rule as the SQLite store.
+        let alert_row = if d.decision > Action::Approve {
+            Some(PendingAlert {
+                account: d.account.clone(),
+                category: d
+                    .reasons
+                    .first()
+                    .map_or("score", |r| r.category.as_str())
+                    .to_owned(),
+                reasons: serde_json::to_string(&d.reasons)
+                    .map_err(|e| PostgresError::Corrupt(e.to_string()))?,
+            })
+        } else {
+            None
+        };
+        self.alert_rows.push(alert_row);
+        Ok(())
+    }
+
+    /// The entity and alert rows of the transactions that were `inserted` (not duplicates).
+    fn dependents(&mut self, inserted: &HashSet<i64>) -> (EntityColumns, AlertColumns) {
+        let mut entities = EntityColumns::default();
+        let mut alerts = AlertColumns::default();
+        for i in 0..self.seq.len() {
+            let seq = self.seq[i];
+            if !inserted.contains(&seq) {
+                // The host checks ids before scoring, so this means a duplicate got past it
+                // (or another node stored it first): the first record stands, loudly.
+                tracing::error!(
+                    transaction_id = self.id[i].as_str(),
+                    "duplicate transaction id reached the writer; the first record stands"
+                );
+                continue;
+            }
+            for entity in std::mem::take(&mut self.entities[i]) {
+                entities.entity.push(entity);
+                entities.seq.push(seq);
+            }
+            if let Some(a) = self.alert_rows[i].take() {
+                alerts.id.push(seq);
+                alerts.transaction_id.push(self.id[i].clone());
+                alerts.ts.push(self.ts[i]);
+                alerts.account.push(a.account);
+                alerts.action.push(self.action[i]);
+                alerts.score.push(self.score[i]);
+                alerts.category.push(a.category);
+                alerts.amount.push(self.amount[i]);
+                alerts.reasons.push(a.reasons);
+            }
+        }
+        (entities, alerts)
+    }
+}
+
+/// The labels of a batch, column by column.
+#[derive(Default)]
+struct LabelColumns {
+    seq: Vec<i64>,
+    transaction_id: Vec<String>,
+    fraud: Vec<bool>,
+    previous: Vec<Option<bool>>,
+    source: Vec<Option<String>>,
+    note: Vec<Option<String>>,
+    labeled_at: Vec<i64>,
+}
+
+impl LabelColumns {
+    fn push(&mut self, seq: i64, l: &LabelRecord) {
+        self.seq.push(seq);
+        self.transaction_id.push(l.transaction_id.clone());
+        self.fraud.push(l.fraud);
+        self.previous.push(l.previous);
+        self.source.push(l.source.clone());
+        self.note.push(l.note.clone());
+        self.labeled_at.push(l.labeled_at.millis());
+    }
+}
+
+type Ack = oneshot::Sender<Result<i64, String>>;
+
+/// Takes what queued up, writes it as one transaction, acknowledges each write after COMMIT
+/// (or tells each why it failed), and repeats. A failed batch drops the connection: the next
+/// batch reconnects, so the store recovers when the server comes back, and no write is ever
+/// acknowledged that was not committed.
+async fn writer_loop(
+    connector: Connector,
+    mut conn: Option<WriteConn>,
+    mut rx: mpsc::Receiver<QueuedWrite>,
+) {
+    let mut batch: Vec<QueuedWrite> = Vec::with_capacity(MAX_BATCH);
+    let mut closing: Option<Ack> = None;
+    let mut closed = false;
+    let mut last_seq = 0i64;
+    while let Some(first) = rx.recv().await {
+        match first {
+            (WriteOp::Close, ack) => closing = Some(ack),
+            op => batch.push(op),
+        }
+        while closing.is_none() && batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok((WriteOp::Close, ack)) => closing = Some(ack),
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let result = if batch.is_empty() {
+            Ok(Vec::new())
+        } else if closed {
+            Err(PostgresError::Closed)
+        } else {
+            write_batch(&connector, &mut conn, &batch).await
+        };
+        match result {
+            Ok(seqs) => {
+                for ((_, ack), seq) in batch.drain(..).zip(seqs) {
+                    last_seq = seq;
+                    let _ = ack.send(Ok(seq));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, writes = batch.len(), "group commit failed");
+                conn = None;
+                let msg = e.to_string();
+                for (_, ack) in batch.drain(..) {
+                    let _ = ack.send(Err(msg.clone()));
+                }
+            }
+        }
+        if let Some(ack) = closing.take() {
+            // Dropping the client ends the session; the server sees a clean terminate.
+            conn = None;
+            closed = true;
+            let _ = ack.send(Ok(last_seq));
+        }
+    }
+}
+
+/// Writes one batch, reconnecting first if there is no live connection.
+async fn write_batch(
+    connector: &Connector,
+    conn: &mut Option<WriteConn>,
+    batch: &[QueuedWrite],
+) -> Result<Vec<i64>, PostgresError> {
+    let attempt = async {
+        if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
+            *conn = None;
+            *conn = Some(WriteConn::prepare(connector.connect().await?).await?);
+        }
+        match conn.as_mut() {
+            Some(c) => c.write(batch).await,
+            None => Err(PostgresError::Closed),
+        }
+    };
+    // On timeout the future (and with it any open transaction) is dropped and the caller
+    // drops the connection, so the server rolls back whatever had not committed.
+    match tokio::time::timeout(WRITE_TIMEOUT, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(PostgresError::Timeout(WRITE_TIMEOUT)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_survive_redaction() {
+        let cases = [
+            (
+                "postgres://ringfence:s3cret@db.internal:5432/records",
+                "postgres://ringfence:***@db.internal:5432/records",
+            ),
+            (
+                "postgresql://u:p%40ss:w@rd@host/db?sslmode=disable",
+                "postgresql://u:***@host/db?sslmode=disable",
+            ),
+            (
+                "postgres://u@host/db?password=s3cret&application_name=x",
+                "postgres://u@host/db?password=***&application_name=x",
+            ),
+            (
+                "host=db user=u password=s3cret dbname=records",
+                "host=db user=u password=*** dbname=records",
+            ),
+            (
+                "host=db password = 'se cr\\'et' dbname=records",
+                "host=db password = *** dbname=records",
+            ),
+            ("postgres://u@host/db", "postgres://u@host/db"),
+            ("postgres://host:5432/db", "postgres://host:5432/db"),
+        ];
+        for (url, want) in cases {
+            let got = redact_url(url);
+            assert_eq!(got, want, "redacting {url}");
+            for secret in ["s3cret", "p%40ss", "w@rd", "se cr"] {
+                assert!(!got.contains(secret), "{secret} leaked from {url}: {got}");
+            }
+        }
+    }
+}
