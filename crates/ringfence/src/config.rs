@@ -114,6 +114,10 @@ pub struct ServeArgs {
     /// Score points the model adds at probability 1 (score = rule points + this x probability).
     #[arg(long, env = "RINGFENCE_MODEL_POINTS")]
     pub model_points: Option<f64>,
+    /// Redis URL, `redis://[user][:password@]host:port[/db]` or `rediss://` for TLS: alerts
+    /// go to its keys and channels. The password is never printed.
+    #[arg(long, env = "RINGFENCE_REDIS", hide_env_values = true)]
+    pub redis: Option<Secret>,
 }
 
 /// The same keys as read from the config file.
@@ -141,6 +145,7 @@ struct FileConfig {
     model: Option<PathBuf>,
     challenger: Option<PathBuf>,
     model_points: Option<f64>,
+    redis: Option<Secret>,
 }
 
 /// A configuration problem, named precisely.
@@ -192,6 +197,8 @@ pub struct Settings {
     pub model: Option<PathBuf>,
     /// Challenger model file.
     pub challenger: Option<PathBuf>,
+    /// Redis URL (alerts), checked but not yet connected.
+    pub redis: Option<Secret>,
 }
 
 /// Largest batch a client may send.
@@ -279,6 +286,10 @@ impl Settings {
                 "log_format must be `text` or `json`".into(),
             ));
         }
+        let redis = args.redis.clone().or(file.redis);
+        if let Some(url) = &redis {
+            crate::alerts::redis::client(url).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
         Ok(Settings {
             listen: pick!(listen, SocketAddr::from(([127, 0, 0, 1], 8080))),
             data: pick!(data, PathBuf::from("./data")),
@@ -301,6 +312,7 @@ impl Settings {
             max_clock_skew_ms: max_clock_skew_secs * 1000,
             model: args.model.clone().or(file.model),
             challenger: args.challenger.clone().or(file.challenger),
+            redis,
         })
     }
 }

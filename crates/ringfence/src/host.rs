@@ -23,6 +23,8 @@ use ringfence_core::rules::{RuleErrors, RuleSet};
 use ringfence_core::state::EntityKind;
 use serde::Serialize;
 
+use crate::alerts::redis::RedisAlerts;
+use crate::alerts::AlertEvent;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::store::sqlite::{self, SqliteStore};
@@ -166,6 +168,10 @@ pub struct EngineHost {
     labels: tokio::sync::Mutex<()>,
     started: Instant,
     settings: Settings,
+    /// Where alerts go once their decisions are durable; `None` after [`EngineHost::close_alerts`].
+    redis_alerts: Mutex<Option<RedisAlerts>>,
+    /// Whether any alert sink was configured (alerts are built only then).
+    has_alert_sinks: bool,
 }
 
 /// Wall-clock time now.
@@ -301,7 +307,11 @@ fn load_rules(path: Option<&Path>) -> Result<RuleSet, StartError> {
 
 impl EngineHost {
     /// Opens the store, loads the rules and rebuilds entity state from stored history.
-    pub fn start(settings: Settings, metrics: Arc<Metrics>) -> Result<Arc<EngineHost>, StartError> {
+    pub fn start(
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        redis_alerts: Option<RedisAlerts>,
+    ) -> Result<Arc<EngineHost>, StartError> {
         let store = SqliteStore::open(&settings.data)?;
         let hasher = CardHasher::new(&card_hash_key(&settings)?);
         // The token of a fixed probe identifies the key without revealing it.
@@ -390,7 +400,26 @@ impl EngineHost {
             labels: tokio::sync::Mutex::new(()),
             started: Instant::now(),
             settings,
+            has_alert_sinks: redis_alerts.is_some(),
+            redis_alerts: Mutex::new(redis_alerts),
         }))
+    }
+
+    /// Hands a durable decision's alert to the sinks (never waits on them).
+    fn publish_alert(&self, alert: AlertEvent) {
+        let sinks = self.redis_alerts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(redis) = sinks.as_ref() {
+            redis.publish(alert);
+        }
+    }
+
+    /// Stops handing alerts to the sinks, so their writers drain their queues and end (at
+    /// shutdown, once no request is in flight).
+    pub fn close_alerts(&self) {
+        self.redis_alerts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 
     fn lock(&self) -> MutexGuard<'_, Locked> {
@@ -477,6 +506,7 @@ impl EngineHost {
             Pending(
                 tokio::sync::oneshot::Receiver<Result<i64, String>>,
                 DecisionRecord,
+                Option<Box<AlertEvent>>,
             ),
             Stored(String),
             InFlight(String),
@@ -540,6 +570,11 @@ impl EngineHost {
                         }
                     }
                 }
+                let alert = if self.has_alert_sinks {
+                    AlertEvent::of(&p.tx, &scored.decision, &scored.features).map(Box::new)
+                } else {
+                    None
+                };
                 let record = DecisionRecord {
                     decision: scored.decision,
                     processing_us: us,
@@ -552,18 +587,21 @@ impl EngineHost {
                         decision: record.clone(),
                     })),
                 );
-                slots.push(Slot::Pending(ack, record));
+                slots.push(Slot::Pending(ack, record, alert));
             }
         }
 
         let mut out = Vec::with_capacity(slots.len());
         for slot in slots {
             match slot {
-                Slot::Pending(ack, record) => {
+                Slot::Pending(ack, record, alert) => {
                     match ack.await {
                         Ok(Ok(_seq)) => {}
                         Ok(Err(e)) => return Err(self.storage_failed(e)),
                         Err(_) => return Err(self.storage_failed("writer stopped".into())),
+                    }
+                    if let Some(alert) = alert {
+                        self.publish_alert(*alert);
                     }
                     self.metrics.decision(record.decision.decision);
                     if record.decision.decision > ringfence_core::decision::Action::Approve {

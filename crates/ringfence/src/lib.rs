@@ -5,6 +5,7 @@
 //! - [`startup`]: [`startup::Application`]: build (bind, rebuild state), run, shut down.
 //! - [`host`]: [`host::EngineHost`]: the engine, the order of decisions and durable writes.
 //! - [`http`]: the API, one module per resource.
+//! - [`alerts`]: alerts out of the engine (Redis keys and channels).
 //! - [`store`]: records (transactions, decisions, alerts, labels); [`store::sqlite`] embedded.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`metrics_eval`]: AUC ROC, average precision, card precision@k.
@@ -16,6 +17,7 @@
 //! - [`client`]: a small HTTP client (simulator, benchmarks, tests).
 //! - [`bench`]: the HTTP load generator; [`engine_bench`]: the engine-only benchmark.
 
+pub mod alerts;
 pub mod bench;
 pub mod client;
 pub mod config;

@@ -75,6 +75,12 @@ pub struct Metrics {
     pub rule_reloads: AtomicU64,
     /// Rule reloads that failed (old rules kept).
     pub rule_reload_failures: AtomicU64,
+    /// Alerts written to Redis (keys and channels).
+    pub redis_alerts_published: AtomicU64,
+    /// Failed attempts to write alerts to Redis (each retried).
+    pub redis_alerts_failures: AtomicU64,
+    /// Alerts not sent to Redis because its queue was full while Redis was unreachable.
+    pub redis_alerts_dropped: AtomicU64,
     /// Engine time per transaction.
     pub engine_latency: LatencyHistogram,
     /// Time from request parsed to decision durable.
@@ -138,6 +144,21 @@ impl Metrics {
                 "ringfence_rule_reload_failures_total",
                 "Failed rule reloads (old rules kept).",
                 &self.rule_reload_failures,
+            ),
+            (
+                "ringfence_redis_alerts_published_total",
+                "Alerts written to Redis keys and channels.",
+                &self.redis_alerts_published,
+            ),
+            (
+                "ringfence_redis_alerts_failures_total",
+                "Failed attempts to write alerts to Redis (retried).",
+                &self.redis_alerts_failures,
+            ),
+            (
+                "ringfence_redis_alerts_dropped_total",
+                "Alerts not sent to Redis: queue full while Redis was unreachable.",
+                &self.redis_alerts_dropped,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");

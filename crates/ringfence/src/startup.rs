@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::alerts::redis::RedisAlerts;
 use crate::config::Settings;
 use crate::host::{EngineHost, StartError};
 use crate::http;
@@ -21,7 +22,12 @@ const RULES_POLL: Duration = Duration::from_millis(500);
 pub struct Application {
     listener: TcpListener,
     host: Arc<EngineHost>,
+    /// The Redis alert writer, when `--redis` is set.
+    alert_writer: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// How long shutdown waits for queued alerts to reach Redis.
+const ALERT_DRAIN: Duration = Duration::from_secs(5);
 
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +43,9 @@ pub enum AppError {
         /// Why.
         source: std::io::Error,
     },
+    /// The Redis URL is unusable (the message never repeats it).
+    #[error("{0}")]
+    Redis(String),
     /// Serving failed.
     #[error("server error: {0}")]
     Serve(std::io::Error),
@@ -50,10 +59,24 @@ impl Application {
             .await
             .map_err(|source| AppError::Bind { addr, source })?;
         let metrics = Arc::new(Metrics::default());
-        let host = tokio::task::spawn_blocking(move || EngineHost::start(settings, metrics))
-            .await
-            .map_err(|e| AppError::Serve(std::io::Error::other(e.to_string())))??;
-        Ok(Application { listener, host })
+        let (redis_alerts, alert_writer) = match &settings.redis {
+            Some(url) => {
+                let client = crate::alerts::redis::client(url)
+                    .map_err(|e| AppError::Redis(e.to_string()))?;
+                let (alerts, task) = RedisAlerts::start(client, Arc::clone(&metrics));
+                (Some(alerts), Some(task))
+            }
+            None => (None, None),
+        };
+        let host =
+            tokio::task::spawn_blocking(move || EngineHost::start(settings, metrics, redis_alerts))
+                .await
+                .map_err(|e| AppError::Serve(std::io::Error::other(e.to_string())))??;
+        Ok(Application {
+            listener,
+            host,
+            alert_writer,
+        })
     }
 
     /// The bound address.
@@ -100,6 +123,13 @@ impl Application {
         // In-flight requests are done: make every acknowledged write durable and close the
         // database cleanly before returning.
         self.host.store().writer().close().await;
+        // Alerts of those decisions still queued for Redis get a few seconds to leave.
+        self.host.close_alerts();
+        if let Some(writer) = self.alert_writer {
+            if tokio::time::timeout(ALERT_DRAIN, writer).await.is_err() {
+                tracing::warn!("redis unreachable at shutdown: queued alerts not written");
+            }
+        }
         result
     }
 

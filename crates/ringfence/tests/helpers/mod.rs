@@ -23,13 +23,18 @@ pub struct TestApp {
 
 /// Starts a server on `data` with `rules` (built-in defaults when `None`).
 pub async fn spawn_app_at(data: &Path, rules: Option<PathBuf>) -> TestApp {
-    let args = ServeArgs {
+    spawn_app_with(data, |args| args.rules = rules).await
+}
+
+/// Starts a server on `data`, with flags set by `configure` over the test defaults.
+pub async fn spawn_app_with(data: &Path, configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
+    let mut args = ServeArgs {
         listen: Some("127.0.0.1:0".parse().expect("addr")),
         data: Some(data.to_owned()),
-        rules,
         card_hash_key: Some(Secret::new("test-card-hash-key-0123456789abcdef")),
         ..ServeArgs::default()
     };
+    configure(&mut args);
     let settings = Settings::resolve(&args).expect("settings");
     let app = Application::build(settings).await.expect("app builds");
     let base = format!("http://{}", app.local_addr());

@@ -1,0 +1,96 @@
+//! Alerts leaving the engine: what an alert says ([`AlertEvent`]) and the sinks that carry it
+//! (today [`redis`]: the key layout and channels the fraud team's `redis-cli` already reads).
+//!
+//! An alert is handed to the sinks only after its decision is durable, so a sink never shows
+//! an alert the records do not have. Sinks run off the request path: a slow or unreachable
+//! Redis delays the alert, never the decision.
+
+pub mod redis;
+
+use ringfence_core::decision::{Action, Decision};
+use ringfence_core::event::Transaction;
+use ringfence_core::features::{FeatureValues, Num};
+use serde::Serialize;
+
+/// One alert as the sinks publish it.
+#[derive(Clone, Debug, Serialize)]
+pub struct AlertEvent {
+    /// The account the alert is about: the user, else the card (a token, never a card
+    /// number), else `unknown`.
+    pub sender_account_id: String,
+    /// The account's transactions in the hour up to and including this one.
+    pub velocity_count: u32,
+    /// Amount of the transaction.
+    pub amount: f64,
+    /// Country of the transaction (ISO 3166), when known.
+    pub region: Option<String>,
+    /// Event time of the transaction, RFC 3339.
+    pub alert_timestamp: String,
+    /// Kind of alert: the category of the strongest reason (`velocity`, `ring`, `model`,
+    /// `return`, ...), `score` when only the total score decided.
+    pub alert_type: String,
+    /// The transaction.
+    pub transaction_id: String,
+    /// The decision taken.
+    pub decision: Action,
+    /// The score, 0..100.
+    pub score: f64,
+    /// Why, strongest first, in words.
+    pub reasons: Vec<String>,
+}
+
+impl AlertEvent {
+    /// The alert a decision raises, if it raises one (anything above approve), built from the
+    /// features the decision was made on.
+    pub fn of(tx: &Transaction, decision: &Decision, f: &FeatureValues<'_>) -> Option<AlertEvent> {
+        if decision.decision <= Action::Approve {
+            return None;
+        }
+        // The decision's account is the user, else the card: count the same entity.
+        let hour_count = if tx.user_id.is_some() {
+            f.get(Num::UserCount1h)
+        } else {
+            f.get(Num::CardCount1h)
+        };
+        let account = decision
+            .account
+            .clone()
+            .unwrap_or_else(|| "unknown".to_owned());
+        let velocity_count = if hour_count.is_finite() {
+            hour_count as u32 + 1
+        } else {
+            1
+        };
+        let alert_type = decision
+            .reasons
+            .first()
+            .map_or_else(|| "score".to_owned(), |r| r.category.clone());
+        Some(AlertEvent {
+            sender_account_id: account,
+            velocity_count,
+            amount: tx.amount,
+            region: tx.country.clone(),
+            alert_timestamp: tx.timestamp.to_rfc3339(),
+            alert_type,
+            transaction_id: decision.transaction_id.clone(),
+            decision: decision.decision,
+            score: decision.score,
+            reasons: decision.reasons.iter().map(|r| r.detail.clone()).collect(),
+        })
+    }
+
+    /// Channel-safe alert type: lower-case letters, digits, `_` and `-` only.
+    pub fn channel_type(&self) -> String {
+        let t: String = self
+            .alert_type
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        if t.is_empty() {
+            "other".into()
+        } else {
+            t
+        }
+    }
+}
