@@ -16,6 +16,10 @@
 //! transactions and labels merged in one order, so both tables draw their `seq` from one
 //! sequence, allocated per batch in engine order.
 //!
+//! Labels are stored as given, as in SQLite: the caller reads the current verdict with
+//! [`PostgresStore::event_and_label`] and submits the new label with it as `previous`; the
+//! current verdict of a transaction is its label with the highest `seq`.
+//!
 //! Reads use a few connections of their own, opened lazily and reopened when the server
 //! dropped them, so a restart of PostgreSQL costs the requests in flight but not the node.
 
@@ -114,14 +118,10 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 /// A failure of the PostgreSQL store. Messages never contain the password of the URL.
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresError {
-    /// The URL could not be parsed (shown redacted).
-    #[error("invalid PostgreSQL URL {url}: {detail}")]
-    Url {
-        /// The URL with its password replaced by `***`.
-        url: String,
-        /// What was wrong with it.
-        detail: String,
-    },
+    /// The URL could not be parsed. It is not shown: without knowing where its password
+    /// ends, no part of it is safe to print.
+    #[error("invalid PostgreSQL URL: {0}")]
+    Url(String),
     /// The server could not be reached or refused the session.
     #[error("cannot connect to PostgreSQL at {url}: {detail}")]
     Connect {
@@ -243,6 +243,58 @@ fn redact_password_params(s: &str) -> String {
     out
 }
 
+/// What was wrong with a connection string, if saying so cannot reveal the password. The
+/// parser's messages can quote the string (an unknown option's name, the character it
+/// stumbled on), and with an unquoted password that is a piece of the password; only the
+/// message naming an option, whose names are fixed, is passed on.
+fn parse_detail(e: &tokio_postgres::Error) -> String {
+    let detail = describe(e);
+    if detail.contains("invalid value for option `") {
+        detail
+    } else {
+        "not a valid connection URL or key-value string (the parser's details are withheld: \
+         they may quote the password)"
+            .to_owned()
+    }
+}
+
+/// `postgres://user:***@host:port/dbname` from a parsed config.
+fn target(config: &Config) -> String {
+    let user = config.get_user().unwrap_or("");
+    let password = if config.get_password().is_some() {
+        ":***"
+    } else {
+        ""
+    };
+    let at = if user.is_empty() && password.is_empty() {
+        ""
+    } else {
+        "@"
+    };
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let host = match h {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            };
+            match ports.get(i).or(ports.first()) {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            }
+        })
+        .collect();
+    let dbname = config.get_dbname().unwrap_or("");
+    format!(
+        "postgres://{user}{password}{at}{}/{dbname}",
+        hosts.join(",")
+    )
+}
+
 /// How to open a session: the parsed config and the URL to name in errors, already redacted.
 #[derive(Clone)]
 struct Connector {
@@ -260,11 +312,12 @@ impl fmt::Debug for Connector {
 
 impl Connector {
     fn parse(url: &str) -> Result<Connector, PostgresError> {
-        let redacted = redact_url(url);
-        let mut config: Config = url.parse().map_err(|e| PostgresError::Url {
-            url: redacted.clone(),
-            detail: describe(&e),
-        })?;
+        let mut config: Config = url
+            .parse()
+            .map_err(|e| PostgresError::Url(parse_detail(&e)))?;
+        // Errors name the server from the parsed config, not from the string: whatever the
+        // string's form and quoting, the password is not in what we print.
+        let redacted = redact_url(&target(&config));
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -352,6 +405,12 @@ async fn migrate(client: &mut Client) -> Result<(), PostgresError> {
 
 /// The write side: submit in engine order, get the record's sequence number once committed.
 /// Same API as [`super::sqlite::Writer`]; permits and [`send`] are the same types.
+///
+/// What an acknowledgement means: `Ok(seq)` only after the batch's COMMIT succeeded. A
+/// duplicate transaction id is acknowledged too (the first record stands, as in SQLite) with
+/// a sequence number that holds no record. `Err` means the write was not confirmed: usually
+/// not stored, but if the connection broke during COMMIT the server may have committed it,
+/// so a retry must go through the id check (which the host does).
 #[derive(Clone, Debug)]
 pub struct Writer {
     queue: mpsc::Sender<QueuedWrite>,
@@ -1156,7 +1215,25 @@ async fn write_batch(
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{redact_url, Connector};
+
+    #[test]
+    fn unparsable_urls_do_not_quote_the_password() {
+        // An unquoted password with a space: the parser would name `secretpart` as an
+        // unknown option.
+        for url in [
+            "host=db password=abc secretpart=x",
+            "postgres://u:secretpart@host:notaport/db",
+            "host=db password='secretpart",
+        ] {
+            let err = match Connector::parse(url) {
+                Ok(_) => panic!("{url} parsed"),
+                Err(e) => e,
+            };
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains("secretpart"), "leaked from {url}: {shown}");
+        }
+    }
 
     #[test]
     fn passwords_never_survive_redaction() {
