@@ -26,6 +26,7 @@ pub mod engine_bench;
 pub mod eval;
 pub mod host;
 pub mod http;
+pub mod ingest;
 pub mod metrics;
 pub mod metrics_eval;
 pub mod models;

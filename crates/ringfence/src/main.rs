@@ -20,6 +20,9 @@ struct Cli {
 enum Command {
     /// Run the engine: HTTP API, rules, embedded storage.
     Serve(Box<ServeArgs>),
+    /// Run the engine and score a Redis stream as a member of a consumer group (plus the HTTP
+    /// API, as `serve`).
+    Worker(Box<WorkerArgs>),
     /// Run the engine with live simulated traffic and print what it catches.
     Demo(DemoArgs),
     /// Generate simulated traffic with ground-truth labels (to a server or a file).
@@ -32,6 +35,15 @@ enum Command {
     Train(ringfence::train::TrainArgs),
     /// Evaluate with the handbook's prequential protocol (AUC, AP, card precision@100).
     Eval(ringfence::eval::EvalArgs),
+}
+
+/// Flags of `ringfence worker`: those of `serve` and those of the stream.
+#[derive(clap::Args, Debug)]
+struct WorkerArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(flatten)]
+    stream: ringfence::ingest::redis_stream::StreamArgs,
 }
 
 fn init_logging(default: &str, json: bool) {
@@ -70,6 +82,23 @@ async fn main() -> std::process::ExitCode {
                     Err(e) => Err(e.to_string()),
                     Ok(app) => {
                         tracing::info!(address = %app.local_addr(), "ringfence serving");
+                        app.run_until_stopped().await.map_err(|e| e.to_string())
+                    }
+                }
+            }
+        },
+        Command::Worker(args) => match Settings::resolve(&args.serve) {
+            Err(e) => Err(e.to_string()),
+            Ok(settings) => {
+                init_logging("info", settings.log_format == "json");
+                let stream = args.stream.resolve();
+                match Application::build(settings)
+                    .await
+                    .and_then(|app| app.with_stream_worker(stream))
+                {
+                    Err(e) => Err(e.to_string()),
+                    Ok(app) => {
+                        tracing::info!(address = %app.local_addr(), "ringfence worker serving");
                         app.run_until_stopped().await.map_err(|e| e.to_string())
                     }
                 }

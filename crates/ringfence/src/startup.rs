@@ -13,6 +13,7 @@ use crate::alerts::redis::RedisAlerts;
 use crate::config::Settings;
 use crate::host::{EngineHost, StartError};
 use crate::http;
+use crate::ingest::redis_stream::{self as stream_worker, StreamConfig};
 use crate::metrics::Metrics;
 
 /// How often the rules file is checked for changes.
@@ -24,6 +25,8 @@ pub struct Application {
     host: Arc<EngineHost>,
     /// The Redis alert writer, when `--redis` is set.
     alert_writer: Option<tokio::task::JoinHandle<()>>,
+    /// The Redis stream consumer, for `ringfence worker`.
+    worker: Option<(redis::Client, StreamConfig)>,
 }
 
 /// How long shutdown waits for queued alerts to reach Redis.
@@ -46,6 +49,9 @@ pub enum AppError {
     /// The Redis URL is unusable (the message never repeats it).
     #[error("{0}")]
     Redis(String),
+    /// The stream worker stopped on an error it cannot retry.
+    #[error("stream worker: {0}")]
+    Worker(String),
     /// Serving failed.
     #[error("server error: {0}")]
     Serve(std::io::Error),
@@ -76,7 +82,20 @@ impl Application {
             listener,
             host,
             alert_writer,
+            worker: None,
         })
+    }
+
+    /// Also consumes a Redis stream as a member of its consumer group (`ringfence worker`);
+    /// needs `--redis`.
+    pub fn with_stream_worker(mut self, config: StreamConfig) -> Result<Application, AppError> {
+        let url = self.host.settings().redis.clone().ok_or_else(|| {
+            AppError::Redis("a worker needs --redis (the stream's server)".into())
+        })?;
+        let client =
+            crate::alerts::redis::client(&url).map_err(|e| AppError::Redis(e.to_string()))?;
+        self.worker = Some((client, config));
+        Ok(self)
     }
 
     /// The bound address.
@@ -98,7 +117,7 @@ impl Application {
 
     /// Serves until `shutdown` completes, then finishes in-flight requests.
     pub async fn run_until(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), AppError> {
         let watcher_host = Arc::clone(&self.host);
@@ -114,12 +133,46 @@ impl Application {
                 .await;
             }
         });
+        // The stream worker, if any, runs beside the HTTP server; if it fails (storage), the
+        // whole node stops with its error.
+        let (stop_worker, stop_rx) = tokio::sync::watch::channel(false);
+        let (worker_failed, on_worker_failed) = tokio::sync::oneshot::channel::<String>();
+        let worker = self.worker.take().map(|(client, config)| {
+            let host = Arc::clone(&self.host);
+            tokio::spawn(async move {
+                if let Err(e) = stream_worker::run(host, client, config, stop_rx).await {
+                    tracing::error!(error = %e, "stream worker stopped");
+                    let _ = worker_failed.send(e.to_string());
+                }
+            })
+        });
+        let worker_error = Arc::new(std::sync::Mutex::new(None::<String>));
+        let recorded = Arc::clone(&worker_error);
+        let shutdown = async move {
+            tokio::select! {
+                _ = shutdown => {}
+                Ok(e) = on_worker_failed => {
+                    *recorded.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                }
+            }
+        };
         let router = http::router(Arc::clone(&self.host));
-        let result = axum::serve(self.listener, router)
+        let mut result = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(AppError::Serve);
         watcher.abort();
+        let _ = stop_worker.send(true);
+        if let Some(w) = worker {
+            let _ = w.await;
+        }
+        if let Some(e) = worker_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            result = Err(AppError::Worker(e));
+        }
         // In-flight requests are done: make every acknowledged write durable and close the
         // database cleanly before returning.
         self.host.store().writer().close().await;

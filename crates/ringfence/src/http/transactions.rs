@@ -26,7 +26,7 @@ pub fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiEr
 }
 
 /// Parses one transaction, naming the field on error.
-fn parse_raw(bytes: &[u8]) -> Result<RawTransaction, ApiError> {
+pub(crate) fn parse_raw(bytes: &[u8]) -> Result<RawTransaction, ApiError> {
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::MalformedJson("expected a JSON object".into()));
     }

@@ -26,8 +26,8 @@ pub async fn spawn_app_at(data: &Path, rules: Option<PathBuf>) -> TestApp {
     spawn_app_with(data, |args| args.rules = rules).await
 }
 
-/// Starts a server on `data`, with flags set by `configure` over the test defaults.
-pub async fn spawn_app_with(data: &Path, configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
+/// The test defaults (port 0, `data`, a fixed card-hash key) with `configure` applied.
+fn settings_for(data: &Path, configure: impl FnOnce(&mut ServeArgs)) -> Settings {
     let mut args = ServeArgs {
         listen: Some("127.0.0.1:0".parse().expect("addr")),
         data: Some(data.to_owned()),
@@ -35,8 +35,32 @@ pub async fn spawn_app_with(data: &Path, configure: impl FnOnce(&mut ServeArgs))
         ..ServeArgs::default()
     };
     configure(&mut args);
-    let settings = Settings::resolve(&args).expect("settings");
-    let app = Application::build(settings).await.expect("app builds");
+    Settings::resolve(&args).expect("settings")
+}
+
+/// Starts a server on `data`, with flags set by `configure` over the test defaults.
+pub async fn spawn_app_with(data: &Path, configure: impl FnOnce(&mut ServeArgs)) -> TestApp {
+    let app = Application::build(settings_for(data, configure))
+        .await
+        .expect("app builds");
+    serve(app, data)
+}
+
+/// Starts a `ringfence worker` on `data`: the server plus a consumer of the Redis stream.
+pub async fn spawn_worker_with(
+    data: &Path,
+    stream: ringfence::ingest::redis_stream::StreamConfig,
+    configure: impl FnOnce(&mut ServeArgs),
+) -> TestApp {
+    let app = Application::build(settings_for(data, configure))
+        .await
+        .expect("app builds")
+        .with_stream_worker(stream)
+        .expect("worker");
+    serve(app, data)
+}
+
+fn serve(app: Application, data: &Path) -> TestApp {
     let base = format!("http://{}", app.local_addr());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
