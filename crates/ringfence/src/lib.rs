@@ -12,6 +12,7 @@
 //! - [`train`]: gradient-boosted model training on replayed features; [`eval`]: the
 //!   handbook's prequential protocol.
 //! - [`models`]: model files (own format or XGBoost JSON) for serving and replay.
+//! - [`export`]: stored records in a time range out as NDJSON or CSV, for warehouse loads.
 //! - [`replay`]: history files through the engine in event-time order, labels after a delay.
 //! - [`simulate`]: synthetic traffic with ground truth, the simulator CLI and the demo feed.
 //! - [`client`]: a small HTTP client (simulator, benchmarks, tests).
@@ -24,6 +25,7 @@ pub mod config;
 pub mod demo;
 pub mod engine_bench;
 pub mod eval;
+pub mod export;
 pub mod host;
 pub mod http;
 pub mod ingest;

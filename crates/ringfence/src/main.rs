@@ -35,6 +35,8 @@ enum Command {
     Train(ringfence::train::TrainArgs),
     /// Evaluate with the handbook's prequential protocol (AUC, AP, card precision@100).
     Eval(ringfence::eval::EvalArgs),
+    /// Stream stored records in a time range out as NDJSON or CSV (for a warehouse load).
+    Export(Box<ringfence::export::ExportArgs>),
 }
 
 /// Flags of `ringfence worker`: those of `serve` and those of the stream.
@@ -126,6 +128,12 @@ async fn main() -> std::process::ExitCode {
             init_logging("warn", false);
             ringfence::eval::run(&args)
                 .map(|r| print_report(&r, args.json, r.to_text()))
+                .map_err(|e| e.to_string())
+        }
+        Command::Export(args) => {
+            init_logging("warn", false);
+            ringfence::export::run(&args)
+                .await
                 .map_err(|e| e.to_string())
         }
         Command::Bench(args) => {
