@@ -118,6 +118,11 @@ pub struct ServeArgs {
     /// go to its keys and channels. The password is never printed.
     #[arg(long, env = "RINGFENCE_REDIS", hide_env_values = true)]
     pub redis: Option<Secret>,
+    /// PostgreSQL URL (`postgres://user:password@host:port/db`): records go there instead of
+    /// SQLite in the data directory, shared by every node. Needs `--card-hash-key` (every
+    /// node must tokenise cards alike). The password is never printed.
+    #[arg(long, env = "RINGFENCE_POSTGRES", hide_env_values = true)]
+    pub postgres: Option<Secret>,
 }
 
 /// The same keys as read from the config file.
@@ -146,6 +151,7 @@ struct FileConfig {
     challenger: Option<PathBuf>,
     model_points: Option<f64>,
     redis: Option<Secret>,
+    postgres: Option<Secret>,
 }
 
 /// A configuration problem, named precisely.
@@ -199,6 +205,8 @@ pub struct Settings {
     pub challenger: Option<PathBuf>,
     /// Redis URL (alerts), checked but not yet connected.
     pub redis: Option<Secret>,
+    /// PostgreSQL URL (records), when not embedded.
+    pub postgres: Option<Secret>,
 }
 
 /// Largest batch a client may send.
@@ -290,11 +298,18 @@ impl Settings {
         if let Some(url) = &redis {
             crate::alerts::redis::client(url).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
+        let postgres = args.postgres.clone().or(file.postgres);
+        let card_hash_key = args.card_hash_key.clone().or(file.card_hash_key);
+        if postgres.is_some() && card_hash_key.is_none() {
+            return Err(ConfigError::Invalid(
+                "--postgres needs --card-hash-key (RINGFENCE_CARD_HASH_KEY): every node sharing the records must tokenise card numbers with the same key".into(),
+            ));
+        }
         Ok(Settings {
             listen: pick!(listen, SocketAddr::from(([127, 0, 0, 1], 8080))),
             data: pick!(data, PathBuf::from("./data")),
             rules: args.rules.clone().or(file.rules),
-            card_hash_key: args.card_hash_key.clone().or(file.card_hash_key),
+            card_hash_key,
             engine: EngineConfig {
                 thresholds,
                 escalation,
@@ -313,6 +328,7 @@ impl Settings {
             model: args.model.clone().or(file.model),
             challenger: args.challenger.clone().or(file.challenger),
             redis,
+            postgres,
         })
     }
 }

@@ -27,7 +27,7 @@ use crate::alerts::redis::RedisAlerts;
 use crate::alerts::AlertEvent;
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::store::sqlite::{self, SqliteStore};
+use crate::store::{self as records, Records};
 use crate::store::{DecisionRecord, HistoryItem, LabelRecord, StoreError, TxRecord, WriteOp};
 
 /// The rules used when no rules file is configured.
@@ -154,7 +154,7 @@ struct Locked {
 /// The engine, its store and everything that orders them.
 pub struct EngineHost {
     locked: Mutex<Locked>,
-    store: SqliteStore,
+    store: Records,
     hasher: CardHasher,
     metrics: Arc<Metrics>,
     storage_failed: AtomicBool,
@@ -306,22 +306,28 @@ fn load_rules(path: Option<&Path>) -> Result<RuleSet, StartError> {
 }
 
 impl EngineHost {
-    /// Opens the store, loads the rules and rebuilds entity state from stored history.
-    pub fn start(
+    /// Checks the store against the settings, loads the rules and rebuilds entity state from
+    /// stored history. Runs at start-up, before any request: the rebuild's CPU work and
+    /// SQLite's blocking reads hold this thread on purpose.
+    pub async fn start(
         settings: Settings,
+        store: Records,
         metrics: Arc<Metrics>,
         redis_alerts: Option<RedisAlerts>,
     ) -> Result<Arc<EngineHost>, StartError> {
-        let store = SqliteStore::open(&settings.data)?;
         let hasher = CardHasher::new(&card_hash_key(&settings)?);
         // The token of a fixed probe identifies the key without revealing it.
         let key_fingerprint = hasher.token("0000000000000000");
-        match store.meta("card_hash_key_fingerprint")? {
+        match store.meta("card_hash_key_fingerprint").await? {
             Some(stored) if stored != key_fingerprint.as_str() => {
                 return Err(StartError::KeyMismatch)
             }
             Some(_) => {}
-            None => store.set_meta("card_hash_key_fingerprint", key_fingerprint.as_str())?,
+            None => {
+                store
+                    .set_meta("card_hash_key_fingerprint", key_fingerprint.as_str())
+                    .await?
+            }
         }
         let state_config = format!(
             "small_amount={} idle_ttl_ms={} alert_window_ms={} label_delay_days={}",
@@ -330,13 +336,13 @@ impl EngineHost {
             settings.engine.escalation.window_ms,
             settings.engine.label_delay_days
         );
-        match store.meta("state_config")? {
+        match store.meta("state_config").await? {
             Some(stored) if stored != state_config => {
                 tracing::warn!(was = %stored, now = %state_config, "state settings changed since this data was written; the rebuilt state follows the new settings, so decisions may differ from those stored");
-                store.set_meta("state_config", &state_config)?;
+                store.set_meta("state_config", &state_config).await?;
             }
             Some(_) => {}
-            None => store.set_meta("state_config", &state_config)?,
+            None => store.set_meta("state_config", &state_config).await?,
         }
         let rules = load_rules(settings.rules.as_deref())?;
         let mut engine = Engine::new(settings.engine, Arc::new(rules));
@@ -346,17 +352,19 @@ impl EngineHost {
         );
         let began = Instant::now();
         let mut labels = 0u64;
-        let txs = store.for_each_history(|item| match item {
-            HistoryItem::Tx { tx, alert } => engine.apply_recorded(&tx, alert),
-            HistoryItem::Label {
-                tx,
-                fraud,
-                previous,
-            } => {
-                labels += 1;
-                engine.apply_label(&tx, fraud, previous);
-            }
-        })?;
+        let txs = store
+            .for_each_history(|item| match item {
+                HistoryItem::Tx { tx, alert } => engine.apply_recorded(&tx, alert),
+                HistoryItem::Label {
+                    tx,
+                    fraud,
+                    previous,
+                } => {
+                    labels += 1;
+                    engine.apply_label(&tx, fraud, previous);
+                }
+            })
+            .await?;
         tracing::info!(
             transactions = txs,
             labels,
@@ -429,7 +437,7 @@ impl EngineHost {
     }
 
     /// The records store.
-    pub fn store(&self) -> &SqliteStore {
+    pub fn store(&self) -> &Records {
         &self.store
     }
 
@@ -580,7 +588,7 @@ impl EngineHost {
                     processing_us: us,
                     timestamp: p.tx.timestamp,
                 };
-                let ack = sqlite::send(
+                let ack = records::send(
                     permit,
                     WriteOp::Tx(Box::new(TxRecord {
                         tx: p.tx,
@@ -689,7 +697,7 @@ impl EngineHost {
             };
             let mut locked = self.lock();
             locked.engine.apply_label(&tx, fraud, previous);
-            sqlite::send(permit, WriteOp::Label(record.clone()))
+            records::send(permit, WriteOp::Label(record.clone()))
         };
         match ack.await {
             Ok(Ok(_)) => {}

@@ -15,6 +15,9 @@ use crate::host::{EngineHost, StartError};
 use crate::http;
 use crate::ingest::redis_stream::{self as stream_worker, StreamConfig};
 use crate::metrics::Metrics;
+use crate::store::postgres::PostgresStore;
+use crate::store::sqlite::SqliteStore;
+use crate::store::Records;
 
 /// How often the rules file is checked for changes.
 const RULES_POLL: Duration = Duration::from_millis(500);
@@ -74,10 +77,17 @@ impl Application {
             }
             None => (None, None),
         };
-        let host =
-            tokio::task::spawn_blocking(move || EngineHost::start(settings, metrics, redis_alerts))
-                .await
-                .map_err(|e| AppError::Serve(std::io::Error::other(e.to_string())))??;
+        let store = match &settings.postgres {
+            Some(url) => Records::Postgres(
+                PostgresStore::connect(url.expose())
+                    .await
+                    .map_err(|e| AppError::Start(StartError::Store(e.into())))?,
+            ),
+            None => Records::Sqlite(
+                SqliteStore::open(&settings.data).map_err(|e| AppError::Start(e.into()))?,
+            ),
+        };
+        let host = EngineHost::start(settings, store, metrics, redis_alerts).await?;
         Ok(Application {
             listener,
             host,

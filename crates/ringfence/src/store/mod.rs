@@ -3,13 +3,21 @@
 //! # Layout
 //! - this module: the record types shared by every backend.
 //! - [`sqlite`]: the embedded default (WAL, one writer thread, group commit).
+//! - [`postgres`]: production (batched multi-row inserts, migrations on start).
+//! - [`records`]: [`Records`], whichever of the two a node runs on.
+//! - [`writer`]: the write queue both share.
 //!
 //! A decision is acknowledged to the caller only after its record is durable; records carry a
 //! sequence number in the order the engine applied them, which is the order a restart replays
 //! them in.
 
 pub mod postgres;
+pub mod records;
 pub mod sqlite;
+pub mod writer;
+
+pub use records::Records;
+pub use writer::{send, Writer};
 
 use ringfence_core::decision::Decision;
 use ringfence_core::event::{Timestamp, Transaction};
@@ -93,6 +101,9 @@ pub enum StoreError {
     /// SQLite reported an error.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL reported an error (the URL's password is never in it).
+    #[error("postgres: {0}")]
+    Postgres(String),
     /// A filesystem operation failed.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),

@@ -36,7 +36,7 @@ use tokio_postgres::{Client, Config, IsolationLevel, NoTls, Statement};
 
 use super::{AlertQuery, AlertRow, HistoryItem, LabelRecord, StoreCounts, TxSummary, WriteOp};
 
-pub use super::sqlite::{send, QueuedWrite, WritePermit};
+pub use super::writer::{send, QueuedWrite, WritePermit, Writer};
 
 /// Most writes committed in one PostgreSQL transaction.
 pub const MAX_BATCH: usize = 2048;
@@ -403,44 +403,6 @@ async fn migrate(client: &mut Client) -> Result<(), PostgresError> {
     Ok(())
 }
 
-/// The write side: submit in engine order, get the record's sequence number once committed.
-/// Same API as [`super::sqlite::Writer`]; permits and [`send`] are the same types.
-///
-/// What an acknowledgement means: `Ok(seq)` only after the batch's COMMIT succeeded. A
-/// duplicate transaction id is acknowledged too (the first record stands, as in SQLite) with
-/// a sequence number that holds no record. `Err` means the write was not confirmed: usually
-/// not stored, but if the connection broke during COMMIT the server may have committed it,
-/// so a retry must go through the id check (which the host does).
-#[derive(Clone, Debug)]
-pub struct Writer {
-    queue: mpsc::Sender<QueuedWrite>,
-}
-
-impl Writer {
-    /// Reserves one place in the queue, or `None` when the queue is full.
-    pub fn try_reserve(&self) -> Option<WritePermit<'_>> {
-        self.queue.try_reserve().ok()
-    }
-
-    /// Reserves `n` places, or `None` when the queue has fewer free.
-    pub fn try_reserve_many(&self, n: usize) -> Option<mpsc::PermitIterator<'_, QueuedWrite>> {
-        self.queue.try_reserve_many(n).ok()
-    }
-
-    /// Writes everything queued so far, closes the writer's connection and waits until it
-    /// is closed. Later writes fail with [`PostgresError::Closed`].
-    pub async fn close(&self) {
-        if let Ok(permit) = self.queue.reserve().await {
-            let _ = send(permit, WriteOp::Close).await;
-        }
-    }
-
-    /// Writes pending in the queue.
-    pub fn backlog(&self) -> usize {
-        self.queue.max_capacity() - self.queue.capacity()
-    }
-}
-
 /// The PostgreSQL store. Cheap to clone; clones share the writer and the read connections.
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
@@ -466,11 +428,16 @@ impl PostgresStore {
                 next: AtomicUsize::new(0),
                 connector,
             }),
-            writer: Writer { queue },
+            writer: Writer::new(queue),
         })
     }
 
-    /// The write side.
+    /// The write side. What an acknowledgement means here: `Ok(seq)` only after the batch's
+    /// COMMIT succeeded. A duplicate transaction id is acknowledged too (the first record
+    /// stands, as in SQLite) with a sequence number that holds no record. `Err` means the
+    /// write was not confirmed: usually not stored, but if the connection broke during COMMIT
+    /// the server may have committed it, so a retry must go through the id check (which the
+    /// host does).
     pub fn writer(&self) -> &Writer {
         &self.writer
     }

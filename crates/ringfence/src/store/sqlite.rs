@@ -14,6 +14,7 @@ use ringfence_core::event::Transaction;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use tokio::sync::{mpsc, oneshot};
 
+pub use super::writer::{send, QueuedWrite, WritePermit, Writer};
 use super::{
     AlertQuery, AlertRow, HistoryItem, LabelRecord, StoreCounts, StoreError, TxSummary, WriteOp,
 };
@@ -66,52 +67,6 @@ CREATE INDEX IF NOT EXISTS labels_tx ON labels (transaction_id, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 "#;
 
-/// One queued write and the sender of its durability acknowledgement (the record's
-/// sequence number, or the reason the write failed).
-pub type QueuedWrite = (WriteOp, oneshot::Sender<Result<i64, String>>);
-
-/// The write side: submit in engine order, get the record's sequence number once durable.
-#[derive(Clone, Debug)]
-pub struct Writer {
-    queue: mpsc::Sender<QueuedWrite>,
-}
-
-/// A reserved place in the write queue, taken before the engine applies a transaction so a
-/// full queue turns the request away before any state changes.
-pub type WritePermit<'a> = mpsc::Permit<'a, QueuedWrite>;
-
-impl Writer {
-    /// Reserves one place in the queue, or `None` when the queue is full.
-    pub fn try_reserve(&self) -> Option<WritePermit<'_>> {
-        self.queue.try_reserve().ok()
-    }
-
-    /// Reserves `n` places, or `None` when the queue has fewer free.
-    pub fn try_reserve_many(&self, n: usize) -> Option<mpsc::PermitIterator<'_, QueuedWrite>> {
-        self.queue.try_reserve_many(n).ok()
-    }
-
-    /// Writes everything queued so far, closes the database (checkpointing the WAL) and
-    /// waits until it is closed. Later writes fail with [`StoreError::Closed`].
-    pub async fn close(&self) {
-        if let Ok(permit) = self.queue.reserve().await {
-            let _ = send(permit, WriteOp::Close).await;
-        }
-    }
-
-    /// Writes pending in the queue.
-    pub fn backlog(&self) -> usize {
-        self.queue.max_capacity() - self.queue.capacity()
-    }
-}
-
-/// Sends `op` through a reserved place and returns the receiver of its durability ack.
-pub fn send(permit: WritePermit<'_>, op: WriteOp) -> oneshot::Receiver<Result<i64, String>> {
-    let (ack, rx) = oneshot::channel();
-    permit.send((op, ack));
-    rx
-}
-
 /// The embedded store.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
@@ -159,7 +114,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             path,
             readers: Arc::new(Mutex::new(Vec::new())),
-            writer: Writer { queue },
+            writer: Writer::new(queue),
         })
     }
 
