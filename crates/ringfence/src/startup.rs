@@ -16,6 +16,7 @@ use crate::http;
 use crate::ingest::redis_stream::{self as stream_worker, StreamConfig};
 use crate::metrics::Metrics;
 use crate::store::postgres::PostgresStore;
+use crate::store::shipper::Shipper;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Records;
 
@@ -30,7 +31,12 @@ pub struct Application {
     alert_writer: Option<tokio::task::JoinHandle<()>>,
     /// The Redis stream consumer, for `ringfence worker`.
     worker: Option<(redis::Client, StreamConfig)>,
+    /// Production mode: the task shipping the local buffer to PostgreSQL.
+    shipper: Option<(Shipper, tokio::task::JoinHandle<()>)>,
 }
+
+/// How long shutdown tries to ship what is buffered (the rest ships at the next start).
+const SHIP_DRAIN: Duration = Duration::from_secs(10);
 
 /// How long shutdown waits for queued alerts to reach Redis.
 const ALERT_DRAIN: Duration = Duration::from_secs(5);
@@ -77,22 +83,37 @@ impl Application {
             }
             None => (None, None),
         };
-        let store = match &settings.postgres {
-            Some(url) => Records::Postgres(
-                PostgresStore::connect(url.expose())
+        let local = SqliteStore::open(&settings.data).map_err(|e| AppError::Start(e.into()))?;
+        let (store, shipper) = match &settings.postgres {
+            Some(url) => {
+                let shared = PostgresStore::connect(url.expose())
                     .await
-                    .map_err(|e| AppError::Start(StartError::Store(e.into())))?,
-            ),
-            None => Records::Sqlite(
-                SqliteStore::open(&settings.data).map_err(|e| AppError::Start(e.into()))?,
-            ),
+                    .map_err(|e| AppError::Start(StartError::Store(e.into())))?;
+                // What this node buffered last time and did not ship goes first, so the
+                // state rebuilt from PostgreSQL includes it.
+                let shipper = Shipper::new(local.clone(), shared.clone(), &settings.data);
+                let shipped = shipper
+                    .drain()
+                    .await
+                    .map_err(|e| AppError::Start(StartError::Store(e)))?;
+                if shipped > 0 {
+                    tracing::info!(
+                        records = shipped,
+                        "shipped the buffer left from the last run"
+                    );
+                }
+                (Records::Postgres { local, shared }, Some(shipper))
+            }
+            None => (Records::Sqlite(local), None),
         };
         let host = EngineHost::start(settings, store, metrics, redis_alerts).await?;
+        let shipper_task = shipper.clone().map(|s| tokio::spawn(s.run()));
         Ok(Application {
             listener,
             host,
             alert_writer,
             worker: None,
+            shipper: shipper.zip(shipper_task),
         })
     }
 
@@ -185,6 +206,16 @@ impl Application {
         }
         // In-flight requests are done: make every acknowledged write durable and close the
         // database cleanly before returning.
+        if let Some((shipper, task)) = self.shipper.take() {
+            task.abort();
+            match tokio::time::timeout(SHIP_DRAIN, shipper.drain()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "postgres unreachable at shutdown: the buffer ships at the next start")
+                }
+                Err(_) => tracing::warn!("shipping to postgres timed out at shutdown: the buffer ships at the next start"),
+            }
+        }
         self.host.store().writer().close().await;
         // Alerts of those decisions still queued for Redis get a few seconds to leave.
         self.host.close_alerts();

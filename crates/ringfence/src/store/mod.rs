@@ -5,6 +5,7 @@
 //! - [`sqlite`]: the embedded default (WAL, one writer thread, group commit).
 //! - [`postgres`]: production (batched multi-row inserts, migrations on start).
 //! - [`records`]: [`Records`], whichever of the two a node runs on.
+//! - [`shipper`]: production mode's write path, local buffer to PostgreSQL.
 //! - [`writer`]: the write queue both share.
 //!
 //! A decision is acknowledged to the caller only after its record is durable; records carry a
@@ -13,6 +14,7 @@
 
 pub mod postgres;
 pub mod records;
+pub mod shipper;
 pub mod sqlite;
 pub mod writer;
 

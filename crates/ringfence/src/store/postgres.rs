@@ -67,10 +67,11 @@ struct Migration {
 /// The schema, step by step. The logical schema is the SQLite one; the differences are
 /// PostgreSQL types and `alerts.id` being the transaction's `seq` (one alert per transaction,
 /// so the alert list is in engine order across nodes without a second sequence).
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "records",
-    sql: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "records",
+        sql: r#"
 CREATE SEQUENCE ringfence_seq;
 CREATE TABLE transactions (
     seq BIGINT PRIMARY KEY,
@@ -113,7 +114,17 @@ CREATE TABLE labels (
 CREATE INDEX labels_tx ON labels (transaction_id, seq);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "idempotent labels",
+        // Nodes ship their records from a local buffer and may ship one twice (after a crash
+        // between the commit and the cursor update): the same label must land once.
+        sql: r#"
+CREATE UNIQUE INDEX labels_once ON labels (transaction_id, labeled_at, fraud, (COALESCE(previous::int, -1)));
+"#,
+    },
+];
 
 /// A failure of the PostgreSQL store. Messages never contain the password of the URL.
 #[derive(Debug, thiserror::Error)]
@@ -984,7 +995,8 @@ impl WriteConn {
                 "INSERT INTO labels (seq, transaction_id, fraud, previous, source, note,
                                      labeled_at)
                  SELECT * FROM unnest($1::bigint[], $2::text[], $3::boolean[], $4::boolean[],
-                                      $5::text[], $6::text[], $7::bigint[])",
+                                      $5::text[], $6::text[], $7::bigint[])
+                 ON CONFLICT DO NOTHING",
             )
             .await?;
         Ok(WriteConn {

@@ -1,10 +1,13 @@
 //! [`Records`]: the store a node runs on, embedded SQLite or PostgreSQL, behind one set of
 //! calls for the host and the API.
 //!
-//! Both stores share the write queue ([`super::writer`]), and every read is async here (the
-//! SQLite ones that are blocking underneath run at start-up only, or hand off to its readers).
-//! The one exception is [`Records::decision_blocking`], called under the engine lock in a
-//! rare path: on PostgreSQL it needs the multi-threaded runtime the server runs on.
+//! In production mode a node writes to its local SQLite buffer (acknowledged once durable
+//! there) and [`super::shipper`] copies it to PostgreSQL; reads of one record look in the
+//! buffer first, then PostgreSQL; lists and counts come from PostgreSQL, the view of every
+//! node, or from the buffer alone while PostgreSQL is unreachable. Every read is async (the
+//! SQLite ones that block underneath run at start-up or hand off to its readers), except
+//! [`Records::decision_blocking`], called under the engine lock in a rare path: on PostgreSQL
+//! it needs the multi-threaded runtime the server runs on.
 
 use std::collections::HashMap;
 
@@ -19,8 +22,13 @@ use super::{AlertQuery, AlertRow, HistoryItem, StoreCounts, StoreError, TxSummar
 pub enum Records {
     /// Embedded SQLite in the data directory.
     Sqlite(SqliteStore),
-    /// PostgreSQL, shared by every node.
-    Postgres(PostgresStore),
+    /// PostgreSQL, shared by every node, fed from this node's local buffer.
+    Postgres {
+        /// This node's buffer (SQLite in its data directory).
+        local: SqliteStore,
+        /// The records of every node.
+        shared: PostgresStore,
+    },
 }
 
 impl From<PostgresError> for StoreError {
@@ -45,19 +53,18 @@ fn block_on<T>(
 }
 
 impl Records {
-    /// The write queue.
+    /// The write queue (in production mode, the local buffer's).
     pub fn writer(&self) -> &Writer {
         match self {
-            Records::Sqlite(s) => s.writer(),
-            Records::Postgres(p) => p.writer(),
+            Records::Sqlite(s) | Records::Postgres { local: s, .. } => s.writer(),
         }
     }
 
-    /// A meta value.
+    /// A meta value (shared by every node in production mode).
     pub async fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         match self {
             Records::Sqlite(s) => s.meta(key),
-            Records::Postgres(p) => Ok(p.meta(key).await?),
+            Records::Postgres { shared, .. } => Ok(shared.meta(key).await?),
         }
     }
 
@@ -65,26 +72,41 @@ impl Records {
     pub async fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
         match self {
             Records::Sqlite(s) => s.set_meta(key, value),
-            Records::Postgres(p) => Ok(p.set_meta(key, value).await?),
+            Records::Postgres { shared, .. } => Ok(shared.set_meta(key, value).await?),
         }
     }
 
-    /// Every stored transaction and label in sequence order (start-up: SQLite reads block).
+    /// Every stored transaction and label in sequence order (start-up: SQLite reads block;
+    /// in production mode, every node's records, after this node's buffer was shipped).
     pub async fn for_each_history(&self, f: impl FnMut(HistoryItem)) -> Result<u64, StoreError> {
         match self {
             Records::Sqlite(s) => s.for_each_history(f),
-            Records::Postgres(p) => Ok(p.for_each_history(f).await?),
+            Records::Postgres { shared, .. } => Ok(shared.for_each_history(f).await?),
         }
     }
 
-    /// Stored decisions (as JSON) of those ids that have one.
+    /// Stored decisions (as JSON) of those ids that have one, on any node. While PostgreSQL
+    /// is unreachable only this node's are known (logged).
     pub async fn decisions_of(
         &self,
         ids: Vec<String>,
     ) -> Result<HashMap<String, String>, StoreError> {
         match self {
             Records::Sqlite(s) => s.decisions_of(ids).await,
-            Records::Postgres(p) => Ok(p.decisions_of(ids).await?),
+            Records::Postgres { local, shared } => {
+                let mut found = local.decisions_of(ids.clone()).await?;
+                let rest: Vec<String> =
+                    ids.into_iter().filter(|i| !found.contains_key(i)).collect();
+                if !rest.is_empty() {
+                    match shared.decisions_of(rest).await {
+                        Ok(more) => found.extend(more),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "postgres unreachable: duplicate ids are checked against this node's records only")
+                        }
+                    }
+                }
+                Ok(found)
+            }
         }
     }
 
@@ -92,7 +114,10 @@ impl Records {
     pub fn decision_blocking(&self, id: &str) -> Result<Option<String>, StoreError> {
         match self {
             Records::Sqlite(s) => s.decision_blocking(id),
-            Records::Postgres(p) => block_on(p.decision(id)),
+            Records::Postgres { local, shared } => match local.decision_blocking(id)? {
+                Some(d) => Ok(Some(d)),
+                None => block_on(shared.decision(id)),
+            },
         }
     }
 
@@ -100,7 +125,16 @@ impl Records {
     pub async fn transaction(&self, id: String) -> Result<Option<serde_json::Value>, StoreError> {
         match self {
             Records::Sqlite(s) => s.transaction(id).await,
-            Records::Postgres(p) => Ok(p.transaction(id).await?),
+            Records::Postgres { local, shared } => match local.transaction(id.clone()).await? {
+                // Labels given on other nodes are in PostgreSQL only: prefer its view.
+                Some(local_view) => Ok(shared
+                    .transaction(id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .or(Some(local_view))),
+                None => Ok(shared.transaction(id).await?),
+            },
         }
     }
 
@@ -111,7 +145,11 @@ impl Records {
     ) -> Result<Option<(Transaction, Option<bool>)>, StoreError> {
         match self {
             Records::Sqlite(s) => s.event_and_label(id).await,
-            Records::Postgres(p) => Ok(p.event_and_label(id).await?),
+            Records::Postgres { local, shared } => match shared.event_and_label(id.clone()).await {
+                Ok(Some(found)) => Ok(Some(found)),
+                // Not shipped yet, or PostgreSQL unreachable: this node's own view.
+                Ok(None) | Err(_) => local.event_and_label(id).await,
+            },
         }
     }
 
@@ -123,7 +161,12 @@ impl Records {
     ) -> Result<Vec<(TxSummary, Transaction)>, StoreError> {
         match self {
             Records::Sqlite(s) => s.entity_transactions(entity, limit).await,
-            Records::Postgres(p) => Ok(p.entity_transactions(entity, limit).await?),
+            Records::Postgres { local, shared } => {
+                match shared.entity_transactions(entity.clone(), limit).await {
+                    Ok(v) => Ok(v),
+                    Err(_) => local.entity_transactions(entity, limit).await,
+                }
+            }
         }
     }
 
@@ -131,7 +174,10 @@ impl Records {
     pub async fn alerts(&self, q: AlertQuery) -> Result<Vec<AlertRow>, StoreError> {
         match self {
             Records::Sqlite(s) => s.alerts(q).await,
-            Records::Postgres(p) => Ok(p.alerts(q).await?),
+            Records::Postgres { local, shared } => match shared.alerts(q.clone()).await {
+                Ok(v) => Ok(v),
+                Err(_) => local.alerts(q).await,
+            },
         }
     }
 
@@ -139,7 +185,10 @@ impl Records {
     pub async fn counts(&self) -> Result<StoreCounts, StoreError> {
         match self {
             Records::Sqlite(s) => s.counts().await,
-            Records::Postgres(p) => Ok(p.counts().await?),
+            Records::Postgres { local, shared } => match shared.counts().await {
+                Ok(c) => Ok(c),
+                Err(_) => local.counts().await,
+            },
         }
     }
 }

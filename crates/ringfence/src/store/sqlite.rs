@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use super::writer::{send, QueuedWrite, WritePermit, Writer};
 use super::{
-    AlertQuery, AlertRow, HistoryItem, LabelRecord, StoreCounts, StoreError, TxSummary, WriteOp,
+    AlertQuery, AlertRow, HistoryItem, LabelRecord, StoreCounts, StoreError, TxRecord, TxSummary,
+    WriteOp,
 };
 
 /// Most writes committed in one SQLite transaction.
@@ -408,6 +409,69 @@ impl SqliteStore {
             }
             Ok(n)
         })
+    }
+}
+
+impl SqliteStore {
+    /// Up to `limit` records with a sequence number above `after`, in sequence order, as the
+    /// writes that made them: what a node ships to PostgreSQL from its local buffer.
+    pub async fn records_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, WriteOp)>, StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            this.read_blocking(|c| {
+                let limit = limit as i64;
+                let mut out: Vec<(i64, WriteOp)> = Vec::new();
+                let mut txs = c.prepare_cached(
+                    "SELECT seq, event, decision FROM transactions WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )?;
+                let rows = txs.query_map(params![after, limit], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                })?;
+                for row in rows {
+                    let (seq, event, decision) = row?;
+                    let corrupt = |e: serde_json::Error| {
+                        StoreError::Corrupt(format!("transaction seq {seq}: {e}"))
+                    };
+                    out.push((
+                        seq,
+                        WriteOp::Tx(Box::new(TxRecord {
+                            tx: serde_json::from_str(&event).map_err(corrupt)?,
+                            decision: serde_json::from_str(&decision).map_err(corrupt)?,
+                        })),
+                    ));
+                }
+                let mut labels = c.prepare_cached(
+                    "SELECT seq, transaction_id, fraud, previous, source, note, labeled_at
+                     FROM labels WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )?;
+                let rows = labels.query_map(params![after, limit], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        LabelRecord {
+                            transaction_id: r.get(1)?,
+                            fraud: r.get(2)?,
+                            previous: r.get(3)?,
+                            source: r.get(4)?,
+                            note: r.get(5)?,
+                            labeled_at: ringfence_core::event::Timestamp::from_millis(r.get(6)?),
+                        },
+                    ))
+                })?;
+                for row in rows {
+                    let (seq, label) = row?;
+                    out.push((seq, WriteOp::Label(label)));
+                }
+                out.sort_by_key(|(seq, _)| *seq);
+                out.truncate(limit as usize);
+                Ok(out)
+            })
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("reader task: {e}")))?
     }
 }
 
