@@ -6,6 +6,7 @@
 //! - [`host`]: [`host::EngineHost`]: the engine, the order of decisions and durable writes.
 //! - [`http`]: the API, one module per resource.
 //! - [`alerts`]: alerts out of the engine (Redis keys and channels).
+//! - [`shared`]: several nodes as one: the shared log in Redis and each node's replica.
 //! - [`store`]: records (transactions, decisions, alerts, labels); [`store::sqlite`] embedded.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`metrics_eval`]: AUC ROC, average precision, card precision@k.
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod metrics_eval;
 pub mod models;
 pub mod replay;
+pub mod shared;
 pub mod simulate;
 pub mod startup;
 pub mod store;

@@ -1,0 +1,215 @@
+//! The shared log: a Redis stream of state changes, appended and read in one round trip.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::str::FromStr;
+
+use redis::aio::MultiplexedConnection;
+use ringfence_core::event::Transaction;
+use serde::{Deserialize, Serialize};
+
+/// One state change, in the order every node applies it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum LogEntry {
+    /// A transaction to score and apply.
+    Tx {
+        /// The transaction (card numbers already tokenised at the edge).
+        tx: Box<Transaction>,
+    },
+    /// A label on a transaction.
+    Label {
+        /// The labelled transaction.
+        tx: Box<Transaction>,
+        /// The verdict.
+        fraud: bool,
+        /// The verdict it replaces.
+        previous: Option<bool>,
+    },
+}
+
+/// A position in the log: a Redis stream id (`<ms>-<seq>`), ordered as Redis orders them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct LogId {
+    /// Milliseconds part.
+    pub ms: u64,
+    /// Sequence within the millisecond.
+    pub seq: u64,
+}
+
+impl LogId {
+    /// Before every entry.
+    pub const START: LogId = LogId { ms: 0, seq: 0 };
+}
+
+impl PartialOrd for LogId {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for LogId {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.ms, self.seq).cmp(&(other.ms, other.seq))
+    }
+}
+
+impl fmt::Display for LogId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl FromStr for LogId {
+    type Err = LogError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ms, seq) = s
+            .split_once('-')
+            .ok_or_else(|| LogError::Corrupt(format!("log id {s:?}")))?;
+        let parse = |p: &str| {
+            p.parse::<u64>()
+                .map_err(|_| LogError::Corrupt(format!("log id {s:?}")))
+        };
+        Ok(LogId {
+            ms: parse(ms)?,
+            seq: parse(seq)?,
+        })
+    }
+}
+
+/// Why the log could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// Redis failed or is unreachable (the category only: never the URL).
+    #[error("redis: {0}")]
+    Redis(String),
+    /// The node's position is older than the log's start: entries it never applied were
+    /// trimmed, so its state can no longer follow.
+    #[error("the log was trimmed past this node's position {0}")]
+    Behind(LogId),
+    /// An entry could not be decoded.
+    #[error("corrupt log entry: {0}")]
+    Corrupt(String),
+}
+
+impl From<redis::RedisError> for LogError {
+    fn from(e: redis::RedisError) -> Self {
+        LogError::Redis(e.category().to_owned())
+    }
+}
+
+/// Appends entries (ARGV[2..]) after checking the caller's position (ARGV[1]) is still in the
+/// log, and returns every entry after that position up to the last appended, in log order.
+/// Runs atomically in Redis: no other append can fall between the appends and the read.
+const APPEND_AND_READ: &str = r#"
+local after = ARGV[1]
+if after ~= '0-0' then
+  local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+  if first[1] then
+    local fms, fseq = string.match(first[1][1], '(%d+)-(%d+)')
+    local ams, aseq = string.match(after, '(%d+)-(%d+)')
+    fms, fseq, ams, aseq = tonumber(fms), tonumber(fseq), tonumber(ams), tonumber(aseq)
+    -- Entries up to the caller's position may be trimmed, later ones never: a log that
+    -- starts after that position may have lost entries the caller never applied.
+    if fms > ams or (fms == ams and fseq > aseq) then
+      return redis.error_reply('BEHIND the log starts after ' .. after)
+    end
+  end
+end
+local last = after
+for i = 2, #ARGV do
+  last = redis.call('XADD', KEYS[1], '*', 'e', ARGV[i])
+end
+if last == after then
+  return {}
+end
+return redis.call('XRANGE', KEYS[1], '(' .. after, last)
+"#;
+
+/// The log in one Redis stream.
+#[derive(Clone)]
+pub struct SharedLog {
+    con: MultiplexedConnection,
+    key: String,
+    script: redis::Script,
+}
+
+/// Entries as read from the log.
+pub type Entries = Vec<(LogId, LogEntry)>;
+
+impl SharedLog {
+    /// The log at `key` on the server `con` talks to.
+    pub fn new(con: MultiplexedConnection, key: impl Into<String>) -> SharedLog {
+        SharedLog {
+            con,
+            key: key.into(),
+            script: redis::Script::new(APPEND_AND_READ),
+        }
+    }
+
+    /// Appends `entries` and returns every entry after `after` up to the last appended, in
+    /// one round trip (the script is sent by hash, and loaded once when Redis lacks it).
+    pub async fn append(&self, after: LogId, entries: &[LogEntry]) -> Result<Entries, LogError> {
+        let mut invocation = self.script.key(&self.key);
+        invocation.arg(after.to_string());
+        for e in entries {
+            let json = serde_json::to_string(e).map_err(|e| LogError::Corrupt(e.to_string()))?;
+            invocation.arg(json);
+        }
+        let mut con = self.con.clone();
+        let reply: Vec<(String, Vec<(String, String)>)> =
+            match invocation.invoke_async(&mut con).await {
+                Ok(r) => r,
+                Err(e) if e.code() == Some("BEHIND") => return Err(LogError::Behind(after)),
+                Err(e) => return Err(e.into()),
+            };
+        decode(reply)
+    }
+
+    /// Up to `count` entries after `after` (catching up without appending).
+    pub async fn read(&self, after: LogId, count: usize) -> Result<Entries, LogError> {
+        let mut con = self.con.clone();
+        let reply: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(&self.key)
+            .arg(format!("({after}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut con)
+            .await?;
+        decode(reply)
+    }
+}
+
+fn decode(reply: Vec<(String, Vec<(String, String)>)>) -> Result<Entries, LogError> {
+    reply
+        .into_iter()
+        .map(|(id, fields)| {
+            let id: LogId = id.parse()?;
+            let json = fields
+                .into_iter()
+                .find(|(k, _)| k == "e")
+                .map(|(_, v)| v)
+                .ok_or_else(|| LogError::Corrupt(format!("entry {id} has no payload")))?;
+            let entry: LogEntry = serde_json::from_str(&json)
+                .map_err(|e| LogError::Corrupt(format!("entry {id}: {e}")))?;
+            Ok((id, entry))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_ids_order_as_redis_does() {
+        let a: LogId = "1700000000000-0".parse().expect("id");
+        let b: LogId = "1700000000000-1".parse().expect("id");
+        let c: LogId = "1700000000001-0".parse().expect("id");
+        assert!(LogId::START < a && a < b && b < c);
+        assert_eq!(c.to_string(), "1700000000001-0");
+        assert!("17-x".parse::<LogId>().is_err());
+        assert!("17".parse::<LogId>().is_err());
+    }
+}
