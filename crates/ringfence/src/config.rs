@@ -123,6 +123,17 @@ pub struct ServeArgs {
     /// node must tokenise cards alike). The password is never printed.
     #[arg(long, env = "RINGFENCE_POSTGRES", hide_env_values = true)]
     pub postgres: Option<Secret>,
+    /// With `--redis`: what a node does when Redis (the shared state) does not answer within
+    /// `--redis-timeout-ms`: `degrade` (decide on its own state, mark the decision degraded,
+    /// append the transaction to the shared log later) or `fail-closed` (503).
+    #[arg(long, env = "RINGFENCE_REDIS_UNAVAILABLE")]
+    pub redis_unavailable: Option<String>,
+    /// Time budget for the shared state per request, in milliseconds (default 50).
+    #[arg(long, env = "RINGFENCE_REDIS_TIMEOUT_MS")]
+    pub redis_timeout_ms: Option<u64>,
+    /// Stream key of the shared log in Redis (default `ringfence:log`).
+    #[arg(long, env = "RINGFENCE_REDIS_LOG_KEY")]
+    pub redis_log_key: Option<String>,
 }
 
 /// The same keys as read from the config file.
@@ -152,6 +163,9 @@ struct FileConfig {
     model_points: Option<f64>,
     redis: Option<Secret>,
     postgres: Option<Secret>,
+    redis_unavailable: Option<String>,
+    redis_timeout_ms: Option<u64>,
+    redis_log_key: Option<String>,
 }
 
 /// A configuration problem, named precisely.
@@ -207,6 +221,12 @@ pub struct Settings {
     pub redis: Option<Secret>,
     /// PostgreSQL URL (records), when not embedded.
     pub postgres: Option<Secret>,
+    /// Fail closed (503) rather than degrade when Redis does not answer in time.
+    pub redis_fail_closed: bool,
+    /// Time budget for the shared state per request.
+    pub redis_timeout: std::time::Duration,
+    /// Stream key of the shared log.
+    pub redis_log_key: String,
 }
 
 /// Largest batch a client may send.
@@ -299,6 +319,22 @@ impl Settings {
             crate::alerts::redis::client(url).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         let postgres = args.postgres.clone().or(file.postgres);
+        let redis_fail_closed = match pick!(redis_unavailable, "degrade".to_string()).as_str() {
+            "degrade" => false,
+            "fail-closed" => true,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "redis_unavailable must be `degrade` or `fail-closed`".into(),
+                ))
+            }
+        };
+        let redis_timeout_ms = pick!(redis_timeout_ms, 50);
+        if !(1..=60_000).contains(&redis_timeout_ms) {
+            return Err(ConfigError::Invalid(
+                "redis_timeout_ms must be within 1..=60000".into(),
+            ));
+        }
+        let redis_log_key = pick!(redis_log_key, "ringfence:log".to_string());
         let card_hash_key = args.card_hash_key.clone().or(file.card_hash_key);
         if postgres.is_some() && card_hash_key.is_none() {
             return Err(ConfigError::Invalid(
@@ -329,6 +365,9 @@ impl Settings {
             challenger: args.challenger.clone().or(file.challenger),
             redis,
             postgres,
+            redis_fail_closed,
+            redis_timeout: std::time::Duration::from_millis(redis_timeout_ms),
+            redis_log_key,
         })
     }
 }

@@ -8,13 +8,14 @@
 //! restart rebuild exactly the same state. The queue place is reserved before scoring, so a
 //! full queue turns a request away before it changes any state.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
+use ringfence_core::decision::Decision;
 use ringfence_core::engine::{Engine, Models};
 use ringfence_core::event::{
     CardHasher, EntityId, FieldError, ParseContext, RawTransaction, Timestamp, Transaction,
@@ -27,6 +28,8 @@ use crate::alerts::redis::RedisAlerts;
 use crate::alerts::AlertEvent;
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::shared::log::{LogEntry, LogId, SharedLog};
+use crate::shared::replica::{Applied, LogCursor};
 use crate::store::{self as records, Records};
 use crate::store::{DecisionRecord, HistoryItem, LabelRecord, StoreError, TxRecord, WriteOp};
 
@@ -46,6 +49,9 @@ pub enum HostError {
     /// that are not stored).
     #[error("storage is unavailable: {0}")]
     Storage(String),
+    /// The shared state (Redis) is unreachable and the policy is to fail closed.
+    #[error("the shared state is unreachable; retry shortly")]
+    SharedUnavailable,
     /// The referenced record does not exist.
     #[error("{0}")]
     NotFound(String),
@@ -131,6 +137,13 @@ impl RecentIds {
         self.set.contains(id)
     }
 
+    /// Forgets an id that was never decided (its request failed before the decision).
+    fn remove(&mut self, id: &str) {
+        if self.set.remove(id) {
+            self.order.retain(|o| &**o != id);
+        }
+    }
+
     fn insert(&mut self, id: &str) {
         if self.set.insert(id.into()) {
             self.order.push_back(id.into());
@@ -145,10 +158,57 @@ impl RecentIds {
 
 struct Locked {
     engine: Engine,
+    /// How far the engine has followed the shared log (shared-state mode).
+    cursor: LogCursor,
+    /// Results of this node's log entries, until their requests collect them.
+    log_results: HashMap<LogId, Applied<OwnDecision>>,
     recent: RecentIds,
     latency: Histogram<u64>,
     /// Transactions decided per wall-clock second, newest last (at most 60 entries).
     per_second: VecDeque<(u64, u64)>,
+}
+
+/// What a request keeps of its own transaction's decision when the shared log applied it.
+type OwnDecision = (Decision, Option<Box<AlertEvent>>, u64);
+
+/// What the log cursor keeps of this node's own decisions: the decision, its alert (when
+/// alerts are sent anywhere) and the engine time since `t0` (the apply began).
+fn own_decision(
+    has_sinks: bool,
+    t0: Instant,
+) -> impl FnMut(&Transaction, ringfence_core::engine::Scored<'_>) -> OwnDecision {
+    move |tx, scored| {
+        let alert = if has_sinks {
+            AlertEvent::of(tx, &scored.decision, &scored.features).map(Box::new)
+        } else {
+            None
+        };
+        (scored.decision, alert, t0.elapsed().as_micros() as u64)
+    }
+}
+
+/// A fresh transaction's outcome once the shared log ordered it.
+enum LogSlot {
+    /// Decided here; its record is being written.
+    Pending(
+        tokio::sync::oneshot::Receiver<Result<i64, String>>,
+        DecisionRecord,
+        Option<Box<AlertEvent>>,
+    ),
+    /// Decided by another node or request: wait for that record.
+    InFlight(String),
+}
+
+/// Shared-state mode: the log every node follows, and what to do when Redis is unreachable.
+pub struct SharedState {
+    /// The log.
+    pub log: SharedLog,
+    /// This node's id in log entries (random per process).
+    pub node: u64,
+    /// How long a request waits for Redis before the policy applies.
+    pub budget: std::time::Duration,
+    /// Refuse (503) instead of deciding on this node's own state when Redis is unreachable.
+    pub fail_closed: bool,
 }
 
 /// The engine, its store and everything that orders them.
@@ -172,6 +232,11 @@ pub struct EngineHost {
     redis_alerts: Mutex<Option<RedisAlerts>>,
     /// Whether any alert sink was configured (alerts are built only then).
     has_alert_sinks: bool,
+    /// Shared-state mode (`--redis`), if on.
+    shared: Option<SharedState>,
+    /// Transactions decided while Redis was unreachable, to append to the log (ahead of the
+    /// next request's) so every node's state gets them.
+    log_backlog: Mutex<Vec<LogEntry>>,
 }
 
 /// Wall-clock time now.
@@ -283,6 +348,9 @@ pub enum StartError {
         "the card-hash key is {0} bytes; at least 16 are required (32 random bytes recommended)"
     )]
     WeakKey(usize),
+    /// The shared log in Redis could not be read at start-up.
+    #[error("shared state (redis): {0}")]
+    Shared(String),
     /// The data was written under another card-hash key: its card tokens would not match.
     #[error("the card-hash key differs from the one this data directory was written with; card tokens would not match (restore the original key or start a new data directory)")]
     KeyMismatch,
@@ -314,6 +382,7 @@ impl EngineHost {
         store: Records,
         metrics: Arc<Metrics>,
         redis_alerts: Option<RedisAlerts>,
+        shared: Option<SharedState>,
     ) -> Result<Arc<EngineHost>, StartError> {
         let hasher = CardHasher::new(&card_hash_key(&settings)?);
         // The token of a fixed probe identifies the key without revealing it.
@@ -351,31 +420,57 @@ impl EngineHost {
                 .map_err(StartError::Model)?,
         );
         let began = Instant::now();
-        let mut labels = 0u64;
-        let txs = store
-            .for_each_history(|item| match item {
-                HistoryItem::Tx { tx, alert } => engine.apply_recorded(&tx, alert),
-                HistoryItem::Label {
-                    tx,
-                    fraud,
-                    previous,
-                } => {
-                    labels += 1;
-                    engine.apply_label(&tx, fraud, previous);
+        let mut cursor = LogCursor::new();
+        if let Some(shared) = &shared {
+            // The log is the state: every node rebuilds from it, in its order.
+            let mut applied = 0u64;
+            let mut none = HashMap::<LogId, Applied<()>>::new();
+            loop {
+                let page = shared
+                    .log
+                    .read(cursor.position(), 10_000)
+                    .await
+                    .map_err(|e| StartError::Shared(e.to_string()))?;
+                if page.is_empty() {
+                    break;
                 }
-            })
-            .await?;
-        tracing::info!(
-            transactions = txs,
-            labels,
-            ms = began.elapsed().as_millis() as u64,
-            "entity state rebuilt from stored history"
-        );
+                applied += page.len() as u64;
+                cursor.apply(&mut engine, shared.node, &page, &mut none, |_, _| ());
+            }
+            tracing::info!(
+                entries = applied,
+                ms = began.elapsed().as_millis() as u64,
+                "entity state rebuilt from the shared log"
+            );
+        } else {
+            let mut labels = 0u64;
+            let txs = store
+                .for_each_history(|item| match item {
+                    HistoryItem::Tx { tx, alert } => engine.apply_recorded(&tx, alert),
+                    HistoryItem::Label {
+                        tx,
+                        fraud,
+                        previous,
+                    } => {
+                        labels += 1;
+                        engine.apply_label(&tx, fraud, previous);
+                    }
+                })
+                .await?;
+            tracing::info!(
+                transactions = txs,
+                labels,
+                ms = began.elapsed().as_millis() as u64,
+                "entity state rebuilt from stored history"
+            );
+        }
         let latency = Histogram::new_with_bounds(1, 60_000_000, 3)
             .unwrap_or_else(|_| unreachable!("static histogram bounds are valid"));
         Ok(Arc::new(EngineHost {
             locked: Mutex::new(Locked {
                 engine,
+                cursor,
+                log_results: HashMap::new(),
                 recent: RecentIds::default(),
                 latency,
                 per_second: VecDeque::new(),
@@ -410,6 +505,8 @@ impl EngineHost {
             settings,
             has_alert_sinks: redis_alerts.is_some(),
             redis_alerts: Mutex::new(redis_alerts),
+            shared,
+            log_backlog: Mutex::new(Vec::new()),
         }))
     }
 
@@ -518,8 +615,11 @@ impl EngineHost {
             ),
             Stored(String),
             InFlight(String),
+            /// Shared-state mode: waiting for the log to order it.
+            Fresh,
         }
         let mut slots = Vec::with_capacity(batch.len());
+        let mut ordered: Vec<(usize, Parsed, records::writer::WritePermit<'_>)> = Vec::new();
         {
             let mut permits = if fresh == 0 {
                 None
@@ -562,6 +662,13 @@ impl EngineHost {
                     // rather than apply without a place to store it.
                     return Err(HostError::Overloaded);
                 };
+                if self.shared.is_some() {
+                    // Ordered (and decided) by the shared log, below, outside the lock.
+                    locked.recent.insert(id);
+                    ordered.push((slots.len(), p, permit));
+                    slots.push(Slot::Fresh);
+                    continue;
+                }
                 let t0 = Instant::now();
                 let scored = locked.engine.score(&p.tx);
                 let us = t0.elapsed().as_micros() as u64;
@@ -587,6 +694,7 @@ impl EngineHost {
                     decision: scored.decision,
                     processing_us: us,
                     timestamp: p.tx.timestamp,
+                    degraded: false,
                 };
                 let ack = records::send(
                     permit,
@@ -599,9 +707,22 @@ impl EngineHost {
             }
         }
 
+        if let Some(shared) = self.shared.as_ref().filter(|_| !ordered.is_empty()) {
+            for (index, slot) in self.decide_through_log(shared, ordered).await? {
+                slots[index] = slot_of(slot);
+            }
+        }
+        fn slot_of(s: LogSlot) -> Slot {
+            match s {
+                LogSlot::Pending(a, r, al) => Slot::Pending(a, r, al),
+                LogSlot::InFlight(id) => Slot::InFlight(id),
+            }
+        }
+
         let mut out = Vec::with_capacity(slots.len());
         for slot in slots {
             match slot {
+                Slot::Fresh => return Err(HostError::Overloaded),
                 Slot::Pending(ack, record, alert) => {
                     match ack.await {
                         Ok(Ok(_seq)) => {}
@@ -645,6 +766,157 @@ impl EngineHost {
             .durable_latency
             .observe_us(received.elapsed().as_micros() as u64);
         Ok(out)
+    }
+
+    /// Shared-state mode: appends this request's fresh transactions to the log (after any
+    /// backlog), applies every entry up to them in log order, and writes the records of
+    /// those this node decided. Redis unreachable within the budget: fail closed, or decide
+    /// on this node's state without changing it and queue the transactions for the log.
+    async fn decide_through_log<'p>(
+        &self,
+        shared: &SharedState,
+        fresh: Vec<(usize, Parsed, records::writer::WritePermit<'p>)>,
+    ) -> Result<Vec<(usize, LogSlot)>, HostError> {
+        let backlog: Vec<LogEntry> =
+            std::mem::take(&mut *self.log_backlog.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut entries = backlog.clone();
+        entries.extend(fresh.iter().map(|(_, p, _)| LogEntry::Tx {
+            tx: Box::new(p.tx.clone()),
+            origin: shared.node,
+        }));
+        let position = self.lock().cursor.position();
+        let reply =
+            tokio::time::timeout(shared.budget, shared.log.append(position, &entries)).await;
+        let returned = match reply {
+            Ok(Ok(r)) => Some(r),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "shared log unreachable");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    budget_ms = shared.budget.as_millis() as u64,
+                    "shared log too slow"
+                );
+                None
+            }
+        };
+        let mut out = Vec::with_capacity(fresh.len());
+        let Some(returned) = returned else {
+            // Unreachable, or too slow (an append that lands late is harmless: its entries
+            // are applied once, as anything else in the log).
+            self.log_backlog
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .splice(0..0, backlog);
+            if shared.fail_closed {
+                let mut locked = self.lock();
+                for (_, p, _) in &fresh {
+                    locked.recent.remove(p.tx.transaction_id.as_str());
+                }
+                return Err(HostError::SharedUnavailable);
+            }
+            let locked = self.lock();
+            for (index, p, permit) in fresh {
+                let t0 = Instant::now();
+                let scored = locked.engine.evaluate(&p.tx);
+                let us = t0.elapsed().as_micros() as u64;
+                let alert = if self.has_alert_sinks {
+                    AlertEvent::of(&p.tx, &scored.decision, &scored.features).map(Box::new)
+                } else {
+                    None
+                };
+                let record = DecisionRecord {
+                    decision: scored.decision,
+                    processing_us: us,
+                    timestamp: p.tx.timestamp,
+                    degraded: true,
+                };
+                self.log_backlog
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(LogEntry::Tx {
+                        tx: Box::new(p.tx.clone()),
+                        origin: 0,
+                    });
+                let ack = records::send(
+                    permit,
+                    WriteOp::Tx(Box::new(TxRecord {
+                        tx: p.tx,
+                        decision: record.clone(),
+                    })),
+                );
+                out.push((index, LogSlot::Pending(ack, record, alert)));
+            }
+            return Ok(out);
+        };
+        let ours: Vec<LogId> = returned[returned.len().saturating_sub(fresh.len())..]
+            .iter()
+            .map(|(id, _)| *id)
+            .collect();
+        let mut guard = self.lock();
+        let locked = &mut *guard;
+        locked.cursor.apply(
+            &mut locked.engine,
+            shared.node,
+            &returned,
+            &mut locked.log_results,
+            own_decision(self.has_alert_sinks, Instant::now()),
+        );
+        self.scored_total
+            .fetch_add(returned.len() as u64, Ordering::Release);
+        for ((index, p, permit), id) in fresh.into_iter().zip(ours) {
+            match locked.log_results.remove(&id) {
+                Some(Applied::Decided((decision, alert, us))) => {
+                    let record = DecisionRecord {
+                        decision,
+                        processing_us: us,
+                        timestamp: p.tx.timestamp,
+                        degraded: false,
+                    };
+                    let ack = records::send(
+                        permit,
+                        WriteOp::Tx(Box::new(TxRecord {
+                            tx: p.tx,
+                            decision: record.clone(),
+                        })),
+                    );
+                    out.push((index, LogSlot::Pending(ack, record, alert)));
+                }
+                // Another node (or request) put the same id in the log first: its decision.
+                _ => out.push((
+                    index,
+                    LogSlot::InFlight(p.tx.transaction_id.as_str().to_owned()),
+                )),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Shared-state mode: applies what other nodes append, so reads and the next decision
+    /// start from current state even when this node gets no traffic. Runs until aborted.
+    pub async fn follow_shared_log(self: Arc<Self>) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        loop {
+            let position = self.lock().cursor.position();
+            match shared.log.read(position, 1000).await {
+                Ok(entries) if !entries.is_empty() => {
+                    let mut guard = self.lock();
+                    let locked = &mut *guard;
+                    locked.cursor.apply(
+                        &mut locked.engine,
+                        shared.node,
+                        &entries,
+                        &mut locked.log_results,
+                        own_decision(self.has_alert_sinks, Instant::now()),
+                    );
+                }
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            }
+        }
     }
 
     /// Waits for a transaction decided by another request to become durable.
@@ -695,8 +967,38 @@ impl EngineHost {
                 self.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
                 return Err(HostError::Overloaded);
             };
-            let mut locked = self.lock();
-            locked.engine.apply_label(&tx, fraud, previous);
+            match &self.shared {
+                None => {
+                    let mut locked = self.lock();
+                    locked.engine.apply_label(&tx, fraud, previous);
+                }
+                Some(shared) => {
+                    // Every node applies the label at the same place in the log.
+                    let position = self.lock().cursor.position();
+                    let entry = LogEntry::Label {
+                        tx: Box::new(tx.clone()),
+                        fraud,
+                        previous,
+                    };
+                    let returned = shared
+                        .log
+                        .append(position, std::slice::from_ref(&entry))
+                        .await
+                        .map_err(|e| {
+                            tracing::warn!(error = %e, "shared log unreachable: label refused");
+                            HostError::SharedUnavailable
+                        })?;
+                    let mut guard = self.lock();
+                    let locked = &mut *guard;
+                    locked.cursor.apply(
+                        &mut locked.engine,
+                        shared.node,
+                        &returned,
+                        &mut locked.log_results,
+                        own_decision(self.has_alert_sinks, Instant::now()),
+                    );
+                }
+            }
             records::send(permit, WriteOp::Label(record.clone()))
         };
         match ack.await {

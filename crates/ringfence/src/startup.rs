@@ -11,10 +11,11 @@ use tokio::net::TcpListener;
 
 use crate::alerts::redis::RedisAlerts;
 use crate::config::Settings;
-use crate::host::{EngineHost, StartError};
+use crate::host::{EngineHost, SharedState, StartError};
 use crate::http;
 use crate::ingest::redis_stream::{self as stream_worker, StreamConfig};
 use crate::metrics::Metrics;
+use crate::shared::log::SharedLog;
 use crate::store::postgres::PostgresStore;
 use crate::store::shipper::Shipper;
 use crate::store::sqlite::SqliteStore;
@@ -106,7 +107,20 @@ impl Application {
             }
             None => (Records::Sqlite(local), None),
         };
-        let host = EngineHost::start(settings, store, metrics, redis_alerts).await?;
+        let shared = match &settings.redis {
+            Some(url) => {
+                let client = crate::alerts::redis::client(url)
+                    .map_err(|e| AppError::Redis(e.to_string()))?;
+                Some(SharedState {
+                    log: SharedLog::new(client, settings.redis_log_key.clone()),
+                    node: node_id(),
+                    budget: settings.redis_timeout,
+                    fail_closed: settings.redis_fail_closed,
+                })
+            }
+            None => None,
+        };
+        let host = EngineHost::start(settings, store, metrics, redis_alerts, shared).await?;
         let shipper_task = shipper.clone().map(|s| tokio::spawn(s.run()));
         Ok(Application {
             listener,
@@ -187,12 +201,14 @@ impl Application {
                 }
             }
         };
+        let follower = tokio::spawn(Arc::clone(&self.host).follow_shared_log());
         let router = http::router(Arc::clone(&self.host));
         let mut result = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(AppError::Serve);
         watcher.abort();
+        follower.abort();
         let _ = stop_worker.send(true);
         if let Some(w) = worker {
             let _ = w.await;
@@ -231,6 +247,13 @@ impl Application {
     pub async fn run_until_stopped(self) -> Result<(), AppError> {
         self.run_until(shutdown_signal()).await
     }
+}
+
+/// A random, non-zero id for this process in the shared log.
+fn node_id() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b).max(1)
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -680,6 +680,7 @@ fn decided(id: &str, at: i64, action: Action, category: Option<&str>) -> WriteOp
                 anomaly_score: None,
             },
             processing_us: 42,
+            degraded: false,
             timestamp: tx.timestamp,
         },
         tx,

@@ -66,6 +66,7 @@ fn decided(
                 anomaly_score: None,
             },
             processing_us: 42,
+            degraded: false,
             timestamp: tx.timestamp,
         },
         tx,

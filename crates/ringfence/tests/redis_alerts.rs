@@ -145,6 +145,7 @@ async fn an_acl_user_works_and_alerts_wait_for_redis_to_come_back() {
         "on",
         ">acl-pass-42",
         "~fraud:*",
+        "~ringfence:*",
         "&fraud*",
         "+@all",
     ]);

@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use helpers::services::RedisServer;
 use ringfence::host::DEFAULT_RULES;
 use ringfence::shared::log::{LogEntry, LogId, SharedLog};
-use ringfence::shared::replica::{Applied, Replica};
+use ringfence::shared::replica::{Applied, LogCursor};
+use ringfence_core::decision::Decision;
 use ringfence_core::engine::{Engine, EngineConfig};
 use ringfence_core::event::{CardHasher, ParseContext, RawTransaction, Timestamp, Transaction};
 use ringfence_core::rules::RuleSet;
@@ -47,18 +48,20 @@ fn tx(i: usize) -> Transaction {
 }
 
 struct Node {
-    replica: Mutex<(Replica, HashMap<LogId, Applied>)>,
+    replica: Mutex<(Engine, LogCursor, HashMap<LogId, Applied<Decision>>)>,
     log: SharedLog,
+    id: u64,
 }
 
 impl Node {
     /// One request: appends a batch, applies what the log returns, answers its own entries.
-    async fn submit(&self, batch: Vec<Transaction>) -> Vec<(String, Applied)> {
-        let position = self.replica.lock().expect("lock").0.position();
+    async fn submit(&self, batch: Vec<Transaction>) -> Vec<(String, Applied<Decision>)> {
+        let position = self.replica.lock().expect("lock").1.position();
         let entries: Vec<LogEntry> = batch
             .iter()
             .map(|t| LogEntry::Tx {
                 tx: Box::new(t.clone()),
+                origin: self.id,
             })
             .collect();
         let returned = self.log.append(position, &entries).await.expect("append");
@@ -68,8 +71,8 @@ impl Node {
             .map(|(id, _)| *id)
             .collect();
         let mut guard = self.replica.lock().expect("lock");
-        let (replica, results) = &mut *guard;
-        replica.apply(&returned, results);
+        let (engine, cursor, results) = &mut *guard;
+        cursor.apply(engine, self.id, &returned, results, |_, s| s.decision);
         ours.iter()
             .zip(&batch)
             .map(|(id, t)| {
@@ -84,15 +87,12 @@ impl Node {
 async fn two_nodes_on_one_log_decide_as_one() {
     let server = RedisServer::start();
     let client = redis::Client::open(server.url()).expect("client");
-    let con = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let log = SharedLog::new(con, "ringfence:log");
-    let nodes: Vec<Arc<Node>> = (0..2)
-        .map(|_| {
+    let log = SharedLog::new(client, "ringfence:log");
+    let nodes: Vec<Arc<Node>> = (1..=2)
+        .map(|id| {
             Arc::new(Node {
-                replica: Mutex::new((Replica::new(engine()), HashMap::new())),
+                id,
+                replica: Mutex::new((engine(), LogCursor::new(), HashMap::new())),
                 log: log.clone(),
             })
         })
@@ -119,7 +119,7 @@ async fn two_nodes_on_one_log_decide_as_one() {
             answers
         }));
     }
-    let mut answered: HashMap<String, Vec<Applied>> = HashMap::new();
+    let mut answered: HashMap<String, Vec<Applied<Decision>>> = HashMap::new();
     for t in tasks {
         for (id, a) in t.await.expect("node task") {
             answered.entry(id).or_default().push(a);
@@ -131,13 +131,8 @@ async fn two_nodes_on_one_log_decide_as_one() {
     assert_eq!(all.len(), 601);
     // The nodes really ran at once: their entries interleave in the log.
     let owner = |e: &LogEntry| match e {
-        LogEntry::Tx { tx } => {
-            tx.transaction_id.as_str()[1..]
-                .parse::<usize>()
-                .unwrap_or(0)
-                % 2
-        }
-        LogEntry::Label { .. } => 2,
+        LogEntry::Tx { origin, .. } => *origin,
+        LogEntry::Label { .. } => 0,
     };
     let switches = all
         .windows(2)
@@ -151,7 +146,7 @@ async fn two_nodes_on_one_log_decide_as_one() {
     let mut seen = std::collections::HashSet::new();
     let mut decided = 0;
     for (_, entry) in &all {
-        let LogEntry::Tx { tx } = entry else {
+        let LogEntry::Tx { tx, .. } = entry else {
             panic!("only transactions were appended")
         };
         let id = tx.transaction_id.as_str().to_owned();
@@ -160,7 +155,7 @@ async fn two_nodes_on_one_log_decide_as_one() {
             continue; // the second copy of t77
         }
         let expected = single.score(tx).decision;
-        let got: Vec<&Applied> = answers
+        let got: Vec<&Applied<Decision>> = answers
             .iter()
             .filter(|a| matches!(a, Applied::Decided(_)))
             .collect();
@@ -184,17 +179,17 @@ async fn two_nodes_on_one_log_decide_as_one() {
     // Both replicas caught up end in the same state as the single engine.
     for node in &nodes {
         let mut guard = node.replica.lock().expect("lock");
-        let (replica, results) = &mut *guard;
-        let position = replica.position();
+        let (engine, cursor, results) = &mut *guard;
+        let position = cursor.position();
         let rest: Vec<_> = all
             .iter()
             .filter(|(id, _)| *id > position)
             .cloned()
             .collect();
-        replica.apply(&rest, results);
+        cursor.apply(engine, node.id, &rest, results, |_, s| s.decision);
         for probe in [tx(5000), tx(5001), tx(5002)] {
             assert_eq!(
-                format!("{:?}", replica.engine().evaluate(&probe).features.num),
+                format!("{:?}", engine.evaluate(&probe).features.num),
                 format!("{:?}", single.evaluate(&probe).features.num)
             );
         }

@@ -39,6 +39,9 @@ pub enum ApiError {
     /// The node cannot store decisions.
     #[error("storage is unavailable")]
     StorageUnavailable,
+    /// The shared state is unreachable and the node fails closed.
+    #[error("the shared state is unreachable; retry shortly")]
+    SharedUnavailable,
     /// A rules file failed to compile.
     #[error("the rules have errors")]
     InvalidRules(RuleErrors),
@@ -59,6 +62,7 @@ impl From<HostError> for ApiError {
                 ApiError::StorageUnavailable
             }
             HostError::NotFound(m) => ApiError::NotFound(m),
+            HostError::SharedUnavailable => ApiError::SharedUnavailable,
             HostError::Store(e) => ApiError::Internal(e.to_string()),
         }
     }
@@ -73,7 +77,9 @@ impl ApiError {
             }
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Overloaded | ApiError::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded | ApiError::StorageUnavailable | ApiError::SharedUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::InvalidRules(_) | ApiError::InvalidModel(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -96,6 +102,9 @@ impl ApiError {
             }
             ApiError::NotFound(m) => json!({"code": "not_found", "message": m}),
             ApiError::Overloaded => json!({"code": "overloaded", "message": self.to_string()}),
+            ApiError::SharedUnavailable => {
+                json!({"code": "shared_state_unavailable", "message": "the shared state (redis) is unreachable and this node fails closed; nothing was recorded"})
+            }
             ApiError::StorageUnavailable => {
                 json!({"code": "storage_unavailable", "message": "decisions cannot be stored right now; nothing was recorded"})
             }
@@ -121,7 +130,7 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let mut res = (status, Json(json!({ "error": self.body() }))).into_response();
         match self {
-            ApiError::Overloaded => {
+            ApiError::Overloaded | ApiError::SharedUnavailable => {
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }

@@ -3,6 +3,7 @@
 use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
 use redis::aio::MultiplexedConnection;
 use ringfence_core::event::Transaction;
@@ -16,6 +17,9 @@ pub enum LogEntry {
     Tx {
         /// The transaction (card numbers already tokenised at the edge).
         tx: Box<Transaction>,
+        /// The node that answers it (0: none is waiting, e.g. an entry appended late).
+        #[serde(default)]
+        origin: u64,
     },
     /// A label on a transaction.
     Label {
@@ -94,7 +98,12 @@ pub enum LogError {
 
 impl From<redis::RedisError> for LogError {
     fn from(e: redis::RedisError) -> Self {
-        LogError::Redis(e.category().to_owned())
+        // The category and the server's error code (e.g. NOPERM) only: never the URL, nor the
+        // server's words, which can quote a user name.
+        LogError::Redis(match e.code() {
+            Some(code) => format!("{} ({code})", e.category()),
+            None => e.category().to_owned(),
+        })
     }
 }
 
@@ -129,7 +138,10 @@ return redis.call('XRANGE', KEYS[1], '(' .. after, last)
 /// The log in one Redis stream.
 #[derive(Clone)]
 pub struct SharedLog {
-    con: MultiplexedConnection,
+    client: redis::Client,
+    /// The connection, reopened after a failure (a multiplexed connection does not recover
+    /// by itself once the server went away).
+    con: Arc<Mutex<Option<MultiplexedConnection>>>,
     key: String,
     script: redis::Script,
 }
@@ -138,12 +150,33 @@ pub struct SharedLog {
 pub type Entries = Vec<(LogId, LogEntry)>;
 
 impl SharedLog {
-    /// The log at `key` on the server `con` talks to.
-    pub fn new(con: MultiplexedConnection, key: impl Into<String>) -> SharedLog {
+    /// The log at `key` on `client`'s server; connects on first use.
+    pub fn new(client: redis::Client, key: impl Into<String>) -> SharedLog {
         SharedLog {
-            con,
+            client,
+            con: Arc::new(Mutex::new(None)),
             key: key.into(),
             script: redis::Script::new(APPEND_AND_READ),
+        }
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, LogError> {
+        if let Some(c) = self.con.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(c);
+        }
+        let c = self.client.get_multiplexed_async_connection().await?;
+        *self.con.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Forgets the connection after an IO-level failure, so the next call reconnects.
+    fn failed(&self, e: &redis::RedisError) {
+        if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+        {
+            *self.con.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
     }
 
@@ -156,19 +189,22 @@ impl SharedLog {
             let json = serde_json::to_string(e).map_err(|e| LogError::Corrupt(e.to_string()))?;
             invocation.arg(json);
         }
-        let mut con = self.con.clone();
+        let mut con = self.connection().await?;
         let reply: Vec<(String, Vec<(String, String)>)> =
             match invocation.invoke_async(&mut con).await {
                 Ok(r) => r,
                 Err(e) if e.code() == Some("BEHIND") => return Err(LogError::Behind(after)),
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    self.failed(&e);
+                    return Err(e.into());
+                }
             };
         decode(reply)
     }
 
     /// Up to `count` entries after `after` (catching up without appending).
     pub async fn read(&self, after: LogId, count: usize) -> Result<Entries, LogError> {
-        let mut con = self.con.clone();
+        let mut con = self.connection().await?;
         let reply: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
             .arg(&self.key)
             .arg(format!("({after}"))
@@ -176,7 +212,8 @@ impl SharedLog {
             .arg("COUNT")
             .arg(count)
             .query_async(&mut con)
-            .await?;
+            .await
+            .inspect_err(|e| self.failed(e))?;
         decode(reply)
     }
 }

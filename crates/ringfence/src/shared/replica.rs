@@ -1,46 +1,39 @@
-//! A node's replica of the engine, kept in step with the shared log: it applies every entry
-//! in log order, scoring each transaction exactly as a single node would have at that point,
-//! and keeps the decisions of the transactions this node is waiting to answer.
+//! A node's place in the shared log: it applies every entry to the node's engine in log
+//! order, scoring each transaction exactly as a single node would have at that point, and
+//! keeps the results of entries until the requests that own them collect them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use ringfence_core::decision::Decision;
-use ringfence_core::engine::Engine;
+use ringfence_core::engine::{Engine, Scored};
+use ringfence_core::event::Transaction;
 
 use super::log::{LogEntry, LogId};
 
 /// Transaction ids remembered for deduplication: a retry that reaches the log twice (two
-/// nodes, or a client retrying elsewhere) is applied once, by every replica alike.
+/// nodes, or a client retrying elsewhere) is applied once, by every node alike.
 const SEEN_IDS: usize = 1 << 20;
 
-/// What applying one log entry produced.
+/// What applying one log entry produced; `R` is what the caller keeps of a decision.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Applied {
+pub enum Applied<R> {
     /// A transaction scored and applied.
-    Decided(Decision),
+    Decided(R),
     /// A transaction whose id an earlier entry already carried: not applied again.
     Duplicate,
-    /// A label applied.
-    Labelled,
 }
 
-/// The engine and its position in the log.
-pub struct Replica {
-    engine: Engine,
+/// How far a node's engine has followed the log.
+#[derive(Debug, Default)]
+pub struct LogCursor {
     applied: LogId,
     seen: HashSet<Box<str>>,
     seen_order: VecDeque<Box<str>>,
 }
 
-impl Replica {
-    /// A replica that has applied nothing.
-    pub fn new(engine: Engine) -> Replica {
-        Replica {
-            engine,
-            applied: LogId::START,
-            seen: HashSet::new(),
-            seen_order: VecDeque::new(),
-        }
+impl LogCursor {
+    /// At the start of the log.
+    pub fn new() -> LogCursor {
+        LogCursor::default()
     }
 
     /// The last entry applied.
@@ -48,41 +41,47 @@ impl Replica {
         self.applied
     }
 
-    /// The engine (for reads: entity features, stats).
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
-    /// Applies, in order, the entries after this replica's position, and records what each
-    /// produced in `results` by log id: a node's concurrent requests each get a reply that
-    /// ends with their own entries, and whichever applies an entry first leaves its result
-    /// there for the request that owns it. Entries at or before the position are skipped.
-    pub fn apply(&mut self, entries: &[(LogId, LogEntry)], results: &mut HashMap<LogId, Applied>) {
+    /// Applies to `engine`, in order, the entries after this cursor's position and records
+    /// what each entry of node `me` produced in `results` by log id (`keep` turns a scored
+    /// transaction into what is kept of it). A node's concurrent requests each get a reply
+    /// that ends with their own entries; whichever applies an entry first leaves its result
+    /// for the request that owns it. Entries at or before the position are skipped.
+    pub fn apply<R>(
+        &mut self,
+        engine: &mut Engine,
+        me: u64,
+        entries: &[(LogId, LogEntry)],
+        results: &mut HashMap<LogId, Applied<R>>,
+        mut keep: impl FnMut(&Transaction, Scored<'_>) -> R,
+    ) {
         for (id, entry) in entries {
             if *id <= self.applied {
                 continue;
             }
-            let result = match entry {
-                LogEntry::Tx { tx } => {
+            self.applied = *id;
+            match entry {
+                LogEntry::Tx { tx, origin } => {
                     let key = tx.transaction_id.as_str();
-                    if self.seen.contains(key) {
+                    let result = if self.seen.contains(key) {
                         Applied::Duplicate
                     } else {
                         self.remember(key);
-                        Applied::Decided(self.engine.score(tx).decision)
+                        let scored = engine.score(tx);
+                        if *origin != me {
+                            continue;
+                        }
+                        Applied::Decided(keep(tx, scored))
+                    };
+                    if *origin == me {
+                        results.insert(*id, result);
                     }
                 }
                 LogEntry::Label {
                     tx,
                     fraud,
                     previous,
-                } => {
-                    self.engine.apply_label(tx, *fraud, *previous);
-                    Applied::Labelled
-                }
-            };
-            results.insert(*id, result);
-            self.applied = *id;
+                } => engine.apply_label(tx, *fraud, *previous),
+            }
         }
     }
 

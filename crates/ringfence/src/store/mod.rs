@@ -35,6 +35,10 @@ pub struct DecisionRecord {
     pub processing_us: u64,
     /// Event time of the transaction.
     pub timestamp: Timestamp,
+    /// Decided on this node's own state because the shared state (Redis) was unreachable
+    /// within its time budget.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub degraded: bool,
 }
 
 /// A transaction and its decision, as written.

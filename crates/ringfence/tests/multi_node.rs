@@ -1,0 +1,202 @@
+//! Several `serve` nodes on one Redis act as one: their decisions equal a single node's over
+//! the same transactions in the shared log's order, whether the traffic alternates between
+//! them or hits both at once. When Redis is unreachable a node degrades (decides on its own
+//! state, marks the decision, appends the transaction to the log later) or fails closed.
+
+mod helpers;
+
+use helpers::services::RedisServer;
+use helpers::{spawn_app_with, TestApp};
+use ringfence::config::Secret;
+use serde_json::{json, Value};
+
+fn tx(i: usize) -> Value {
+    json!({
+        "transaction_id": format!("mn-{i}"),
+        "timestamp": format!("2026-11-20T10:{:02}:{:02}Z", (i / 60) % 60, i % 60),
+        "user_id": format!("u{}", i % 7),
+        "card_id": format!("c{}", i % 11),
+        "device_id": format!("d{}", i % 4),
+        "amount": 5 + (i * 53) % 600,
+        "merchant": format!("m{}", i % 3),
+    })
+}
+
+async fn node(dir: &std::path::Path, redis: Option<String>) -> TestApp {
+    spawn_app_with(dir, |a| a.redis = redis.map(Secret::new)).await
+}
+
+/// An entity's features without the ones measured against the wall clock at read time.
+fn state(entity: &Value) -> Value {
+    let mut f = entity["features"].clone();
+    if let Some(m) = f.as_object_mut() {
+        m.retain(|k, _| !k.ends_with("secs_since_last"));
+    }
+    f
+}
+
+/// The fields a decision must agree on.
+fn essence(d: &Value) -> Value {
+    json!([
+        d["transaction_id"],
+        d["decision"],
+        d["score"],
+        d["reasons"],
+        d["alert"]
+    ])
+}
+
+async fn log_order(server: &RedisServer) -> Vec<String> {
+    let mut con = redis::Client::open(server.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("ringfence:log")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut con)
+        .await
+        .expect("XRANGE");
+    reply
+        .ids
+        .iter()
+        .map(|e| {
+            let entry: Value =
+                serde_json::from_str(&e.get::<String>("e").expect("payload")).expect("json");
+            entry["tx"]["transaction_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_decide_as_one_node() {
+    let server = RedisServer::start_with(&["--appendonly", "yes"]);
+    let (da, db) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let a = node(da.path(), Some(server.url())).await;
+    let b = node(db.path(), Some(server.url())).await;
+
+    // Alternating, one at a time, then both at once.
+    let mut answers = std::collections::HashMap::new();
+    for i in 0..80 {
+        let target = if i % 2 == 0 { &a } else { &b };
+        let (status, d) = target.post_json("/v1/transactions", &tx(i)).await;
+        assert_eq!(status, 200, "{d}");
+        answers.insert(format!("mn-{i}"), d);
+    }
+    let (ra, rb) = tokio::join!(
+        async {
+            let mut out = Vec::new();
+            for i in (80..200).filter(|i| i % 2 == 0) {
+                out.push(a.post_json("/v1/transactions", &tx(i)).await);
+            }
+            out
+        },
+        async {
+            let mut out = Vec::new();
+            for i in (80..200).filter(|i| i % 2 == 1) {
+                out.push(b.post_json("/v1/transactions", &tx(i)).await);
+            }
+            out
+        }
+    );
+    for (status, d) in ra.into_iter().chain(rb) {
+        assert_eq!(status, 200, "{d}");
+        answers.insert(d["transaction_id"].as_str().expect("id").to_owned(), d);
+    }
+
+    // One node, no Redis, the same transactions in the log's order.
+    let order = log_order(&server).await;
+    assert_eq!(order.len(), 200);
+    let ds = tempfile::tempdir().expect("dir");
+    let single = node(ds.path(), None).await;
+    let mut flagged = 0;
+    for id in &order {
+        let i: usize = id["mn-".len()..].parse().expect("index");
+        let (status, d) = single.post_json("/v1/transactions", &tx(i)).await;
+        assert_eq!(status, 200);
+        assert_eq!(essence(&answers[id]), essence(&d), "{id}");
+        flagged += usize::from(d["decision"] != "approve");
+    }
+    assert!(
+        flagged > 10,
+        "the traffic must exercise the rules ({flagged} flagged)"
+    );
+    // Both nodes follow the log: an entity read on either comes to match the single node
+    // (each applies the other's last entries within a poll of the log).
+    let (_, there) = single.get("/v1/entities/user/u3").await;
+    for app in [&a, &b] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (_, here) = app.get("/v1/entities/user/u3").await;
+            if state(&here) == state(&there) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} vs {}",
+                state(&here),
+                state(&there)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    // A node started later rebuilds from the log and agrees at once.
+    let dc = tempfile::tempdir().expect("dir");
+    let c = node(dc.path(), Some(server.url())).await;
+    let (_, late) = c.get("/v1/entities/device/d1").await;
+    let (_, there) = single.get("/v1/entities/device/d1").await;
+    assert_eq!(state(&late), state(&there));
+    for app in [a, b, c, single] {
+        app.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_a_node_degrades_or_fails_closed() {
+    let mut server = RedisServer::start_with(&["--appendonly", "yes"]);
+    let (da, db) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let degrading = node(da.path(), Some(server.url())).await;
+    let url = server.url();
+    let closed = spawn_app_with(db.path(), |a| {
+        a.redis = Some(Secret::new(url.clone()));
+        a.redis_unavailable = Some("fail-closed".into());
+    })
+    .await;
+    let (status, d) = degrading.post_json("/v1/transactions", &tx(0)).await;
+    assert_eq!(status, 200, "{d}");
+    assert!(d.get("degraded").is_none(), "{d}");
+
+    server.stop();
+    let (status, d) = degrading.post_json("/v1/transactions", &tx(1)).await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(d["degraded"], true, "{d}");
+    let (status, d) = closed.post_json("/v1/transactions", &tx(2)).await;
+    assert_eq!(status, 503, "{d}");
+    assert_eq!(d["error"]["code"], "shared_state_unavailable", "{d}");
+    // Nothing was recorded for the refused one: it can be sent again later.
+    let (status, _) = closed.get("/v1/transactions/mn-2").await;
+    assert_eq!(status, 404);
+
+    server.resume();
+    // The next request carries the degraded transaction into the log ahead of its own.
+    let (status, d) = degrading.post_json("/v1/transactions", &tx(3)).await;
+    assert_eq!(status, 200, "{d}");
+    assert!(d.get("degraded").is_none(), "{d}");
+    assert_eq!(log_order(&server).await, ["mn-0", "mn-1", "mn-3"]);
+    let (status, d) = closed.post_json("/v1/transactions", &tx(2)).await;
+    assert_eq!(status, 200, "{d}");
+    assert_eq!(log_order(&server).await, ["mn-0", "mn-1", "mn-3", "mn-2"]);
+    degrading.stop().await;
+    closed.stop().await;
+}
