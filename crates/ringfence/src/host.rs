@@ -187,8 +187,8 @@ fn own_decision(
     }
 }
 
-/// A fresh transaction's outcome once the shared log ordered it.
-enum LogSlot {
+/// What became of a transaction the engine decided (or another request or node did).
+enum Outcome {
     /// Decided here; its record is being written.
     Pending(
         tokio::sync::oneshot::Receiver<Result<i64, String>>,
@@ -608,13 +608,8 @@ impl EngineHost {
             .count();
 
         enum Slot {
-            Pending(
-                tokio::sync::oneshot::Receiver<Result<i64, String>>,
-                DecisionRecord,
-                Option<Box<AlertEvent>>,
-            ),
+            Decided(Outcome),
             Stored(String),
-            InFlight(String),
             /// Shared-state mode: waiting for the log to order it.
             Fresh,
         }
@@ -648,7 +643,7 @@ impl EngineHost {
                     continue;
                 }
                 if locked.recent.contains(id) {
-                    slots.push(Slot::InFlight(id.to_owned()));
+                    slots.push(Slot::Decided(Outcome::InFlight(id.to_owned())));
                     continue;
                 }
                 if recent_may_have_evicted && !p.generated_id {
@@ -703,19 +698,13 @@ impl EngineHost {
                         decision: record.clone(),
                     })),
                 );
-                slots.push(Slot::Pending(ack, record, alert));
+                slots.push(Slot::Decided(Outcome::Pending(ack, record, alert)));
             }
         }
 
         if let Some(shared) = self.shared.as_ref().filter(|_| !ordered.is_empty()) {
-            for (index, slot) in self.decide_through_log(shared, ordered).await? {
-                slots[index] = slot_of(slot);
-            }
-        }
-        fn slot_of(s: LogSlot) -> Slot {
-            match s {
-                LogSlot::Pending(a, r, al) => Slot::Pending(a, r, al),
-                LogSlot::InFlight(id) => Slot::InFlight(id),
+            for (index, outcome) in self.decide_through_log(shared, ordered).await? {
+                slots[index] = Slot::Decided(outcome);
             }
         }
 
@@ -723,7 +712,7 @@ impl EngineHost {
         for slot in slots {
             match slot {
                 Slot::Fresh => return Err(HostError::Overloaded),
-                Slot::Pending(ack, record, alert) => {
+                Slot::Decided(Outcome::Pending(ack, record, alert)) => {
                     match ack.await {
                         Ok(Ok(_seq)) => {}
                         Ok(Err(e)) => return Err(self.storage_failed(e)),
@@ -745,7 +734,7 @@ impl EngineHost {
                     record: decode_decision(&json)?,
                     duplicate: true,
                 }),
-                Slot::InFlight(id) => {
+                Slot::Decided(Outcome::InFlight(id)) => {
                     let record = if let Some(prev) = out
                         .iter()
                         .rev()
@@ -776,7 +765,7 @@ impl EngineHost {
         &self,
         shared: &SharedState,
         fresh: Vec<(usize, Parsed, records::writer::WritePermit<'p>)>,
-    ) -> Result<Vec<(usize, LogSlot)>, HostError> {
+    ) -> Result<Vec<(usize, Outcome)>, HostError> {
         let backlog: Vec<LogEntry> =
             std::mem::take(&mut *self.log_backlog.lock().unwrap_or_else(|p| p.into_inner()));
         let mut entries = backlog.clone();
@@ -846,7 +835,7 @@ impl EngineHost {
                         decision: record.clone(),
                     })),
                 );
-                out.push((index, LogSlot::Pending(ack, record, alert)));
+                out.push((index, Outcome::Pending(ack, record, alert)));
             }
             return Ok(out);
         };
@@ -881,12 +870,12 @@ impl EngineHost {
                             decision: record.clone(),
                         })),
                     );
-                    out.push((index, LogSlot::Pending(ack, record, alert)));
+                    out.push((index, Outcome::Pending(ack, record, alert)));
                 }
                 // Another node (or request) put the same id in the log first: its decision.
                 _ => out.push((
                     index,
-                    LogSlot::InFlight(p.tx.transaction_id.as_str().to_owned()),
+                    Outcome::InFlight(p.tx.transaction_id.as_str().to_owned()),
                 )),
             }
         }

@@ -49,6 +49,22 @@ fn fields(i: usize) -> Vec<(String, String)> {
     ]
 }
 
+/// The i-th transaction as an HTTP client sends it (the amount a JSON number).
+fn http_body(i: usize) -> Value {
+    let body: serde_json::Map<String, Value> = fields(i)
+        .into_iter()
+        .map(|(k, v)| {
+            let value = if k == "amount" {
+                Value::from(v.parse::<f64>().expect("amount"))
+            } else {
+                Value::String(v)
+            };
+            (k, value)
+        })
+        .collect();
+    Value::Object(body)
+}
+
 async fn xadd(con: &mut redis::aio::MultiplexedConnection, f: &[(String, String)]) -> String {
     let mut cmd = redis::cmd("XADD");
     cmd.arg("transactions").arg("*");
@@ -124,16 +140,7 @@ async fn stream_entries_are_decided_as_over_http_and_bad_ones_are_dead_lettered(
     for i in 0..n {
         if i == 11 {
             // One entry in the JSON form, one with a bad amount, one that is not JSON at all.
-            let mut obj = serde_json::Map::new();
-            for (k, v) in fields(i) {
-                let value = if k == "amount" {
-                    Value::from(v.parse::<f64>().expect("amount"))
-                } else {
-                    Value::String(v)
-                };
-                obj.insert(k, value);
-            }
-            xadd(&mut con, &[("json".into(), Value::Object(obj).to_string())]).await;
+            xadd(&mut con, &[("json".into(), http_body(i).to_string())]).await;
             xadd(
                 &mut con,
                 &[
@@ -187,20 +194,8 @@ async fn stream_entries_are_decided_as_over_http_and_bad_ones_are_dead_lettered(
     for (i, (id, d, duplicate)) in from_stream.iter().enumerate() {
         assert_eq!(id, &format!("st-{i}"));
         assert!(!duplicate);
-        let body: serde_json::Map<String, Value> = fields(i)
-            .into_iter()
-            .map(|(k, v)| {
-                let value = if k == "amount" {
-                    Value::from(v.parse::<f64>().expect("amount"))
-                } else {
-                    Value::String(v)
-                };
-                (k, value)
-            })
-            .collect();
-        let (status, over_http) = single
-            .post_json("/v1/transactions", &Value::Object(body))
-            .await;
+        let body = http_body(i);
+        let (status, over_http) = single.post_json("/v1/transactions", &body).await;
         assert_eq!(status, 200, "{over_http}");
         for key in ["decision", "score", "reasons", "alert"] {
             assert_eq!(d[key], over_http[key], "{id}: {key}");
@@ -255,20 +250,8 @@ async fn a_crashed_consumers_entries_are_claimed_and_decided_once() {
     // Meanwhile three of the same transactions also arrive over HTTP (a client retrying on
     // another path): whichever comes first decides, the other gets the stored decision.
     for i in [0, 5, 9] {
-        let body: serde_json::Map<String, Value> = fields(i)
-            .into_iter()
-            .map(|(k, v)| {
-                let value = if k == "amount" {
-                    Value::from(v.parse::<f64>().expect("amount"))
-                } else {
-                    Value::String(v)
-                };
-                (k, value)
-            })
-            .collect();
-        let (status, _) = worker
-            .post_json("/v1/transactions", &Value::Object(body))
-            .await;
+        let body = http_body(i);
+        let (status, _) = worker.post_json("/v1/transactions", &body).await;
         assert_eq!(status, 200);
     }
     wait_until(
