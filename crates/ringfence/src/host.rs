@@ -872,7 +872,27 @@ impl EngineHost {
                     );
                     out.push((index, Outcome::Pending(ack, record, alert)));
                 }
-                // Another node (or request) put the same id in the log first: its decision.
+                // The same id is earlier in the log: every node decided that copy. Store its
+                // decision here too (idempotent by id), so the record exists even if the node
+                // that appended it died before writing it (a crashed worker's entry claimed
+                // by another).
+                Some(Applied::Duplicate(Some(decision))) => {
+                    let record = DecisionRecord {
+                        decision,
+                        processing_us: 0,
+                        timestamp: p.tx.timestamp,
+                        degraded: false,
+                    };
+                    let ack = records::send(
+                        permit,
+                        WriteOp::Tx(Box::new(TxRecord {
+                            tx: p.tx,
+                            decision: record.clone(),
+                        })),
+                    );
+                    out.push((index, Outcome::Pending(ack, record, None)));
+                }
+                // Too old to be remembered: wait for the stored record.
                 _ => out.push((
                     index,
                     Outcome::InFlight(p.tx.transaction_id.as_str().to_owned()),

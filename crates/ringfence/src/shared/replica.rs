@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use ringfence_core::decision::Decision;
 use ringfence_core::engine::{Engine, Scored};
 use ringfence_core::event::Transaction;
 
@@ -12,14 +13,19 @@ use super::log::{LogEntry, LogId};
 /// Transaction ids remembered for deduplication: a retry that reaches the log twice (two
 /// nodes, or a client retrying elsewhere) is applied once, by every node alike.
 const SEEN_IDS: usize = 1 << 20;
+/// Decisions of the latest entries, kept for a second copy of the same transaction: if the
+/// node that appended the first copy died before storing its record, the node holding the
+/// second copy answers (and stores) the decision every node computed for the first.
+const RECENT_DECISIONS: usize = 1 << 16;
 
 /// What applying one log entry produced; `R` is what the caller keeps of a decision.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Applied<R> {
     /// A transaction scored and applied.
     Decided(R),
-    /// A transaction whose id an earlier entry already carried: not applied again.
-    Duplicate,
+    /// A transaction whose id an earlier entry already carried: not applied again. Carries
+    /// that entry's decision while it is among the latest remembered.
+    Duplicate(Option<Decision>),
 }
 
 /// How far a node's engine has followed the log.
@@ -28,6 +34,8 @@ pub struct LogCursor {
     applied: LogId,
     seen: HashSet<Box<str>>,
     seen_order: VecDeque<Box<str>>,
+    decisions: HashMap<Box<str>, Decision>,
+    decisions_order: VecDeque<Box<str>>,
 }
 
 impl LogCursor {
@@ -63,10 +71,11 @@ impl LogCursor {
                 LogEntry::Tx { tx, origin } => {
                     let key = tx.transaction_id.as_str();
                     let result = if self.seen.contains(key) {
-                        Applied::Duplicate
+                        Applied::Duplicate(self.decisions.get(key).cloned())
                     } else {
                         self.remember(key);
                         let scored = engine.score(tx);
+                        self.keep_decision(key, &scored.decision);
                         if *origin != me {
                             continue;
                         }
@@ -81,6 +90,16 @@ impl LogCursor {
                     fraud,
                     previous,
                 } => engine.apply_label(tx, *fraud, *previous),
+            }
+        }
+    }
+
+    fn keep_decision(&mut self, id: &str, decision: &Decision) {
+        self.decisions.insert(id.into(), decision.clone());
+        self.decisions_order.push_back(id.into());
+        if self.decisions_order.len() > RECENT_DECISIONS {
+            if let Some(old) = self.decisions_order.pop_front() {
+                self.decisions.remove(&old);
             }
         }
     }

@@ -1,0 +1,232 @@
+//! The production shape as separate processes: two `serve` nodes and two `worker`s on one
+//! Redis and one PostgreSQL, traffic through HTTP and the stream at once, one worker killed
+//! mid-stream. Every transaction is decided once, and every decision equals a single node's
+//! over the same transactions in the shared log's order.
+
+mod helpers;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use helpers::services::{free_port, PostgresServer, RedisServer};
+use helpers::spawn_app_with;
+use ringfence::client::HttpClient;
+use serde_json::{json, Value};
+
+const KEY: &str = "multi-process-card-hash-key-0123456789";
+
+struct Proc {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start(args: &[&str], redis: &str, postgres: &str, data: &std::path::Path) -> Proc {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_ringfence"))
+        .args(args)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data")
+        .arg(data)
+        .args(["--redis", redis, "--postgres", postgres])
+        .env("RINGFENCE_CARD_HASH_KEY", KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn ringfence");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = HttpClient::new().with_timeout(Duration::from_secs(2));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client
+        .get(&format!("{base}/healthz"))
+        .await
+        .map(|r| r.status)
+        .ok()
+        != Some(200)
+    {
+        assert!(Instant::now() < deadline, "{args:?} did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Proc { child, base }
+}
+
+fn tx(i: usize) -> Value {
+    json!({
+        "transaction_id": format!("mp-{i}"),
+        "timestamp": format!("2026-11-20T11:{:02}:{:02}Z", (i / 60) % 60, i % 60),
+        "user_id": format!("u{}", i % 7),
+        "card_id": format!("c{}", i % 11),
+        "device_id": format!("d{}", i % 4),
+        "amount": 5 + (i * 53) % 600,
+        "merchant": format!("m{}", i % 3),
+    })
+}
+
+fn essence(d: &Value) -> Value {
+    json!([
+        d["transaction_id"],
+        d["decision"],
+        d["score"],
+        d["reasons"],
+        d["alert"]
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_and_two_workers_act_as_one_node() {
+    let redis = RedisServer::start_with(&["--appendonly", "yes"]);
+    let postgres = PostgresServer::start();
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let (r, p) = (redis.url(), postgres.url());
+    let serve_a = start(&["serve"], &r, &p, dirs[0].path()).await;
+    let serve_b = start(&["serve"], &r, &p, dirs[1].path()).await;
+    let worker_args = |name: &'static str| {
+        [
+            "worker",
+            "--consumer",
+            name,
+            "--claim-idle-ms",
+            "500",
+            "--batch",
+            "5",
+        ]
+    };
+    let mut worker_1 = start(&worker_args("w1"), &r, &p, dirs[2].path()).await;
+    let worker_2 = start(&worker_args("w2"), &r, &p, dirs[3].path()).await;
+
+    let mut con = redis::Client::open(r.as_str())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let n = 240;
+    // Even transactions through the stream, odd ones over HTTP to alternating servers.
+    for i in (0..n).filter(|i| i % 2 == 0) {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg("transactions")
+            .arg("*")
+            .arg("json")
+            .arg(tx(i).to_string());
+        let _: String = cmd.query_async(&mut con).await.expect("XADD");
+    }
+    let client = HttpClient::new().with_timeout(Duration::from_secs(20));
+    let mut answers: HashMap<String, Value> = HashMap::new();
+    let mut killed = false;
+    for i in (0..n).filter(|i| i % 2 == 1) {
+        let base = if i % 4 == 1 {
+            &serve_a.base
+        } else {
+            &serve_b.base
+        };
+        let r = client
+            .post(
+                &format!("{base}/v1/transactions"),
+                "application/json",
+                tx(i).to_string(),
+            )
+            .await
+            .expect("post");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let d: Value = r.json().expect("json");
+        answers.insert(format!("mp-{i}"), d);
+        let decided: usize = redis::cmd("XLEN")
+            .arg("decisions")
+            .query_async(&mut con)
+            .await
+            .expect("XLEN");
+        if !killed && decided >= 10 {
+            // A worker dies mid-stream, pending entries and all.
+            let _ = worker_1.child.kill();
+            let _ = worker_1.child.wait();
+            killed = true;
+        }
+    }
+    assert!(killed, "the stream was consumed before the kill");
+
+    // Every stream entry decided and acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stream_decisions = loop {
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg("decisions")
+            .arg("-")
+            .arg("+")
+            .query_async(&mut con)
+            .await
+            .expect("XRANGE");
+        let by_id: HashMap<String, Value> = reply
+            .ids
+            .iter()
+            .map(|e| {
+                let d: Value = serde_json::from_str(&e.get::<String>("json").expect("json"))
+                    .expect("decision");
+                (
+                    d["transaction_id"].as_str().unwrap_or_default().to_owned(),
+                    d,
+                )
+            })
+            .collect();
+        let pending: Vec<redis::Value> = redis::cmd("XPENDING")
+            .arg("transactions")
+            .arg("scorers")
+            .query_async(&mut con)
+            .await
+            .expect("XPENDING");
+        let idle = matches!(pending.first(), Some(redis::Value::Int(0)));
+        if by_id.len() == n / 2 && idle {
+            break by_id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} stream decisions",
+            by_id.len(),
+            n / 2
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    answers.extend(stream_decisions);
+    assert_eq!(answers.len(), n);
+
+    // A single node over the log's order decides exactly the same.
+    let log: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg("ringfence:log")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut con)
+        .await
+        .expect("XRANGE log");
+    let mut order = Vec::new();
+    for e in &log.ids {
+        let entry: Value = serde_json::from_str(&e.get::<String>("e").expect("e")).expect("entry");
+        let id = entry["tx"]["transaction_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if !order.contains(&id) {
+            order.push(id);
+        }
+    }
+    assert_eq!(order.len(), n, "each transaction applied once");
+    let single_dir = tempfile::tempdir().expect("dir");
+    let single = spawn_app_with(single_dir.path(), |a| {
+        a.card_hash_key = Some(ringfence::config::Secret::new(KEY))
+    })
+    .await;
+    let mut flagged = 0;
+    for id in &order {
+        let i: usize = id["mp-".len()..].parse().expect("index");
+        let (status, d) = single.post_json("/v1/transactions", &tx(i)).await;
+        assert_eq!(status, 200);
+        assert_eq!(essence(&answers[id]), essence(&d), "{id}");
+        flagged += usize::from(d["decision"] != "approve");
+    }
+    assert!(flagged > 10, "{flagged} flagged");
+    single.stop().await;
+    drop((serve_a, serve_b, worker_2));
+}
