@@ -855,49 +855,34 @@ impl EngineHost {
         self.scored_total
             .fetch_add(returned.len() as u64, Ordering::Release);
         for ((index, p, permit), id) in fresh.into_iter().zip(ours) {
-            match locked.log_results.remove(&id) {
-                Some(Applied::Decided((decision, alert, us))) => {
-                    let record = DecisionRecord {
-                        decision,
-                        processing_us: us,
-                        timestamp: p.tx.timestamp,
-                        degraded: false,
-                    };
-                    let ack = records::send(
-                        permit,
-                        WriteOp::Tx(Box::new(TxRecord {
-                            tx: p.tx,
-                            decision: record.clone(),
-                        })),
-                    );
-                    out.push((index, Outcome::Pending(ack, record, alert)));
-                }
+            let (decision, alert, us) = match locked.log_results.remove(&id) {
+                Some(Applied::Decided(own)) => own,
                 // The same id is earlier in the log: every node decided that copy. Store its
                 // decision here too (idempotent by id), so the record exists even if the node
                 // that appended it died before writing it (a crashed worker's entry claimed
                 // by another).
-                Some(Applied::Duplicate(Some(decision))) => {
-                    let record = DecisionRecord {
-                        decision,
-                        processing_us: 0,
-                        timestamp: p.tx.timestamp,
-                        degraded: false,
-                    };
-                    let ack = records::send(
-                        permit,
-                        WriteOp::Tx(Box::new(TxRecord {
-                            tx: p.tx,
-                            decision: record.clone(),
-                        })),
-                    );
-                    out.push((index, Outcome::Pending(ack, record, None)));
-                }
+                Some(Applied::Duplicate(Some(decision))) => (decision, None, 0),
                 // Too old to be remembered: wait for the stored record.
-                _ => out.push((
-                    index,
-                    Outcome::InFlight(p.tx.transaction_id.as_str().to_owned()),
-                )),
-            }
+                _ => {
+                    let id = p.tx.transaction_id.as_str().to_owned();
+                    out.push((index, Outcome::InFlight(id)));
+                    continue;
+                }
+            };
+            let record = DecisionRecord {
+                decision,
+                processing_us: us,
+                timestamp: p.tx.timestamp,
+                degraded: false,
+            };
+            let ack = records::send(
+                permit,
+                WriteOp::Tx(Box::new(TxRecord {
+                    tx: p.tx,
+                    decision: record.clone(),
+                })),
+            );
+            out.push((index, Outcome::Pending(ack, record, alert)));
         }
         Ok(out)
     }
