@@ -187,6 +187,31 @@ fn own_decision(
     }
 }
 
+/// Sends a decided transaction's record through its reserved place in the write queue.
+fn write_decision(
+    permit: records::writer::WritePermit<'_>,
+    tx: Transaction,
+    decision: Decision,
+    processing_us: u64,
+    degraded: bool,
+    alert: Option<Box<AlertEvent>>,
+) -> Outcome {
+    let record = DecisionRecord {
+        decision,
+        processing_us,
+        timestamp: tx.timestamp,
+        degraded,
+    };
+    let ack = records::send(
+        permit,
+        WriteOp::Tx(Box::new(TxRecord {
+            tx,
+            decision: record.clone(),
+        })),
+    );
+    Outcome::Pending(ack, record, alert)
+}
+
 /// What became of a transaction the engine decided (or another request or node did).
 enum Outcome {
     /// Decided here; its record is being written.
@@ -685,20 +710,9 @@ impl EngineHost {
                 } else {
                     None
                 };
-                let record = DecisionRecord {
-                    decision: scored.decision,
-                    processing_us: us,
-                    timestamp: p.tx.timestamp,
-                    degraded: false,
-                };
-                let ack = records::send(
-                    permit,
-                    WriteOp::Tx(Box::new(TxRecord {
-                        tx: p.tx,
-                        decision: record.clone(),
-                    })),
-                );
-                slots.push(Slot::Decided(Outcome::Pending(ack, record, alert)));
+                let decision = scored.decision;
+                let pending = write_decision(permit, p.tx, decision, us, false, alert);
+                slots.push(Slot::Decided(pending));
             }
         }
 
@@ -815,12 +829,6 @@ impl EngineHost {
                 } else {
                     None
                 };
-                let record = DecisionRecord {
-                    decision: scored.decision,
-                    processing_us: us,
-                    timestamp: p.tx.timestamp,
-                    degraded: true,
-                };
                 self.log_backlog
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -828,14 +836,11 @@ impl EngineHost {
                         tx: Box::new(p.tx.clone()),
                         origin: 0,
                     });
-                let ack = records::send(
-                    permit,
-                    WriteOp::Tx(Box::new(TxRecord {
-                        tx: p.tx,
-                        decision: record.clone(),
-                    })),
-                );
-                out.push((index, Outcome::Pending(ack, record, alert)));
+                let decision = scored.decision;
+                out.push((
+                    index,
+                    write_decision(permit, p.tx, decision, us, true, alert),
+                ));
             }
             return Ok(out);
         };
@@ -869,20 +874,10 @@ impl EngineHost {
                     continue;
                 }
             };
-            let record = DecisionRecord {
-                decision,
-                processing_us: us,
-                timestamp: p.tx.timestamp,
-                degraded: false,
-            };
-            let ack = records::send(
-                permit,
-                WriteOp::Tx(Box::new(TxRecord {
-                    tx: p.tx,
-                    decision: record.clone(),
-                })),
-            );
-            out.push((index, Outcome::Pending(ack, record, alert)));
+            out.push((
+                index,
+                write_decision(permit, p.tx, decision, us, false, alert),
+            ));
         }
         Ok(out)
     }

@@ -8,18 +8,10 @@ mod helpers;
 use helpers::services::RedisServer;
 use helpers::{spawn_app_with, TestApp};
 use ringfence::config::Secret;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 fn tx(i: usize) -> Value {
-    json!({
-        "transaction_id": format!("mn-{i}"),
-        "timestamp": format!("2026-11-20T10:{:02}:{:02}Z", (i / 60) % 60, i % 60),
-        "user_id": format!("u{}", i % 7),
-        "card_id": format!("c{}", i % 11),
-        "device_id": format!("d{}", i % 4),
-        "amount": 5 + (i * 53) % 600,
-        "merchant": format!("m{}", i % 3),
-    })
+    helpers::mixed_tx("mn", 10, i)
 }
 
 async fn node(dir: &std::path::Path, redis: Option<String>) -> TestApp {
@@ -35,15 +27,8 @@ fn state(entity: &Value) -> Value {
     f
 }
 
-/// The fields a decision must agree on.
 fn essence(d: &Value) -> Value {
-    json!([
-        d["transaction_id"],
-        d["decision"],
-        d["score"],
-        d["reasons"],
-        d["alert"]
-    ])
+    helpers::decision_essence(d)
 }
 
 async fn log_order(server: &RedisServer) -> Vec<String> {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use helpers::services::{free_port, PostgresServer, RedisServer};
 use helpers::spawn_app_with;
 use ringfence::client::HttpClient;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const KEY: &str = "multi-process-card-hash-key-0123456789";
 
@@ -58,25 +58,11 @@ async fn start(args: &[&str], redis: &str, postgres: &str, data: &std::path::Pat
 }
 
 fn tx(i: usize) -> Value {
-    json!({
-        "transaction_id": format!("mp-{i}"),
-        "timestamp": format!("2026-11-20T11:{:02}:{:02}Z", (i / 60) % 60, i % 60),
-        "user_id": format!("u{}", i % 7),
-        "card_id": format!("c{}", i % 11),
-        "device_id": format!("d{}", i % 4),
-        "amount": 5 + (i * 53) % 600,
-        "merchant": format!("m{}", i % 3),
-    })
+    helpers::mixed_tx("mp", 11, i)
 }
 
 fn essence(d: &Value) -> Value {
-    json!([
-        d["transaction_id"],
-        d["decision"],
-        d["score"],
-        d["reasons"],
-        d["alert"]
-    ])
+    helpers::decision_essence(d)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

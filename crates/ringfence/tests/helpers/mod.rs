@@ -113,3 +113,28 @@ impl TestApp {
         }
     }
 }
+
+/// The i-th transaction of a mixed stream (few users, cards, devices: velocity, shared-device
+/// and ring rules fire), ids `<prefix>-<i>`, event times from `<hour>:00:00` on 2026-11-20.
+pub fn mixed_tx(prefix: &str, hour: u32, i: usize) -> Value {
+    serde_json::json!({
+        "transaction_id": format!("{prefix}-{i}"),
+        "timestamp": format!("2026-11-20T{hour:02}:{:02}:{:02}Z", (i / 60) % 60, i % 60),
+        "user_id": format!("u{}", i % 7),
+        "card_id": format!("c{}", i % 11),
+        "device_id": format!("d{}", i % 4),
+        "amount": 5 + (i * 53) % 600,
+        "merchant": format!("m{}", i % 3),
+    })
+}
+
+/// The fields two decisions of the same transaction must agree on.
+pub fn decision_essence(d: &Value) -> Value {
+    serde_json::json!([
+        d["transaction_id"],
+        d["decision"],
+        d["score"],
+        d["reasons"],
+        d["alert"]
+    ])
+}
