@@ -5,8 +5,10 @@
 //! seen longest ago is evicted (ties broken by key, so eviction is deterministic). Counts are
 //! exact up to the cap and saturate at it. Keys are 64-bit hashes of entity ids.
 
+use serde::{Deserialize, Serialize};
+
 /// Recently seen keys with their last-seen time, at most `cap` of them.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RecentKeys {
     entries: Vec<(u64, i64)>,
 }

@@ -15,6 +15,7 @@ use crate::event::{EntityId, Timestamp, Transaction, TxKind};
 use crate::features::{self, FeatureValues, Num};
 use crate::model::Model;
 use crate::rules::{RuleMode, RuleSet};
+use crate::snapshot::{self, SnapshotError};
 use crate::state::{EntityKind, EntityState, StateConfig, StateCounts, TxKeys};
 
 /// Everything that shapes decisions besides the rules.
@@ -343,6 +344,23 @@ impl Engine {
     /// How much state the engine holds.
     pub fn state_counts(&self) -> StateCounts {
         self.state.counts()
+    }
+
+    /// The whole entity state (with the state config it depends on) as bytes, for another
+    /// node to [`restore`](Engine::restore). Rules, models and rule hit counts are not
+    /// included: they are configuration, not history. The caller records the log position
+    /// the snapshot was taken at next to it.
+    pub fn snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
+        snapshot::encode(&self.state)
+    }
+
+    /// Replaces the entity state with a snapshot's, after which this engine decides every
+    /// following event exactly as the engine that took the snapshot would. A snapshot of
+    /// another format version, taken with another state config, or damaged is refused and
+    /// the state is left as it was. Rules, models and rule hit counts are kept.
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<(), SnapshotError> {
+        self.state = snapshot::decode(bytes, self.state.config())?;
+        Ok(())
     }
 }
 

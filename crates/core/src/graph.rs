@@ -11,6 +11,8 @@
 
 use std::collections::HashMap;
 
+use serde::{Deserialize, Serialize};
+
 /// A node to link or look up: its 64-bit key and whether it is a user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodeRef {
@@ -21,7 +23,7 @@ pub struct NodeRef {
 }
 
 /// Summary of one connected component.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Component {
     /// Users, cards and devices in it.
     pub size: u32,
@@ -32,8 +34,9 @@ pub struct Component {
 }
 
 /// The union-find forest.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct LinkGraph {
+    #[serde(with = "crate::snapshot::sorted_map")]
     index: HashMap<u64, u32>,
     parent: Vec<u32>,
     comp: Vec<Component>,
@@ -168,6 +171,44 @@ impl LinkGraph {
         }
     }
 
+    /// Checks what `find` and the indexing rely on, for a graph that came from outside (a
+    /// snapshot): every index and parent points at a node, the per-node vectors have one entry
+    /// per node, and every parent chain reaches a root. Union by size keeps trees at most
+    /// log2(nodes) deep, so a chain longer than 64 can only be a cycle.
+    pub(crate) fn check_consistency(&self) -> Result<(), String> {
+        let n = self.parent.len();
+        if self.comp.len() != n || self.fraud_labels.len() != n || self.index.len() != n {
+            return Err(format!(
+                "link graph has {n} parents but {} components, {} label counts and {} keys",
+                self.comp.len(),
+                self.fraud_labels.len(),
+                self.index.len()
+            ));
+        }
+        if self.index.values().any(|&i| i as usize >= n) {
+            return Err("link graph key points past the last node".into());
+        }
+        for start in 0..n {
+            let mut x = start;
+            let mut steps = 0;
+            loop {
+                let p = self.parent[x] as usize;
+                if p >= n {
+                    return Err(format!("link graph node {x} has parent {p} of {n}"));
+                }
+                if p == x {
+                    break;
+                }
+                steps += 1;
+                if steps > 64 {
+                    return Err(format!("link graph node {start} is on a parent cycle"));
+                }
+                x = p;
+            }
+        }
+        Ok(())
+    }
+
     /// Whether a node carries a confirmed-fraud label.
     pub fn is_flagged(&self, key: u64) -> bool {
         self.index
@@ -243,6 +284,26 @@ mod tests {
             0,
             "no underflow"
         );
+    }
+
+    #[test]
+    fn consistency_check_accepts_real_graphs_and_catches_broken_ones() {
+        let mut g = LinkGraph::default();
+        for i in 0..1000u64 {
+            g.link(&[u(i), d(1_000_000 + i / 3)]);
+        }
+        assert_eq!(g.check_consistency(), Ok(()));
+        let mut out_of_range = g.clone();
+        out_of_range.parent[5] = 5000;
+        assert!(out_of_range.check_consistency().is_err());
+        let mut cycle = g.clone();
+        let (a, b) = (cycle.index[&0], cycle.index[&1_000_000]);
+        cycle.parent[a as usize] = b;
+        cycle.parent[b as usize] = a;
+        assert!(cycle.check_consistency().unwrap_err().contains("cycle"));
+        let mut short = g;
+        short.fraud_labels.pop();
+        assert!(short.check_consistency().is_err());
     }
 
     #[test]

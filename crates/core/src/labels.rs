@@ -9,6 +9,8 @@
 //! transactions but only the labels of its earlier ones, so it is left out (at most 4 hours
 //! of staleness, no bias). A read therefore sees exactly the labels already visible.
 
+use serde::{Deserialize, Serialize};
+
 /// Width of a bucket.
 pub const BUCKET_MS: i64 = 4 * 3_600_000;
 /// Buckets per day.
@@ -25,11 +27,13 @@ pub fn bucket_of(ts_ms: i64) -> i64 {
 
 /// What [`LabelBuckets::summary`] reads: per window, transactions and confirmed frauds, and
 /// the oldest and newest buckets with a fraud in the widest window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LabelSummary<const N: usize> {
     /// Transactions per window.
+    #[serde(with = "crate::snapshot::fixed_array")]
     pub tx: [u32; N],
     /// Confirmed frauds per window.
+    #[serde(with = "crate::snapshot::fixed_array")]
     pub fraud: [u32; N],
     /// (oldest, newest) bucket holding a fraud in the widest window.
     pub span: Option<(i64, i64)>,
@@ -53,12 +57,15 @@ impl<const N: usize> LabelSummary<N> {
 
 /// Transactions and confirmed frauds per 4-hour bucket of transaction time, for the last
 /// [`BUCKETS`] buckets (64 days).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LabelBuckets {
     /// Newest day held; `i64::MIN` when empty.
     head: i64,
+    #[serde(with = "crate::snapshot::fixed_array")]
     tx: [u32; BUCKETS],
+    #[serde(with = "crate::snapshot::fixed_array")]
     fraud: [u32; BUCKETS],
+    #[serde(with = "crate::snapshot::fixed_array")]
     plain: [u16; BUCKETS],
 }
 

@@ -10,6 +10,7 @@
 //! - [`profile`]: running spending profiles and last-seen location per user / card.
 //! - [`graph`]: the link graph of users, cards and devices (incremental union-find).
 //! - [`state`]: per-entity state, the feature read (before the event) and the update.
+//! - [`snapshot`]: the binary format an engine's entity state is saved in and restored from.
 //! - [`features`]: the named, typed feature catalog shared by rules, replay and training.
 //! - [`model`]: tree-ensemble models (XGBoost or our own format): fraud probability and
 //!   exact TreeSHAP explanations over catalog features.
@@ -27,5 +28,6 @@ pub mod labels;
 pub mod model;
 pub mod profile;
 pub mod rules;
+pub mod snapshot;
 pub mod state;
 pub mod window;

@@ -1,9 +1,11 @@
 //! Spending profiles (running mean and deviation of amounts) and last-seen time and place.
 
+use serde::{Deserialize, Serialize};
+
 use crate::event::GeoPoint;
 
 /// Running mean and variance of amounts (Welford's algorithm: numerically stable, O(1)).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct SpendProfile {
     n: u32,
     mean: f64,
@@ -71,7 +73,7 @@ impl SpendProfile {
 }
 
 /// When and where an entity was last seen.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct LastSeen {
     /// Time of the newest transaction, if any.
     pub ts_ms: Option<i64>,

@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::hash::Hasher;
 
+use serde::{Deserialize, Serialize};
 use siphasher::sip::SipHasher13;
 
 use crate::distinct::RecentKeys;
@@ -94,7 +95,7 @@ pub fn entity_key(kind: EntityKind, id: &str) -> u64 {
 
 /// Tunables of the state that change feature values (and so must match between live scoring
 /// and replay).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StateConfig {
     /// Amounts strictly below this count as "small" for card testing.
     pub small_amount: f64,
@@ -137,14 +138,14 @@ const PLAIN_RATIO: f64 = 2.0;
 const SWEEP_EVERY: u32 = 4096;
 
 /// State of an entity that only has windows (ip, merchant, terminal).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Plain {
     windows: Windows,
     last_ms: i64,
 }
 
 /// State of a terminal or merchant: windows plus label-driven counts.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct PointOfSale {
     windows: Windows,
     labels: LabelBuckets,
@@ -169,7 +170,7 @@ impl PointOfSale {
 }
 
 /// State of a card.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct CardState {
     windows: Windows,
     small_10m: Ring<10>,
@@ -183,7 +184,7 @@ struct CardState {
 }
 
 /// State of a user.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct UserState {
     windows: Windows,
     profile: SpendProfile,
@@ -232,7 +233,7 @@ static EMPTY_DEVICE: DeviceState = DeviceState {
 };
 
 /// State of a device.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct DeviceState {
     windows: Windows,
     users_24h: RecentKeys,
@@ -311,15 +312,22 @@ pub struct StateCounts {
     pub graph_nodes: usize,
 }
 
-/// All entity state of one engine.
-#[derive(Clone, Debug)]
+/// All entity state of one engine. Serializable as a whole, sweep counters included, so a
+/// restored copy continues exactly like the original (see [`crate::snapshot`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EntityState {
     config: StateConfig,
+    #[serde(with = "crate::snapshot::sorted_map")]
     cards: HashMap<u64, CardState>,
+    #[serde(with = "crate::snapshot::sorted_map")]
     users: HashMap<u64, UserState>,
+    #[serde(with = "crate::snapshot::sorted_map")]
     devices: HashMap<u64, DeviceState>,
+    #[serde(with = "crate::snapshot::sorted_map")]
     ips: HashMap<u64, Plain>,
+    #[serde(with = "crate::snapshot::sorted_map")]
     merchants: HashMap<u64, PointOfSale>,
+    #[serde(with = "crate::snapshot::sorted_map")]
     terminals: HashMap<u64, PointOfSale>,
     graph: LinkGraph,
     watermark: i64,
@@ -748,6 +756,12 @@ impl EntityState {
     /// The link-graph component of an entity (users, cards and devices only).
     pub fn ring_of(&self, key: u64) -> Option<crate::graph::Component> {
         self.graph.component_of(key)
+    }
+
+    /// Checks the invariants that reads rely on and that a decoded state could break (see
+    /// [`LinkGraph::check_consistency`]).
+    pub(crate) fn check_consistency(&self) -> Result<(), String> {
+        self.graph.check_consistency()
     }
 
     /// How much the state holds.

@@ -17,12 +17,16 @@
 //! as the true total fits in an `i64` (about 9 * 10^16 in major units), and hostile traffic
 //! beyond that cannot panic the engine.
 
+use serde::{Deserialize, Serialize};
+
 /// A ring of `B` buckets holding counts and cent sums, plus running totals.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Ring<const B: usize> {
     /// Bucket index (time / width) of the newest slot; `i64::MIN` when empty.
     head: i64,
+    #[serde(with = "crate::snapshot::fixed_array")]
     counts: [u32; B],
+    #[serde(with = "crate::snapshot::fixed_array")]
     cents: [i64; B],
     total_count: u32,
     total_cents: i64,
@@ -139,7 +143,7 @@ pub const WIDTH_7D: i64 = 43_200_000;
 
 /// The five standard windows of one entity: 1 min (12 x 5 s), 10 min (10 x 1 min),
 /// 1 h (12 x 5 min), 24 h (24 x 1 h), 7 d (14 x 12 h).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Windows {
     w1m: Ring<12>,
     w10m: Ring<10>,
