@@ -79,7 +79,11 @@ impl Application {
             Some(url) => {
                 let client = crate::alerts::redis::client(url)
                     .map_err(|e| AppError::Redis(e.to_string()))?;
-                let (alerts, task) = RedisAlerts::start(client, Arc::clone(&metrics));
+                let (alerts, task) = RedisAlerts::start(
+                    client,
+                    Arc::clone(&metrics),
+                    settings.engine.escalation.window_ms,
+                );
                 (Some(alerts), Some(task))
             }
             None => (None, None),
@@ -170,12 +174,8 @@ impl Application {
             let mut tick = tokio::time::interval(RULES_POLL);
             loop {
                 tick.tick().await;
-                let h = Arc::clone(&watcher_host);
-                let _ = tokio::task::spawn_blocking(move || {
-                    h.reload_rules_if_changed();
-                    h.reload_models_if_changed();
-                })
-                .await;
+                watcher_host.reload_rules_if_changed().await;
+                watcher_host.reload_models_if_changed().await;
             }
         });
         // The stream worker, if any, runs beside the HTTP server; if it fails (storage), the

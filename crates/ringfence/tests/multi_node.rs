@@ -47,13 +47,11 @@ async fn log_order(server: &RedisServer) -> Vec<String> {
     reply
         .ids
         .iter()
-        .map(|e| {
+        .filter_map(|e| {
             let entry: Value =
                 serde_json::from_str(&e.get::<String>("e").expect("payload")).expect("json");
-            entry["tx"]["transaction_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned()
+            // Rules and models entries carry no transaction.
+            entry["tx"]["transaction_id"].as_str().map(str::to_owned)
         })
         .collect()
 }
@@ -133,6 +131,46 @@ async fn two_nodes_decide_as_one_node() {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
+    // The escalation ladder's counts are the ones in Redis: for every account, the count key
+    // holds its alerts (all in one escalation window here), as the ladder counts them.
+    let mut con = redis::Client::open(server.url())
+        .expect("client")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let mut accounts_checked = 0;
+    for user in 0..7 {
+        let account = format!("u{user}");
+        let alerts = answers
+            .values()
+            .filter(|d| d["account"] == account.as_str() && d["alert"] == true)
+            .count();
+        if alerts == 0 {
+            continue;
+        }
+        accounts_checked += 1;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let count: Option<usize> = redis::cmd("GET")
+                .arg(format!("fraud:count:sender:{account}"))
+                .query_async(&mut con)
+                .await
+                .expect("GET");
+            if count == Some(alerts) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{account}: redis says {count:?}, the ladder counted {alerts}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    assert!(
+        accounts_checked >= 3,
+        "{accounts_checked} accounts with alerts"
+    );
+
     // A node started later rebuilds from the log and agrees at once.
     let dc = tempfile::tempdir().expect("dir");
     let c = node(dc.path(), Some(server.url())).await;
@@ -184,4 +222,73 @@ async fn without_redis_a_node_degrades_or_fails_closed() {
     assert_eq!(log_order(&server).await, ["mn-0", "mn-1", "mn-3", "mn-2"]);
     degrading.stop().await;
     closed.stop().await;
+}
+
+/// Rules reloaded on one node are in force on every node from the same place in the log; a
+/// node started later with other rules follows the log's, until its own file changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_reloads_reach_every_node_through_the_log() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let rules = dir.path().join("rules.toml");
+    let big = |over: u32| {
+        format!(
+            "[[rule]]\nname = \"big\"\nwhen = \"tx.amount > {over}\"\nscore = 90\nreason = \"amount {{tx.amount}}\"\n"
+        )
+    };
+    std::fs::write(&rules, big(1000)).expect("write");
+    let (da, db, dc) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let url = server.url();
+    let a = spawn_app_with(da.path(), |s| {
+        s.redis = Some(Secret::new(url.clone()));
+        s.rules = Some(rules.clone());
+    })
+    .await;
+    // `b` has no rules file of its own (the built-in defaults), yet follows the log's.
+    let b = node(db.path(), Some(url.clone())).await;
+    let (_, v) = b.get("/v1/rules").await;
+    assert_eq!(v["rules"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(decide(&b, "r1", 500).await["decision"], "approve");
+    assert_eq!(decide(&b, "r2", 5000).await["decision"], "block");
+
+    // The file changes on `a`; an explicit reload puts it in force everywhere, at once.
+    std::fs::write(&rules, big(100)).expect("write");
+    let r = a.post("/v1/rules/reload", "").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(decide(&b, "r3", 500).await["decision"], "block");
+    assert_eq!(decide(&a, "r4", 500).await["decision"], "block");
+    let (_, v) = b.get("/v1/rules").await;
+    assert_eq!(
+        v["rules"][0]["when"], "tx.amount > 100",
+        "b reports the rules in force: {v}"
+    );
+
+    // A node started now, with the defaults, scores with the log's rules.
+    let c = node(dc.path(), Some(url.clone())).await;
+    let (_, v) = c.get("/v1/rules").await;
+    assert_eq!(v["rules"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(decide(&c, "r5", 500).await["decision"], "block");
+
+    // A broken file is refused where it is reloaded and reaches no node.
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"broken\"\nwhen = \"tx.amount >\"\nscore = 1\n",
+    )
+    .expect("write");
+    let r = a.post("/v1/rules/reload", "").await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(decide(&c, "r6", 500).await["decision"], "block");
+
+    for app in [a, b, c] {
+        app.stop().await;
+    }
+}
+
+async fn decide(app: &TestApp, id: &str, amount: u32) -> Value {
+    let body = serde_json::json!({"transaction_id": id, "user_id": format!("user-{id}"), "amount": amount});
+    app.post_json("/v1/transactions", &body).await.1
 }

@@ -72,7 +72,14 @@ impl Node {
             .collect();
         let mut guard = self.replica.lock().expect("lock");
         let (engine, cursor, results) = &mut *guard;
-        cursor.apply(engine, self.id, &returned, results, |_, s| s.decision);
+        cursor.apply(
+            engine,
+            self.id,
+            &returned,
+            &mut Default::default(),
+            results,
+            |_, s| s.decision,
+        );
         ours.iter()
             .zip(&batch)
             .map(|(id, t)| {
@@ -132,7 +139,7 @@ async fn two_nodes_on_one_log_decide_as_one() {
     // The nodes really ran at once: their entries interleave in the log.
     let owner = |e: &LogEntry| match e {
         LogEntry::Tx { origin, .. } => *origin,
-        LogEntry::Label { .. } => 0,
+        _ => 0,
     };
     let switches = all
         .windows(2)
@@ -189,7 +196,14 @@ async fn two_nodes_on_one_log_decide_as_one() {
             .filter(|(id, _)| *id > position)
             .cloned()
             .collect();
-        cursor.apply(engine, node.id, &rest, results, |_, s| s.decision);
+        cursor.apply(
+            engine,
+            node.id,
+            &rest,
+            &mut Default::default(),
+            results,
+            |_, s| s.decision,
+        );
         for probe in [tx(5000), tx(5001), tx(5002)] {
             assert_eq!(
                 format!("{:?}", engine.evaluate(&probe).features.num),

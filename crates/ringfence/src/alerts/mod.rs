@@ -20,12 +20,18 @@ pub struct AlertEvent {
     pub sender_account_id: String,
     /// The account's transactions in the hour up to and including this one.
     pub velocity_count: u32,
+    /// The account's alerts in the escalation window up to and including this one: the count
+    /// the escalation ladder reads for the account's next transaction, and the value of
+    /// `fraud:count:sender:<account>`.
+    pub alert_count: u32,
     /// Amount of the transaction.
     pub amount: f64,
     /// Country of the transaction (ISO 3166), when known.
     pub region: Option<String>,
     /// Event time of the transaction, RFC 3339.
     pub alert_timestamp: String,
+    /// The same instant in milliseconds since the Unix epoch (orders alerts exactly).
+    pub alert_time_ms: i64,
     /// Kind of alert: the category of the strongest reason (`velocity`, `ring`, `model`,
     /// `return`, ...), `score` when only the total score decided.
     pub alert_type: String,
@@ -61,6 +67,15 @@ impl AlertEvent {
         } else {
             1
         };
+        let earlier_alerts = f.get(Num::AccountAlerts);
+        let earlier_alerts = if earlier_alerts.is_finite() {
+            earlier_alerts as u32
+        } else {
+            0
+        };
+        // An escalation-only decision is published but does not count (the ladder must not
+        // feed itself), exactly as the engine counts it.
+        let alert_count = earlier_alerts + u32::from(decision.alert);
         let alert_type = decision
             .reasons
             .first()
@@ -68,9 +83,11 @@ impl AlertEvent {
         Some(AlertEvent {
             sender_account_id: account,
             velocity_count,
+            alert_count,
             amount: tx.amount,
             region: tx.country.clone(),
             alert_timestamp: tx.timestamp.to_rfc3339(),
+            alert_time_ms: tx.timestamp.millis(),
             alert_type,
             transaction_id: decision.transaction_id.clone(),
             decision: decision.decision,

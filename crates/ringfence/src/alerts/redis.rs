@@ -4,12 +4,18 @@
 //! |---|---|
 //! | `fraud:alerts:accounts` (set) | every account that has raised an alert |
 //! | `fraud:alerts:sender:<account>` (string) | the latest alert of the account, as JSON |
-//! | `fraud:count:sender:<account>` (string) | how many alerts the account has raised |
+//! | `fraud:count:sender:<account>` (string) | the account's alerts in the escalation window, as of its latest alert (expires a window after it) |
 //! | `fraud:alerts:<type>` (channel) | every alert of that type (`velocity`, `ring`, `model`, ...) |
 //! | `fraud_alerts` (channel) | every alert |
 //!
-//! One alert is one atomic `MULTI` pipeline (SADD, SET, INCR, two PUBLISH); a burst of alerts
-//! goes in one round trip. A background task owns the connection: while Redis is unreachable
+//! One alert is one atomic script call (SADD, SET, SET, two PUBLISH); a burst of alerts goes
+//! in one pipelined round trip.
+//!
+//! The count is the very number the escalation ladder reads: the engine counts an account's
+//! alerts over the escalation window, in event time and log order, and the count key is set
+//! to that number (not incremented), so a retried pipeline or a second node writing the same
+//! alert cannot make Redis disagree with the ladder. It expires one window after the latest
+//! alert, when the ladder's count has fallen to zero too. A background task owns the connection: while Redis is unreachable
 //! it keeps the alerts queued and retries with backoff, so decisions never wait on Redis. The
 //! URL's password never reaches a log or an error.
 
@@ -68,9 +74,14 @@ pub struct RedisAlerts {
 impl RedisAlerts {
     /// Starts the writer task (on the current Tokio runtime). It connects lazily and ends
     /// once every handle is dropped and the queue is written.
-    pub fn start(client: redis::Client, metrics: Arc<Metrics>) -> (RedisAlerts, JoinHandle<()>) {
+    /// `window_ms` is the escalation window (how long a count key lives).
+    pub fn start(
+        client: redis::Client,
+        metrics: Arc<Metrics>,
+        window_ms: i64,
+    ) -> (RedisAlerts, JoinHandle<()>) {
         let (queue, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(write_loop(client, rx, metrics.clone()));
+        let task = tokio::spawn(write_loop(client, rx, metrics.clone(), window_ms.max(1)));
         (RedisAlerts { queue, metrics }, task)
     }
 
@@ -89,24 +100,32 @@ async fn write_loop(
     client: redis::Client,
     mut rx: mpsc::Receiver<AlertEvent>,
     metrics: Arc<Metrics>,
+    window_ms: i64,
 ) {
     let mut con: Option<redis::aio::MultiplexedConnection> = None;
+    let script = redis::Script::new(WRITE_ALERT);
     let mut batch: Vec<AlertEvent> = Vec::with_capacity(BATCH);
     loop {
         if rx.recv_many(&mut batch, BATCH).await == 0 {
             return; // every sender gone and the queue empty
         }
-        let pipe = pipeline(&batch);
+        let pipe = pipeline(&script, &batch, window_ms);
         let mut backoff = Duration::from_millis(50);
         loop {
             let result = match con.as_mut() {
                 Some(c) => pipe.query_async::<()>(c).await,
+                // A fresh connection (first use, or after a failure, which may have been a
+                // restarted Redis without the script) loads the script first: a pipeline
+                // sends it by hash only.
                 None => match client.get_multiplexed_async_connection().await {
-                    Ok(mut c) => {
-                        let r = pipe.query_async::<()>(&mut c).await;
-                        con = Some(c);
-                        r
-                    }
+                    Ok(mut c) => match script.prepare_invoke().load_async(&mut c).await {
+                        Ok(_) => {
+                            let r = pipe.query_async::<()>(&mut c).await;
+                            con = Some(c);
+                            r
+                        }
+                        Err(e) => Err(e),
+                    },
                     Err(e) => Err(e),
                 },
             };
@@ -137,26 +156,59 @@ async fn write_loop(
     }
 }
 
-/// The commands for a batch of alerts, each alert's five in one `MULTI`.
-fn pipeline(alerts: &[AlertEvent]) -> redis::Pipeline {
+/// Writes one alert: adds the account to the set, publishes the alert on its channels, and
+/// sets the latest alert and the count unless a newer alert of the account (by event time;
+/// on a tie, the higher count) is already there. Two nodes can finish alerts of one account
+/// in either order; this keeps the keys at the latest, so the count stays the ladder's.
+///
+/// KEYS: accounts set, latest-alert key, count key. ARGV: account, alert JSON, event time
+/// (ms), count, window (ms), typed channel, all-alerts channel.
+const WRITE_ALERT: &str = r#"
+redis.call('SADD', KEYS[1], ARGV[1])
+local latest = true
+local current = redis.call('GET', KEYS[2])
+if current then
+  local ok, prev = pcall(cjson.decode, current)
+  if ok and type(prev) == 'table' and type(prev.alert_time_ms) == 'number' then
+    local at = tonumber(ARGV[3])
+    if prev.alert_time_ms > at then
+      latest = false
+    elseif prev.alert_time_ms == at then
+      local n = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
+      if n > tonumber(ARGV[4]) then
+        latest = false
+      end
+    end
+  end
+end
+if latest then
+  redis.call('SET', KEYS[2], ARGV[2])
+  redis.call('SET', KEYS[3], ARGV[4], 'PX', ARGV[5])
+end
+redis.call('PUBLISH', ARGV[6], ARGV[2])
+redis.call('PUBLISH', ARGV[7], ARGV[2])
+return 0
+"#;
+
+/// The commands for a batch of alerts: one script call each, in one round trip. Each call is
+/// atomic; a retried batch repeats only idempotent writes (and the publications).
+fn pipeline(script: &redis::Script, alerts: &[AlertEvent], window_ms: i64) -> redis::Pipeline {
     let mut pipe = redis::pipe();
-    pipe.atomic();
     for a in alerts {
         let json = serde_json::to_string(a).unwrap_or_else(|_| "{}".into());
         let account = &a.sender_account_id;
-        pipe.cmd("SADD").arg(ACCOUNTS_KEY).arg(account).ignore();
-        pipe.cmd("SET")
-            .arg(format!("fraud:alerts:sender:{account}"))
+        let mut call = script.prepare_invoke();
+        call.key(ACCOUNTS_KEY)
+            .key(format!("fraud:alerts:sender:{account}"))
+            .key(format!("fraud:count:sender:{account}"))
+            .arg(account)
             .arg(&json)
-            .ignore();
-        pipe.cmd("INCR")
-            .arg(format!("fraud:count:sender:{account}"))
-            .ignore();
-        pipe.cmd("PUBLISH")
+            .arg(a.alert_time_ms)
+            .arg(a.alert_count)
+            .arg(window_ms)
             .arg(format!("fraud:alerts:{}", a.channel_type()))
-            .arg(&json)
-            .ignore();
-        pipe.cmd("PUBLISH").arg(ALL_CHANNEL).arg(&json).ignore();
+            .arg(ALL_CHANNEL);
+        pipe.invoke_script(&call).ignore();
     }
     pipe
 }

@@ -12,12 +12,10 @@ pub async fn list(State(cx): State<ApiContext>) -> Json<serde_json::Value> {
 }
 
 /// Reloads the model files now; a broken file keeps the running models (422 with the error).
+/// With shared state the new models go through the log, so every node switches at once (503
+/// when the log is unreachable).
 pub async fn reload(State(cx): State<ApiContext>) -> Result<Json<serde_json::Value>, ApiError> {
-    let host = cx.host.clone();
-    let result = tokio::task::spawn_blocking(move || host.reload_models())
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    match result {
+    match cx.host.reload_models().await? {
         Ok(version) => Ok(Json(
             serde_json::json!({ "reloaded": true, "version": version }),
         )),

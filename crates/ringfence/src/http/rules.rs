@@ -14,13 +14,10 @@ pub async fn list(State(cx): State<ApiContext>) -> Json<serde_json::Value> {
 }
 
 /// Reloads the rules file now; a broken file keeps the running rules (422 with the errors).
+/// With shared state the new rules go through the log, so every node switches at once (503
+/// when the log is unreachable).
 pub async fn reload(State(cx): State<ApiContext>) -> Result<Json<serde_json::Value>, ApiError> {
-    // Reading the file and compiling the rules is blocking work: keep it off the runtime.
-    let host = cx.host.clone();
-    let result = tokio::task::spawn_blocking(move || host.reload_rules())
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    match result {
+    match cx.host.reload_rules().await? {
         Ok(n) => Ok(Json(serde_json::json!({ "reloaded": true, "rules": n }))),
         Err(errors) => Err(ApiError::InvalidRules(errors)),
     }

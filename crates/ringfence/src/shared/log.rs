@@ -30,6 +30,19 @@ pub enum LogEntry {
         /// The verdict it replaces.
         previous: Option<bool>,
     },
+    /// The rules every node scores with from here on: the rules file's text.
+    Rules {
+        /// TOML source, checked by the node that appended it.
+        source: String,
+    },
+    /// The models every node scores with from here on: the model files' text (either
+    /// format), `None` for no model.
+    Models {
+        /// The champion, whose probability joins the score.
+        champion: Option<String>,
+        /// The challenger, scored in shadow.
+        challenger: Option<String>,
+    },
 }
 
 /// A position in the log: a Redis stream id (`<ms>-<seq>`), ordered as Redis orders them.

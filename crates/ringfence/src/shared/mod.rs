@@ -10,9 +10,10 @@
 //! decision for every transaction, and answers its own. The feature code stays the one in
 //! `crates/core`; nothing is reimplemented in Lua.
 //!
-//! Not yet here (see the issue notes): wiring into the host's submit path, snapshots in Redis
-//! so the log can be trimmed, rules and model reloads as log entries, the Redis-unreachable
-//! policy.
+//! Rules and models changes are log entries too (see `host::reload`), so every node switches
+//! at the same place in the order.
+//!
+//! Not yet here (see the issue notes): snapshots in Redis so the log can be trimmed.
 
 pub mod log;
 pub mod replica;

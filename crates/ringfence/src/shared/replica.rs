@@ -1,12 +1,18 @@
 //! A node's place in the shared log: it applies every entry to the node's engine in log
 //! order, scoring each transaction exactly as a single node would have at that point, and
 //! keeps the results of entries until the requests that own them collect them.
+//!
+//! Rules and models changes are log entries too, so every node switches at the same place
+//! in the order. They are compiled before the engine lock is taken ([`prepare`]): parsing a
+//! model of a thousand trees takes milliseconds, which no transaction should wait for.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use ringfence_core::decision::Decision;
-use ringfence_core::engine::{Engine, Scored};
+use ringfence_core::engine::{Engine, Models, Scored};
 use ringfence_core::event::Transaction;
+use ringfence_core::rules::RuleSet;
 
 use super::log::{LogEntry, LogId};
 
@@ -28,10 +34,89 @@ pub enum Applied<R> {
     Duplicate(Option<Decision>),
 }
 
+/// A rules or models entry, compiled.
+#[derive(Debug)]
+pub enum Change {
+    /// The rules to score with.
+    Rules(Arc<RuleSet>),
+    /// The models to score with.
+    Models(Models),
+}
+
+/// Changes compiled ahead of applying them, by log id.
+pub type Prepared = HashMap<LogId, Change>;
+
+/// Compiles one rules or models entry (`None` for any other entry).
+pub fn compile(entry: &LogEntry) -> Option<Result<Change, String>> {
+    match entry {
+        LogEntry::Rules { source } => Some(
+            RuleSet::from_toml(source)
+                .map(|r| Change::Rules(Arc::new(r)))
+                .map_err(|e| e.to_string()),
+        ),
+        LogEntry::Models {
+            champion,
+            challenger,
+        } => {
+            let parse = |text: &Option<String>| {
+                text.as_deref()
+                    .map(|t| crate::models::parse(t).map(Arc::new))
+                    .transpose()
+            };
+            Some((|| {
+                Ok(Change::Models(Models {
+                    champion: parse(champion)?,
+                    challenger: parse(challenger)?,
+                }))
+            })())
+        }
+        LogEntry::Tx { .. } | LogEntry::Label { .. } => None,
+    }
+}
+
+/// Compiles the rules and models entries among `entries` (call it outside the engine lock).
+/// An entry that does not compile is left out: [`LogCursor::apply`] then skips it, as every
+/// node running this build does.
+pub fn prepare(entries: &[(LogId, LogEntry)]) -> Prepared {
+    entries
+        .iter()
+        .filter_map(|(id, e)| match compile(e)? {
+            Ok(change) => Some((*id, change)),
+            Err(error) => {
+                tracing::error!(entry = %id, %error, "a rules or models entry in the shared log does not compile; skipping it");
+                None
+            }
+        })
+        .collect()
+}
+
+/// A champion's and a challenger's model text (`None`: no model).
+pub type ModelTexts = (Option<Arc<str>>, Option<Arc<str>>);
+
+/// The texts of the rules and models the log set last (what a snapshot must carry, and how
+/// a starting node tells whether the log has chosen any).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sources {
+    /// The rules' TOML, once a rules entry was applied.
+    pub rules: Option<Arc<str>>,
+    /// Champion and challenger texts, once a models entry was applied.
+    pub models: Option<ModelTexts>,
+}
+
+/// What applying entries changed besides state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// A rules entry was applied.
+    pub rules: bool,
+    /// A models entry was applied.
+    pub models: bool,
+}
+
 /// How far a node's engine has followed the log.
 #[derive(Debug, Default)]
 pub struct LogCursor {
     applied: LogId,
+    sources: Sources,
     seen: HashSet<Box<str>>,
     seen_order: VecDeque<Box<str>>,
     decisions: HashMap<Box<str>, Decision>,
@@ -49,19 +134,27 @@ impl LogCursor {
         self.applied
     }
 
+    /// The rules and models texts the log set last.
+    pub fn sources(&self) -> &Sources {
+        &self.sources
+    }
+
     /// Applies to `engine`, in order, the entries after this cursor's position and records
     /// what each entry of node `me` produced in `results` by log id (`keep` turns a scored
     /// transaction into what is kept of it). A node's concurrent requests each get a reply
     /// that ends with their own entries; whichever applies an entry first leaves its result
-    /// for the request that owns it. Entries at or before the position are skipped.
+    /// for the request that owns it. Entries at or before the position are skipped. Rules
+    /// and models entries take their compiled form from `prepared` (compiled here if absent).
     pub fn apply<R>(
         &mut self,
         engine: &mut Engine,
         me: u64,
         entries: &[(LogId, LogEntry)],
+        prepared: &mut Prepared,
         results: &mut HashMap<LogId, Applied<R>>,
         mut keep: impl FnMut(&Transaction, Scored<'_>) -> R,
-    ) {
+    ) -> Reconfigured {
+        let mut reconfigured = Reconfigured::default();
         for (id, entry) in entries {
             if *id <= self.applied {
                 continue;
@@ -90,8 +183,40 @@ impl LogCursor {
                     fraud,
                     previous,
                 } => engine.apply_label(tx, *fraud, *previous),
+                LogEntry::Rules { .. } | LogEntry::Models { .. } => {
+                    let change = match prepared.remove(id) {
+                        Some(c) => c,
+                        None => match compile(entry) {
+                            Some(Ok(c)) => c,
+                            _ => continue,
+                        },
+                    };
+                    match (change, entry) {
+                        (Change::Rules(rules), LogEntry::Rules { source }) => {
+                            engine.set_rules(rules);
+                            self.sources.rules = Some(source.as_str().into());
+                            reconfigured.rules = true;
+                        }
+                        (
+                            Change::Models(models),
+                            LogEntry::Models {
+                                champion,
+                                challenger,
+                            },
+                        ) => {
+                            engine.set_models(models);
+                            let text = |t: &Option<String>| t.as_deref().map(Arc::<str>::from);
+                            self.sources.models = Some((text(champion), text(challenger)));
+                            reconfigured.models = true;
+                        }
+                        // A prepared change filed under another entry's id: cannot happen
+                        // with `prepare`; skip rather than apply the wrong thing.
+                        _ => {}
+                    }
+                }
             }
         }
+        reconfigured
     }
 
     fn keep_decision(&mut self, id: &str, decision: &Decision) {

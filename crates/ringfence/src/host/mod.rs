@@ -8,6 +8,8 @@
 //! restart rebuild exactly the same state. The queue place is reserved before scoring, so a
 //! full queue turns a request away before it changes any state.
 
+mod reload;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,11 +18,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use ringfence_core::decision::Decision;
-use ringfence_core::engine::{Engine, Models};
+use ringfence_core::engine::Engine;
 use ringfence_core::event::{
     CardHasher, EntityId, FieldError, ParseContext, RawTransaction, Timestamp, Transaction,
 };
-use ringfence_core::rules::{RuleErrors, RuleSet};
+use ringfence_core::rules::RuleErrors;
 use ringfence_core::state::EntityKind;
 use serde::Serialize;
 
@@ -29,12 +31,14 @@ use crate::alerts::AlertEvent;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::shared::log::{LogEntry, LogId, SharedLog};
-use crate::shared::replica::{Applied, LogCursor};
+use crate::shared::replica::{self, Applied, LogCursor, Prepared};
 use crate::store::{self as records, Records};
 use crate::store::{DecisionRecord, HistoryItem, LabelRecord, StoreError, TxRecord, WriteOp};
 
 /// The rules used when no rules file is configured.
-pub const DEFAULT_RULES: &str = include_str!("../rules/default.toml");
+pub const DEFAULT_RULES: &str = include_str!("../../rules/default.toml");
+
+pub use reload::{ModelsStatus, RulesStatus};
 
 /// Transaction ids remembered in memory to catch duplicates still on their way to disk.
 const RECENT_IDS: usize = 1 << 18;
@@ -78,51 +82,6 @@ pub struct Parsed {
     pub tx: Transaction,
     /// True when the client sent no id (so it cannot be a duplicate).
     pub generated_id: bool,
-}
-
-/// The state of the rules: where they come from and how the last load went.
-#[derive(Clone, Debug, Serialize)]
-pub struct RulesStatus {
-    /// Rules file, if any (built-in defaults otherwise).
-    pub path: Option<PathBuf>,
-    /// Increments on every successful load.
-    pub version: u64,
-    /// When the active rules were loaded.
-    pub loaded_at: Timestamp,
-    /// The errors of the last failed load, if the last load failed.
-    pub last_error: Option<RuleErrors>,
-    #[serde(skip)]
-    fingerprint: Option<(SystemTime, u64)>,
-}
-
-/// The state of the models: which files, how the last load went.
-#[derive(Clone, Debug, Serialize)]
-pub struct ModelsStatus {
-    /// Champion model file.
-    pub champion: Option<PathBuf>,
-    /// Challenger model file.
-    pub challenger: Option<PathBuf>,
-    /// Increments on every successful load.
-    pub version: u64,
-    /// When the active models were loaded.
-    pub loaded_at: Timestamp,
-    /// The error of the last failed load, if the last load failed.
-    pub last_error: Option<String>,
-    #[serde(skip)]
-    fingerprints: [Option<(SystemTime, u64)>; 2],
-}
-
-/// Loads the configured champion and challenger.
-fn load_models(champion: Option<&Path>, challenger: Option<&Path>) -> Result<Models, String> {
-    let load = |p: Option<&Path>| {
-        p.map(crate::models::load)
-            .transpose()
-            .map(|m| m.map(Arc::new))
-    };
-    Ok(Models {
-        champion: load(champion)?,
-        challenger: load(challenger)?,
-    })
 }
 
 /// Ids decided recently, in insertion order, bounded.
@@ -338,11 +297,6 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
-}
-
 /// Errors of loading rules at start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -379,23 +333,6 @@ pub enum StartError {
     /// The data was written under another card-hash key: its card tokens would not match.
     #[error("the card-hash key differs from the one this data directory was written with; card tokens would not match (restore the original key or start a new data directory)")]
     KeyMismatch,
-}
-
-fn load_rules(path: Option<&Path>) -> Result<RuleSet, StartError> {
-    let (name, source) = match path {
-        Some(p) => (
-            p.display().to_string(),
-            std::fs::read_to_string(p).map_err(|source| StartError::RulesRead {
-                path: p.to_owned(),
-                source,
-            })?,
-        ),
-        None => (
-            "<built-in default rules>".to_string(),
-            DEFAULT_RULES.to_string(),
-        ),
-    };
-    RuleSet::from_toml(&source).map_err(|errors| StartError::Rules { path: name, errors })
 }
 
 impl EngineHost {
@@ -438,12 +375,12 @@ impl EngineHost {
             Some(_) => {}
             None => store.set_meta("state_config", &state_config).await?,
         }
-        let rules = load_rules(settings.rules.as_deref())?;
+        let (rules, rules_source) = reload::load_rules(settings.rules.as_deref())?;
         let mut engine = Engine::new(settings.engine, Arc::new(rules));
-        engine.set_models(
-            load_models(settings.model.as_deref(), settings.challenger.as_deref())
-                .map_err(StartError::Model)?,
-        );
+        let (models, model_texts) =
+            reload::load_models(settings.model.as_deref(), settings.challenger.as_deref())
+                .map_err(StartError::Model)?;
+        engine.set_models(models);
         let began = Instant::now();
         let mut cursor = LogCursor::new();
         if let Some(shared) = &shared {
@@ -460,13 +397,23 @@ impl EngineHost {
                     break;
                 }
                 applied += page.len() as u64;
-                cursor.apply(&mut engine, shared.node, &page, &mut none, |_, _| ());
+                let mut prepared = replica::prepare(&page);
+                cursor.apply(
+                    &mut engine,
+                    shared.node,
+                    &page,
+                    &mut prepared,
+                    &mut none,
+                    |_, _| (),
+                );
             }
             tracing::info!(
                 entries = applied,
                 ms = began.elapsed().as_millis() as u64,
                 "entity state rebuilt from the shared log"
             );
+            reload::settle_in_log(shared, &mut engine, &mut cursor, rules_source, model_texts)
+                .await?;
         } else {
             let mut labels = 0u64;
             let txs = store
@@ -508,7 +455,7 @@ impl EngineHost {
             id_counter: AtomicU64::new(0),
             id_salt: random_u64() as u32,
             rules: Mutex::new(RulesStatus {
-                fingerprint: settings.rules.as_deref().and_then(fingerprint),
+                fingerprint: settings.rules.as_deref().and_then(reload::fingerprint),
                 path: settings.rules.clone(),
                 version: 1,
                 loaded_at: now(),
@@ -516,8 +463,8 @@ impl EngineHost {
             }),
             models: Mutex::new(ModelsStatus {
                 fingerprints: [
-                    settings.model.as_deref().and_then(fingerprint),
-                    settings.challenger.as_deref().and_then(fingerprint),
+                    settings.model.as_deref().and_then(reload::fingerprint),
+                    settings.challenger.as_deref().and_then(reload::fingerprint),
                 ],
                 champion: settings.model.clone(),
                 challenger: settings.challenger.clone(),
@@ -848,17 +795,8 @@ impl EngineHost {
             .iter()
             .map(|(id, _)| *id)
             .collect();
-        let mut guard = self.lock();
-        let locked = &mut *guard;
-        locked.cursor.apply(
-            &mut locked.engine,
-            shared.node,
-            &returned,
-            &mut locked.log_results,
-            own_decision(self.has_alert_sinks, Instant::now()),
-        );
-        self.scored_total
-            .fetch_add(returned.len() as u64, Ordering::Release);
+        self.apply_log(shared, &returned, replica::prepare(&returned));
+        let mut locked = self.lock();
         for ((index, p, permit), id) in fresh.into_iter().zip(ours) {
             let (decision, alert, us) = match locked.log_results.remove(&id) {
                 Some(Applied::Decided(own)) => own,
@@ -892,19 +830,41 @@ impl EngineHost {
             let position = self.lock().cursor.position();
             match shared.log.read(position, 1000).await {
                 Ok(entries) if !entries.is_empty() => {
-                    let mut guard = self.lock();
-                    let locked = &mut *guard;
-                    locked.cursor.apply(
-                        &mut locked.engine,
-                        shared.node,
-                        &entries,
-                        &mut locked.log_results,
-                        own_decision(self.has_alert_sinks, Instant::now()),
-                    );
+                    self.apply_log(shared, &entries, replica::prepare(&entries))
                 }
                 Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
                 Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
             }
+        }
+    }
+
+    /// Applies log entries in order (their rules and models changes compiled in `prepared`),
+    /// then records any switch of rules or models in their status.
+    fn apply_log(
+        &self,
+        shared: &SharedState,
+        entries: &[(LogId, LogEntry)],
+        mut prepared: Prepared,
+    ) {
+        let reconfigured = {
+            let mut guard = self.lock();
+            let locked = &mut *guard;
+            locked.cursor.apply(
+                &mut locked.engine,
+                shared.node,
+                entries,
+                &mut prepared,
+                &mut locked.log_results,
+                own_decision(self.has_alert_sinks, Instant::now()),
+            )
+        };
+        self.scored_total
+            .fetch_add(entries.len() as u64, Ordering::Release);
+        if reconfigured.rules {
+            self.rules_switched();
+        }
+        if reconfigured.models {
+            self.models_switched();
         }
     }
 
@@ -977,15 +937,7 @@ impl EngineHost {
                             tracing::warn!(error = %e, "shared log unreachable: label refused");
                             HostError::SharedUnavailable
                         })?;
-                    let mut guard = self.lock();
-                    let locked = &mut *guard;
-                    locked.cursor.apply(
-                        &mut locked.engine,
-                        shared.node,
-                        &returned,
-                        &mut locked.log_results,
-                        own_decision(self.has_alert_sinks, Instant::now()),
-                    );
+                    self.apply_log(shared, &returned, replica::prepare(&returned));
                 }
             }
             records::send(permit, WriteOp::Label(record.clone()))
@@ -997,165 +949,6 @@ impl EngineHost {
         }
         self.metrics.labels.fetch_add(1, Ordering::Relaxed);
         Ok(record)
-    }
-
-    /// Re-reads the rules file; on error the running rules stay and the error is kept.
-    pub fn reload_rules(&self) -> Result<usize, RuleErrors> {
-        let mut status = self.rules.lock().unwrap_or_else(|p| p.into_inner());
-        let path = status.path.clone();
-        let result = match &path {
-            None => RuleSet::from_toml(DEFAULT_RULES),
-            Some(p) => match std::fs::read_to_string(p) {
-                Ok(src) => RuleSet::from_toml(&src),
-                Err(e) => Err(RuleErrors(vec![ringfence_core::rules::RuleError {
-                    rule: None,
-                    line: 0,
-                    column: 0,
-                    message: format!("cannot read {}: {e}", p.display()),
-                }])),
-            },
-        };
-        status.fingerprint = path.as_deref().and_then(fingerprint);
-        match result {
-            Ok(rules) => {
-                let n = rules.len();
-                self.lock().engine.set_rules(Arc::new(rules));
-                status.version += 1;
-                status.loaded_at = now();
-                status.last_error = None;
-                self.metrics.rule_reloads.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(rules = n, version = status.version, "rules reloaded");
-                Ok(n)
-            }
-            Err(errors) => {
-                self.metrics
-                    .rule_reload_failures
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::error!(errors = %errors, "rules reload failed; keeping the running rules");
-                status.last_error = Some(errors.clone());
-                Err(errors)
-            }
-        }
-    }
-
-    /// Reloads the rules if the file changed since the last load (called periodically).
-    pub fn reload_rules_if_changed(&self) {
-        let changed = {
-            let status = self.rules.lock().unwrap_or_else(|p| p.into_inner());
-            match &status.path {
-                Some(p) => fingerprint(p) != status.fingerprint,
-                None => false,
-            }
-        };
-        if changed {
-            let _ = self.reload_rules();
-        }
-    }
-
-    /// Re-reads the model files, each on its own: a file that fails to load keeps its running
-    /// model (and the error is kept), the other is still swapped. Files are parsed outside
-    /// every lock.
-    pub fn reload_models(&self) -> Result<u64, String> {
-        let (champion_path, challenger_path) = {
-            let s = self.models.lock().unwrap_or_else(|p| p.into_inner());
-            (s.champion.clone(), s.challenger.clone())
-        };
-        let fingerprints = [
-            champion_path.as_deref().and_then(fingerprint),
-            challenger_path.as_deref().and_then(fingerprint),
-        ];
-        let load = |p: &Option<PathBuf>| p.as_deref().map(crate::models::load);
-        let (champion, challenger) = (load(&champion_path), load(&challenger_path));
-        let mut errors = Vec::new();
-        {
-            let mut locked = self.lock();
-            let mut models = locked.engine.models().clone();
-            match champion {
-                Some(Ok(m)) => models.champion = Some(Arc::new(m)),
-                Some(Err(e)) => errors.push(e),
-                None => {}
-            }
-            match challenger {
-                Some(Ok(m)) => models.challenger = Some(Arc::new(m)),
-                Some(Err(e)) => errors.push(e),
-                None => {}
-            }
-            locked.engine.set_models(models);
-        }
-        let mut status = self.models.lock().unwrap_or_else(|p| p.into_inner());
-        status.fingerprints = fingerprints;
-        status.version += 1;
-        status.loaded_at = now();
-        if errors.is_empty() {
-            status.last_error = None;
-            tracing::info!(version = status.version, "models reloaded");
-            Ok(status.version)
-        } else {
-            let e = errors.join("; ");
-            tracing::error!(error = %e, "model reload failed for a file; its running model stays");
-            status.last_error = Some(e.clone());
-            Err(e)
-        }
-    }
-
-    /// Reloads the models if a model file changed since the last load (called periodically).
-    pub fn reload_models_if_changed(&self) {
-        let changed = {
-            let s = self.models.lock().unwrap_or_else(|p| p.into_inner());
-            let now = [
-                s.champion.as_deref().and_then(fingerprint),
-                s.challenger.as_deref().and_then(fingerprint),
-            ];
-            (s.champion.is_some() || s.challenger.is_some()) && now != s.fingerprints
-        };
-        if changed {
-            let _ = self.reload_models();
-        }
-    }
-
-    /// The models status and a description of each loaded model.
-    pub fn models_view(&self) -> serde_json::Value {
-        let status = self
-            .models
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let locked = self.lock();
-        let models = locked.engine.models();
-        serde_json::json!({
-            "status": status,
-            "policy": locked.engine.config().model,
-            "champion": models.champion.as_deref().map(crate::models::describe),
-            "challenger": models.challenger.as_deref().map(crate::models::describe),
-        })
-    }
-
-    /// The rules status and the active rules with their hit counts.
-    pub fn rules_view(&self) -> serde_json::Value {
-        let status = self.rules.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let locked = self.lock();
-        let rules: Vec<_> = locked
-            .engine
-            .rules()
-            .rules()
-            .iter()
-            .zip(locked.engine.rule_hits())
-            .map(|(r, hits)| {
-                serde_json::json!({
-                    "name": r.name,
-                    "description": r.description,
-                    "category": r.category,
-                    "when": r.when,
-                    "score": r.weight,
-                    "action": r.action,
-                    "reason": r.reason,
-                    "mode": r.mode,
-                    "features": r.features(),
-                    "hits": hits,
-                })
-            })
-            .collect();
-        serde_json::json!({ "status": status, "rules": rules })
     }
 
     /// The card token of a card number (for lookups by PAN; the PAN itself goes nowhere).
