@@ -134,6 +134,10 @@ pub struct ServeArgs {
     /// Stream key of the shared log in Redis (default `ringfence:log`).
     #[arg(long, env = "RINGFENCE_REDIS_LOG_KEY")]
     pub redis_log_key: Option<String>,
+    /// With `--redis`: log entries between two snapshots of the shared state (default
+    /// 500000). A snapshot lets the log be trimmed and a node start without replaying it all.
+    #[arg(long, env = "RINGFENCE_SNAPSHOT_EVERY")]
+    pub snapshot_every: Option<u64>,
 }
 
 /// The same keys as read from the config file.
@@ -166,6 +170,7 @@ struct FileConfig {
     redis_unavailable: Option<String>,
     redis_timeout_ms: Option<u64>,
     redis_log_key: Option<String>,
+    snapshot_every: Option<u64>,
 }
 
 /// A configuration problem, named precisely.
@@ -227,6 +232,8 @@ pub struct Settings {
     pub redis_timeout: std::time::Duration,
     /// Stream key of the shared log.
     pub redis_log_key: String,
+    /// Log entries between two snapshots of the shared state.
+    pub snapshot_every: u64,
 }
 
 /// Largest batch a client may send.
@@ -335,6 +342,12 @@ impl Settings {
             ));
         }
         let redis_log_key = pick!(redis_log_key, "ringfence:log".to_string());
+        let snapshot_every = pick!(snapshot_every, 500_000);
+        if !(10..=1_000_000_000).contains(&snapshot_every) {
+            return Err(ConfigError::Invalid(
+                "snapshot_every must be within 10..=1000000000".into(),
+            ));
+        }
         let card_hash_key = args.card_hash_key.clone().or(file.card_hash_key);
         if postgres.is_some() && card_hash_key.is_none() {
             return Err(ConfigError::Invalid(
@@ -368,6 +381,7 @@ impl Settings {
             redis_fail_closed,
             redis_timeout: std::time::Duration::from_millis(redis_timeout_ms),
             redis_log_key,
+            snapshot_every,
         })
     }
 }

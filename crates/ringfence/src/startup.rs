@@ -120,6 +120,7 @@ impl Application {
                     node: node_id(),
                     budget: settings.redis_timeout,
                     fail_closed: settings.redis_fail_closed,
+                    snapshot_every: settings.snapshot_every,
                 })
             }
             None => None,

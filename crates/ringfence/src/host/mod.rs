@@ -30,8 +30,9 @@ use crate::alerts::redis::RedisAlerts;
 use crate::alerts::AlertEvent;
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::shared::log::{LogEntry, LogId, SharedLog};
+use crate::shared::log::{LogEntry, LogError, LogId, SharedLog};
 use crate::shared::replica::{self, Applied, LogCursor, Prepared};
+use crate::shared::snapshot::Snapshot;
 use crate::store::{self as records, Records};
 use crate::store::{DecisionRecord, HistoryItem, LabelRecord, StoreError, TxRecord, WriteOp};
 
@@ -39,6 +40,9 @@ use crate::store::{DecisionRecord, HistoryItem, LabelRecord, StoreError, TxRecor
 pub const DEFAULT_RULES: &str = include_str!("../../rules/default.toml");
 
 pub use reload::{ModelsStatus, RulesStatus};
+
+/// How long a node may hold the snapshot lease (encoding and saving a large state included).
+const SNAPSHOT_LEASE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Transaction ids remembered in memory to catch duplicates still on their way to disk.
 const RECENT_IDS: usize = 1 << 18;
@@ -125,6 +129,8 @@ struct Locked {
     latency: Histogram<u64>,
     /// Transactions decided per wall-clock second, newest last (at most 60 entries).
     per_second: VecDeque<(u64, u64)>,
+    /// Log entries applied since this node last saw to a snapshot.
+    since_snapshot: u64,
 }
 
 /// What a request keeps of its own transaction's decision when the shared log applied it.
@@ -193,6 +199,8 @@ pub struct SharedState {
     pub budget: std::time::Duration,
     /// Refuse (503) instead of deciding on this node's own state when Redis is unreachable.
     pub fail_closed: bool,
+    /// Log entries between two snapshots of the state.
+    pub snapshot_every: u64,
 }
 
 /// The engine, its store and everything that orders them.
@@ -221,6 +229,8 @@ pub struct EngineHost {
     /// Transactions decided while Redis was unreachable, to append to the log (ahead of the
     /// next request's) so every node's state gets them.
     log_backlog: Mutex<Vec<LogEntry>>,
+    /// Held while this node reloads a snapshot after falling behind a trim of the log.
+    catching_up: tokio::sync::Mutex<()>,
 }
 
 /// Wall-clock time now.
@@ -384,7 +394,20 @@ impl EngineHost {
         let began = Instant::now();
         let mut cursor = LogCursor::new();
         if let Some(shared) = &shared {
-            // The log is the state: every node rebuilds from it, in its order.
+            // The log is the state: every node rebuilds from it, in its order, starting from
+            // the latest snapshot when there is one.
+            if let Some(snapshot) = shared
+                .log
+                .load_snapshot()
+                .await
+                .map_err(|e| StartError::Shared(e.to_string()))?
+            {
+                let restored =
+                    LogCursor::from_image(&snapshot.cursor).map_err(StartError::Shared)?;
+                cursor = LogCursor::install(restored, &mut engine, &snapshot.engine)
+                    .map_err(|e| StartError::Shared(format!("the shared snapshot: {e}")))?;
+                tracing::info!(position = %snapshot.position, bytes = snapshot.engine.len(), "entity state restored from the shared snapshot");
+            }
             let mut applied = 0u64;
             let mut none = HashMap::<LogId, Applied<()>>::new();
             loop {
@@ -446,6 +469,7 @@ impl EngineHost {
                 recent: RecentIds::default(),
                 latency,
                 per_second: VecDeque::new(),
+                since_snapshot: 0,
             }),
             store,
             hasher,
@@ -479,6 +503,7 @@ impl EngineHost {
             redis_alerts: Mutex::new(redis_alerts),
             shared,
             log_backlog: Mutex::new(Vec::new()),
+            catching_up: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -735,8 +760,21 @@ impl EngineHost {
             origin: shared.node,
         }));
         let position = self.lock().cursor.position();
-        let reply =
+        let mut reply =
             tokio::time::timeout(shared.budget, shared.log.append(position, &entries)).await;
+        if let Ok(Err(LogError::Behind(_))) = reply {
+            // The log was trimmed past this node (it fell a whole snapshot behind): load the
+            // snapshot, then try once more. Nothing of this request was appended.
+            match self.catch_up(shared).await {
+                Ok(()) => {
+                    let position = self.lock().cursor.position();
+                    reply =
+                        tokio::time::timeout(shared.budget, shared.log.append(position, &entries))
+                            .await;
+                }
+                Err(e) => tracing::error!(error = %e, "cannot catch up with the shared log"),
+            }
+        }
         let returned = match reply {
             Ok(Ok(r)) => Some(r),
             Ok(Err(e)) => {
@@ -827,12 +865,22 @@ impl EngineHost {
             return;
         };
         loop {
+            // Requests apply most entries on a busy node, so count there, not only here.
+            if self.lock().since_snapshot >= shared.snapshot_every {
+                self.take_snapshot(shared).await;
+            }
             let position = self.lock().cursor.position();
             match shared.log.read(position, 1000).await {
                 Ok(entries) if !entries.is_empty() => {
                     self.apply_log(shared, &entries, replica::prepare(&entries))
                 }
                 Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                Err(LogError::Behind(_)) => {
+                    if let Err(e) = self.catch_up(shared).await {
+                        tracing::error!(error = %e, "cannot catch up with the shared log");
+                        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+                    }
+                }
                 Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
             }
         }
@@ -849,14 +897,16 @@ impl EngineHost {
         let reconfigured = {
             let mut guard = self.lock();
             let locked = &mut *guard;
-            locked.cursor.apply(
+            let r = locked.cursor.apply(
                 &mut locked.engine,
                 shared.node,
                 entries,
                 &mut prepared,
                 &mut locked.log_results,
                 own_decision(self.has_alert_sinks, Instant::now()),
-            )
+            );
+            locked.since_snapshot += entries.len() as u64;
+            r
         };
         self.scored_total
             .fetch_add(entries.len() as u64, Ordering::Release);
@@ -866,6 +916,80 @@ impl EngineHost {
         if reconfigured.models {
             self.models_switched();
         }
+    }
+
+    /// Saves a snapshot of this node's state to the shared log if no other node is saving
+    /// one, which trims the log behind the previous snapshot. The state is encoded under the
+    /// engine lock (a consistent cut at one log position); see BENCHMARKS.md for its cost.
+    async fn take_snapshot(&self, shared: &SharedState) {
+        self.lock().since_snapshot = 0;
+        match shared.log.try_lease(shared.node, SNAPSHOT_LEASE).await {
+            Ok(true) => {}
+            Ok(false) => return, // another node is at it; count again from here
+            Err(e) => {
+                tracing::warn!(error = %e, "snapshot lease unavailable");
+                return;
+            }
+        }
+        let began = Instant::now();
+        let taken = {
+            let locked = self.lock();
+            let position = locked.cursor.position();
+            locked
+                .engine
+                .snapshot()
+                .map_err(|e| e.to_string())
+                .and_then(|engine| {
+                    Ok(Snapshot {
+                        position,
+                        engine,
+                        cursor: locked.cursor.image()?,
+                    })
+                })
+        };
+        let encode_ms = began.elapsed().as_millis() as u64;
+        match taken {
+            Ok(snapshot) => match shared.log.save_snapshot(&snapshot).await {
+                Ok(saved) => tracing::info!(
+                    position = %snapshot.position,
+                    bytes = snapshot.engine.len() + snapshot.cursor.len(),
+                    encode_ms,
+                    saved,
+                    "shared state snapshot"
+                ),
+                Err(e) => tracing::warn!(error = %e, "saving the snapshot failed"),
+            },
+            Err(e) => tracing::error!(error = %e, "encoding the snapshot failed"),
+        }
+        if let Err(e) = shared.log.release_lease(shared.node).await {
+            tracing::warn!(error = %e, "releasing the snapshot lease failed");
+        }
+    }
+
+    /// Reloads the latest snapshot after this node fell behind a trim of the log: entries it
+    /// never applied are gone, and the snapshot holds their effect. One request (or the
+    /// follower) loads it; the others wait and find the position moved.
+    async fn catch_up(&self, shared: &SharedState) -> Result<(), String> {
+        let _one = self.catching_up.lock().await;
+        let snapshot = shared
+            .log
+            .load_snapshot()
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("the log was trimmed but holds no snapshot")?;
+        if snapshot.position <= self.lock().cursor.position() {
+            return Ok(()); // caught up by whoever held the lock before
+        }
+        let restored = LogCursor::from_image(&snapshot.cursor)?;
+        let mut guard = self.lock();
+        let locked = &mut *guard;
+        locked.cursor = LogCursor::install(restored, &mut locked.engine, &snapshot.engine)?;
+        locked.since_snapshot = 0;
+        drop(guard);
+        tracing::warn!(position = %snapshot.position, "fell behind the trimmed shared log; state reloaded from its snapshot");
+        self.rules_switched();
+        self.models_switched();
+        Ok(())
     }
 
     /// Waits for a transaction decided by another request to become durable.

@@ -120,10 +120,12 @@ impl From<redis::RedisError> for LogError {
     }
 }
 
-/// Appends entries (ARGV[2..]) after checking the caller's position (ARGV[1]) is still in the
-/// log, and returns every entry after that position up to the last appended, in log order.
-/// Runs atomically in Redis: no other append can fall between the appends and the read.
-const APPEND_AND_READ: &str = r#"
+/// The head of every script that reads the log after a node's position (ARGV[1]): refuses
+/// with `BEHIND` when entries after that position were trimmed (the log then starts after
+/// it), since the node would silently miss them. Entries up to the position may be trimmed.
+macro_rules! behind_check {
+    () => {
+        r#"
 local after = ARGV[1]
 if after ~= '0-0' then
   local first = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
@@ -131,13 +133,21 @@ if after ~= '0-0' then
     local fms, fseq = string.match(first[1][1], '(%d+)-(%d+)')
     local ams, aseq = string.match(after, '(%d+)-(%d+)')
     fms, fseq, ams, aseq = tonumber(fms), tonumber(fseq), tonumber(ams), tonumber(aseq)
-    -- Entries up to the caller's position may be trimmed, later ones never: a log that
-    -- starts after that position may have lost entries the caller never applied.
     if fms > ams or (fms == ams and fseq > aseq) then
       return redis.error_reply('BEHIND the log starts after ' .. after)
     end
   end
 end
+"#
+    };
+}
+
+/// Appends entries (ARGV[2..]) after the position check and returns every entry after that
+/// position up to the last appended, in log order. Runs atomically in Redis: no other append
+/// can fall between the appends and the read.
+const APPEND_AND_READ: &str = concat!(
+    behind_check!(),
+    r#"
 local last = after
 for i = 2, #ARGV do
   last = redis.call('XADD', KEYS[1], '*', 'e', ARGV[i])
@@ -146,7 +156,16 @@ if last == after then
   return {}
 end
 return redis.call('XRANGE', KEYS[1], '(' .. after, last)
-"#;
+"#
+);
+
+/// Up to ARGV[2] entries after the position, with the same check.
+const READ_AFTER: &str = concat!(
+    behind_check!(),
+    r#"
+return redis.call('XRANGE', KEYS[1], '(' .. after, '+', 'COUNT', ARGV[2])
+"#
+);
 
 /// The log in one Redis stream.
 #[derive(Clone)]
@@ -155,8 +174,9 @@ pub struct SharedLog {
     /// The connection, reopened after a failure (a multiplexed connection does not recover
     /// by itself once the server went away).
     con: Arc<Mutex<Option<MultiplexedConnection>>>,
-    key: String,
+    pub(super) key: String,
     script: redis::Script,
+    read_script: redis::Script,
 }
 
 /// Entries as read from the log.
@@ -170,10 +190,11 @@ impl SharedLog {
             con: Arc::new(Mutex::new(None)),
             key: key.into(),
             script: redis::Script::new(APPEND_AND_READ),
+            read_script: redis::Script::new(READ_AFTER),
         }
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, LogError> {
+    pub(super) async fn connection(&self) -> Result<MultiplexedConnection, LogError> {
         if let Some(c) = self.con.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return Ok(c);
         }
@@ -183,7 +204,7 @@ impl SharedLog {
     }
 
     /// Forgets the connection after an IO-level failure, so the next call reconnects.
-    fn failed(&self, e: &redis::RedisError) {
+    pub(super) fn failed(&self, e: &redis::RedisError) {
         if e.is_io_error()
             || e.is_connection_dropped()
             || e.is_connection_refusal()
@@ -215,18 +236,21 @@ impl SharedLog {
         decode(reply)
     }
 
-    /// Up to `count` entries after `after` (catching up without appending).
+    /// Up to `count` entries after `after` (catching up without appending); `Behind` when
+    /// entries after `after` were trimmed.
     pub async fn read(&self, after: LogId, count: usize) -> Result<Entries, LogError> {
+        let mut invocation = self.read_script.key(&self.key);
+        invocation.arg(after.to_string()).arg(count);
         let mut con = self.connection().await?;
-        let reply: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-            .arg(&self.key)
-            .arg(format!("({after}"))
-            .arg("+")
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut con)
-            .await
-            .inspect_err(|e| self.failed(e))?;
+        let reply: Vec<(String, Vec<(String, String)>)> =
+            match invocation.invoke_async(&mut con).await {
+                Ok(r) => r,
+                Err(e) if e.code() == Some("BEHIND") => return Err(LogError::Behind(after)),
+                Err(e) => {
+                    self.failed(&e);
+                    return Err(e.into());
+                }
+            };
         decode(reply)
     }
 }

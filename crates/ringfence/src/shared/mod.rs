@@ -13,7 +13,9 @@
 //! Rules and models changes are log entries too (see `host::reload`), so every node switches
 //! at the same place in the order.
 //!
-//! Not yet here (see the issue notes): snapshots in Redis so the log can be trimmed.
+//! The log is trimmed behind snapshots of the state ([`snapshot`]), which nodes load to start
+//! or to catch up after falling behind a trim.
 
 pub mod log;
 pub mod replica;
+pub mod snapshot;

@@ -13,6 +13,7 @@ use ringfence_core::decision::Decision;
 use ringfence_core::engine::{Engine, Models, Scored};
 use ringfence_core::event::Transaction;
 use ringfence_core::rules::RuleSet;
+use serde::{Deserialize, Serialize};
 
 use super::log::{LogEntry, LogId};
 
@@ -23,6 +24,12 @@ const SEEN_IDS: usize = 1 << 20;
 /// node that appended the first copy died before storing its record, the node holding the
 /// second copy answers (and stores) the decision every node computed for the first.
 const RECENT_DECISIONS: usize = 1 << 16;
+/// Transaction ids a snapshot carries (the latest): a retry older than that is caught by the
+/// records store's lookup instead, long since written by then.
+const SNAPSHOT_SEEN: usize = 1 << 17;
+/// Decisions a snapshot carries (the latest), for a second copy of a transaction whose first
+/// copy's node died before storing it.
+const SNAPSHOT_DECISIONS: usize = 1 << 12;
 
 /// What applying one log entry produced; `R` is what the caller keeps of a decision.
 #[derive(Clone, Debug, PartialEq)]
@@ -103,6 +110,27 @@ pub struct Sources {
     pub models: Option<ModelTexts>,
 }
 
+/// A cursor as a snapshot carries it (JSON: small next to the engine's state).
+#[derive(Serialize, Deserialize)]
+struct CursorImage {
+    applied: String,
+    rules: Option<String>,
+    models: Option<(Option<String>, Option<String>)>,
+    seen: Vec<Box<str>>,
+    decisions: Vec<(Box<str>, Decision)>,
+}
+
+/// A snapshot's cursor with its rules and models compiled: everything but the engine state,
+/// made ready outside the engine lock.
+pub struct RestoredCursor {
+    /// The cursor at the snapshot's position.
+    pub cursor: LogCursor,
+    /// The rules in force at that position, if the log had set any.
+    pub rules: Option<Arc<RuleSet>>,
+    /// The models in force at that position, if the log had set any.
+    pub models: Option<Models>,
+}
+
 /// What applying entries changed besides state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Reconfigured {
@@ -137,6 +165,84 @@ impl LogCursor {
     /// The rules and models texts the log set last.
     pub fn sources(&self) -> &Sources {
         &self.sources
+    }
+
+    /// The cursor as a snapshot carries it: position, rules and models texts, and the latest
+    /// transaction ids and decisions (for deduplication after a restore).
+    pub fn image(&self) -> Result<Vec<u8>, String> {
+        let text = |t: &Option<Arc<str>>| t.as_deref().map(str::to_owned);
+        let seen_from = self.seen_order.len().saturating_sub(SNAPSHOT_SEEN);
+        let decided_from = self
+            .decisions_order
+            .len()
+            .saturating_sub(SNAPSHOT_DECISIONS);
+        let image = CursorImage {
+            applied: self.applied.to_string(),
+            rules: text(&self.sources.rules),
+            models: self
+                .sources
+                .models
+                .as_ref()
+                .map(|(c, ch)| (text(c), text(ch))),
+            seen: self.seen_order.iter().skip(seen_from).cloned().collect(),
+            decisions: self
+                .decisions_order
+                .iter()
+                .skip(decided_from)
+                .filter_map(|id| Some((id.clone(), self.decisions.get(id)?.clone())))
+                .collect(),
+        };
+        serde_json::to_vec(&image).map_err(|e| e.to_string())
+    }
+
+    /// Reads a cursor image back and compiles its rules and models.
+    pub fn from_image(bytes: &[u8]) -> Result<RestoredCursor, String> {
+        let image: CursorImage =
+            serde_json::from_slice(bytes).map_err(|e| format!("snapshot cursor: {e}"))?;
+        let mut cursor = LogCursor {
+            applied: image
+                .applied
+                .parse()
+                .map_err(|e: super::log::LogError| e.to_string())?,
+            ..LogCursor::default()
+        };
+        for id in &image.seen {
+            cursor.remember(id);
+        }
+        for (id, decision) in &image.decisions {
+            cursor.keep_decision(id, decision);
+        }
+        let rules = match &image.rules {
+            Some(source) => match compile(&LogEntry::Rules {
+                source: source.clone(),
+            }) {
+                Some(Ok(Change::Rules(r))) => Some(r),
+                _ => return Err("the snapshot's rules do not compile".into()),
+            },
+            None => None,
+        };
+        let models = match &image.models {
+            Some((champion, challenger)) => match compile(&LogEntry::Models {
+                champion: champion.clone(),
+                challenger: challenger.clone(),
+            }) {
+                Some(Ok(Change::Models(m))) => Some(m),
+                _ => return Err("the snapshot's models do not load".into()),
+            },
+            None => None,
+        };
+        cursor.sources = Sources {
+            rules: image.rules.as_deref().map(Arc::from),
+            models: image
+                .models
+                .as_ref()
+                .map(|(c, ch)| (c.as_deref().map(Arc::from), ch.as_deref().map(Arc::from))),
+        };
+        Ok(RestoredCursor {
+            cursor,
+            rules,
+            models,
+        })
     }
 
     /// Applies to `engine`, in order, the entries after this cursor's position and records
@@ -217,6 +323,23 @@ impl LogCursor {
             }
         }
         reconfigured
+    }
+
+    /// Puts a restored cursor in force on `engine`: its rules, its models, and the snapshot's
+    /// entity state (`state`, from [`Engine::snapshot`]). On error nothing changed.
+    pub fn install(
+        restored: RestoredCursor,
+        engine: &mut Engine,
+        state: &[u8],
+    ) -> Result<LogCursor, String> {
+        engine.restore(state).map_err(|e| e.to_string())?;
+        if let Some(rules) = restored.rules {
+            engine.set_rules(rules);
+        }
+        if let Some(models) = restored.models {
+            engine.set_models(models);
+        }
+        Ok(restored.cursor)
     }
 
     fn keep_decision(&mut self, id: &str, decision: &Decision) {
