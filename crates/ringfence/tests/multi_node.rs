@@ -212,7 +212,16 @@ async fn without_redis_a_node_degrades_or_fails_closed() {
     assert_eq!(status, 404);
 
     server.resume();
-    // The next request carries the degraded transaction into the log ahead of its own.
+    // The node appends the degraded transaction once Redis is back, off the request path.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while log_order(&server).await != ["mn-0", "mn-1"] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            log_order(&server).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let (status, d) = degrading.post_json("/v1/transactions", &tx(3)).await;
     assert_eq!(status, 200, "{d}");
     assert!(d.get("degraded").is_none(), "{d}");

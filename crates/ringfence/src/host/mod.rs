@@ -41,6 +41,11 @@ pub const DEFAULT_RULES: &str = include_str!("../../rules/default.toml");
 
 pub use reload::{ModelsStatus, RulesStatus};
 
+/// Degraded transactions appended to the log in one go.
+const BACKLOG_CHUNK: usize = 1000;
+/// How long appending a backlog chunk may take (off the request path).
+const BACKLOG_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How long a node may hold the snapshot lease (encoding and saving a large state included).
 const SNAPSHOT_LEASE: std::time::Duration = std::time::Duration::from_secs(120);
 
@@ -743,22 +748,24 @@ impl EngineHost {
         Ok(out)
     }
 
-    /// Shared-state mode: appends this request's fresh transactions to the log (after any
-    /// backlog), applies every entry up to them in log order, and writes the records of
-    /// those this node decided. Redis unreachable within the budget: fail closed, or decide
-    /// on this node's state without changing it and queue the transactions for the log.
+    /// Shared-state mode: appends this request's fresh transactions to the log, applies every
+    /// entry up to them in log order, and writes the records of those this node decided.
+    /// Redis unreachable within the budget: fail closed, or decide on this node's state
+    /// without changing it and queue the transactions for the log (the follower appends the
+    /// queue, off the request path: a request never carries it, so a backlog cannot make
+    /// requests slower and in turn grow itself).
     async fn decide_through_log<'p>(
         &self,
         shared: &SharedState,
         fresh: Vec<(usize, Parsed, records::writer::WritePermit<'p>)>,
     ) -> Result<Vec<(usize, Outcome)>, HostError> {
-        let backlog: Vec<LogEntry> =
-            std::mem::take(&mut *self.log_backlog.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut entries = backlog.clone();
-        entries.extend(fresh.iter().map(|(_, p, _)| LogEntry::Tx {
-            tx: Box::new(p.tx.clone()),
-            origin: shared.node,
-        }));
+        let entries: Vec<LogEntry> = fresh
+            .iter()
+            .map(|(_, p, _)| LogEntry::Tx {
+                tx: Box::new(p.tx.clone()),
+                origin: shared.node,
+            })
+            .collect();
         let position = self.lock().cursor.position();
         let mut reply =
             tokio::time::timeout(shared.budget, shared.log.append(position, &entries)).await;
@@ -793,10 +800,6 @@ impl EngineHost {
         let Some(returned) = returned else {
             // Unreachable, or too slow (an append that lands late is harmless: its entries
             // are applied once, as anything else in the log).
-            self.log_backlog
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .splice(0..0, backlog);
             if shared.fail_closed {
                 let mut locked = self.lock();
                 for (_, p, _) in &fresh {
@@ -869,6 +872,7 @@ impl EngineHost {
             if self.lock().since_snapshot >= shared.snapshot_every {
                 self.take_snapshot(shared).await;
             }
+            self.append_backlog(shared).await;
             let position = self.lock().cursor.position();
             match shared.log.read(position, 1000).await {
                 Ok(entries) if !entries.is_empty() => {
@@ -905,16 +909,43 @@ impl EngineHost {
                 &mut locked.log_results,
                 own_decision(self.has_alert_sinks, Instant::now()),
             );
-            locked.since_snapshot += entries.len() as u64;
+            locked.since_snapshot += r.applied;
             r
         };
         self.scored_total
-            .fetch_add(entries.len() as u64, Ordering::Release);
+            .fetch_add(reconfigured.applied, Ordering::Release);
         if reconfigured.rules {
             self.rules_switched();
         }
         if reconfigured.models {
             self.models_switched();
+        }
+    }
+
+    /// Appends (a chunk of) the transactions decided while Redis was unreachable, so every
+    /// node's state gets them; on failure they wait for the next round.
+    async fn append_backlog(&self, shared: &SharedState) {
+        let chunk: Vec<LogEntry> = {
+            let mut backlog = self.log_backlog.lock().unwrap_or_else(|p| p.into_inner());
+            let n = backlog.len().min(BACKLOG_CHUNK);
+            backlog.drain(..n).collect()
+        };
+        if chunk.is_empty() {
+            return;
+        }
+        let position = self.lock().cursor.position();
+        let append = shared.log.append(position, &chunk);
+        match tokio::time::timeout(BACKLOG_BUDGET, append).await {
+            Ok(Ok(returned)) => self.apply_log(shared, &returned, replica::prepare(&returned)),
+            failed => {
+                if let Ok(Err(e)) = failed {
+                    tracing::debug!(error = %e, "backlog not appended yet");
+                }
+                self.log_backlog
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .splice(0..0, chunk);
+            }
         }
     }
 

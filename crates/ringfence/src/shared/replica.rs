@@ -131,9 +131,11 @@ pub struct RestoredCursor {
     pub models: Option<Models>,
 }
 
-/// What applying entries changed besides state.
+/// What applying entries did besides changing state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Reconfigured {
+    /// Entries applied (those at or before the cursor's position are skipped, not counted).
+    pub applied: u64,
     /// A rules entry was applied.
     pub rules: bool,
     /// A models entry was applied.
@@ -266,6 +268,7 @@ impl LogCursor {
                 continue;
             }
             self.applied = *id;
+            reconfigured.applied += 1;
             match entry {
                 LogEntry::Tx { tx, origin } => {
                     let key = tx.transaction_id.as_str();
