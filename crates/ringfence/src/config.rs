@@ -131,6 +131,10 @@ pub struct ServeArgs {
     /// Time budget for the shared state per request, in milliseconds (default 50).
     #[arg(long, env = "RINGFENCE_REDIS_TIMEOUT_MS")]
     pub redis_timeout_ms: Option<u64>,
+    /// PEM file of the certificate authority a `rediss://` server's certificate is checked
+    /// against (a private CA); the system's trust store otherwise.
+    #[arg(long, env = "RINGFENCE_REDIS_CA_CERT")]
+    pub redis_ca_cert: Option<PathBuf>,
     /// Stream key of the shared log in Redis (default `ringfence:log`).
     #[arg(long, env = "RINGFENCE_REDIS_LOG_KEY")]
     pub redis_log_key: Option<String>,
@@ -169,6 +173,7 @@ struct FileConfig {
     postgres: Option<Secret>,
     redis_unavailable: Option<String>,
     redis_timeout_ms: Option<u64>,
+    redis_ca_cert: Option<PathBuf>,
     redis_log_key: Option<String>,
     snapshot_every: Option<u64>,
 }
@@ -230,6 +235,8 @@ pub struct Settings {
     pub redis_fail_closed: bool,
     /// Time budget for the shared state per request.
     pub redis_timeout: std::time::Duration,
+    /// CA certificate (PEM) for `rediss://`, when not the system's trust store.
+    pub redis_ca_cert: Option<PathBuf>,
     /// Stream key of the shared log.
     pub redis_log_key: String,
     /// Log entries between two snapshots of the shared state.
@@ -322,8 +329,10 @@ impl Settings {
             ));
         }
         let redis = args.redis.clone().or(file.redis);
+        let redis_ca_cert = args.redis_ca_cert.clone().or(file.redis_ca_cert);
         if let Some(url) = &redis {
-            crate::alerts::redis::client(url).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            crate::alerts::redis::client(url, redis_ca_cert.as_deref())
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
         let postgres = args.postgres.clone().or(file.postgres);
         let redis_fail_closed = match pick!(redis_unavailable, "degrade".to_string()).as_str() {
@@ -380,6 +389,7 @@ impl Settings {
             postgres,
             redis_fail_closed,
             redis_timeout: std::time::Duration::from_millis(redis_timeout_ms),
+            redis_ca_cert,
             redis_log_key,
             snapshot_every,
         })

@@ -77,7 +77,7 @@ impl Application {
         let metrics = Arc::new(Metrics::default());
         let (redis_alerts, alert_writer) = match &settings.redis {
             Some(url) => {
-                let client = crate::alerts::redis::client(url)
+                let client = crate::alerts::redis::client(url, settings.redis_ca_cert.as_deref())
                     .map_err(|e| AppError::Redis(e.to_string()))?;
                 let (alerts, task) = RedisAlerts::start(
                     client,
@@ -113,7 +113,7 @@ impl Application {
         };
         let shared = match &settings.redis {
             Some(url) => {
-                let client = crate::alerts::redis::client(url)
+                let client = crate::alerts::redis::client(url, settings.redis_ca_cert.as_deref())
                     .map_err(|e| AppError::Redis(e.to_string()))?;
                 Some(SharedState {
                     log: SharedLog::new(client, settings.redis_log_key.clone()),
@@ -142,8 +142,9 @@ impl Application {
         let url = self.host.settings().redis.clone().ok_or_else(|| {
             AppError::Redis("a worker needs --redis (the stream's server)".into())
         })?;
-        let client =
-            crate::alerts::redis::client(&url).map_err(|e| AppError::Redis(e.to_string()))?;
+        let ca_cert = self.host.settings().redis_ca_cert.clone();
+        let client = crate::alerts::redis::client(&url, ca_cert.as_deref())
+            .map_err(|e| AppError::Redis(e.to_string()))?;
         self.worker = Some((client, config));
         Ok(self)
     }

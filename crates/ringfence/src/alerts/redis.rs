@@ -19,6 +19,7 @@
 //! it keeps the alerts queued and retries with backoff, so decisions never wait on Redis. The
 //! URL's password never reaches a log or an error.
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,20 +49,42 @@ pub const ALL_CHANNEL: &str = "fraud_alerts";
 pub struct RedisUrlError(String);
 
 /// Parses a `redis://` or `rediss://` URL without connecting; the error never repeats the URL.
-pub fn client(url: &Secret) -> Result<redis::Client, RedisUrlError> {
+/// `ca_cert` (PEM) is the authority a `rediss://` server's certificate must chain to, for
+/// servers with a private CA; without it the system's trust store is used.
+pub fn client(url: &Secret, ca_cert: Option<&Path>) -> Result<redis::Client, RedisUrlError> {
     let text = url.expose();
     if !(text.starts_with("redis://") || text.starts_with("rediss://")) {
         return Err(RedisUrlError(
             "the URL must start with redis:// or rediss:// (TLS)".into(),
         ));
     }
-    redis::Client::open(text).map_err(|e| {
-        RedisUrlError(format!(
-            "invalid URL ({})",
-            // The kind only: a parse error's detail may quote the URL, password included.
-            e.category()
-        ))
-    })
+    // The kind only: a parse error's detail may quote the URL, password included.
+    let invalid = |e: redis::RedisError| RedisUrlError(format!("invalid URL ({})", e.category()));
+    match ca_cert {
+        None => redis::Client::open(text).map_err(invalid),
+        Some(_) if !text.starts_with("rediss://") => Err(RedisUrlError(
+            "a CA certificate applies to rediss:// (TLS) URLs only".into(),
+        )),
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                RedisUrlError(format!(
+                    "cannot read CA certificate {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let certs = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem),
+            };
+            redis::Client::build_with_tls(text, certs).map_err(|e| {
+                RedisUrlError(format!(
+                    "TLS setup with {} failed ({})",
+                    path.display(),
+                    e.category()
+                ))
+            })
+        }
+    }
 }
 
 /// The handle the host keeps: hands alerts to the background writer.
@@ -219,15 +242,15 @@ mod tests {
 
     #[test]
     fn urls_are_checked_without_echoing_them() {
-        let bad = client(&Secret::new("http://user:hunter2@host:6379")).err();
+        let bad = client(&Secret::new("http://user:hunter2@host:6379"), None).err();
         let msg = bad.map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.contains("redis:// or rediss://"), "{msg}");
         assert!(!msg.contains("hunter2"));
-        let bad = client(&Secret::new("redis://:hunter2@host:notaport")).err();
+        let bad = client(&Secret::new("redis://:hunter2@host:notaport"), None).err();
         let msg = bad.map(|e| e.to_string()).unwrap_or_default();
         assert!(msg.starts_with("redis: invalid URL"), "{msg}");
         assert!(!msg.contains("hunter2"), "{msg}");
-        assert!(client(&Secret::new("redis://:pw@127.0.0.1:6379/2")).is_ok());
-        assert!(client(&Secret::new("rediss://user:pw@127.0.0.1:6380")).is_ok());
+        assert!(client(&Secret::new("redis://:pw@127.0.0.1:6379/2"), None).is_ok());
+        assert!(client(&Secret::new("rediss://user:pw@127.0.0.1:6380"), None).is_ok());
     }
 }
