@@ -79,8 +79,6 @@ pub struct Metrics {
     pub redis_alerts_published: AtomicU64,
     /// Failed attempts to write alerts to Redis (each retried).
     pub redis_alerts_failures: AtomicU64,
-    /// Alerts not sent to Redis because its queue was full while Redis was unreachable.
-    pub redis_alerts_dropped: AtomicU64,
     /// Engine time per transaction.
     pub engine_latency: LatencyHistogram,
     /// Time from request parsed to decision durable.
@@ -154,11 +152,6 @@ impl Metrics {
                 "ringfence_redis_alerts_failures_total",
                 "Failed attempts to write alerts to Redis (retried).",
                 &self.redis_alerts_failures,
-            ),
-            (
-                "ringfence_redis_alerts_dropped_total",
-                "Alerts not sent to Redis: queue full while Redis was unreachable.",
-                &self.redis_alerts_dropped,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");

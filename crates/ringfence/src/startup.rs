@@ -75,6 +75,7 @@ impl Application {
             .await
             .map_err(|source| AppError::Bind { addr, source })?;
         let metrics = Arc::new(Metrics::default());
+        let local = SqliteStore::open(&settings.data).map_err(|e| AppError::Start(e.into()))?;
         let (redis_alerts, alert_writer) = match &settings.redis {
             Some(url) => {
                 let client = crate::alerts::redis::client(url, settings.redis_ca_cert.as_deref())
@@ -83,12 +84,13 @@ impl Application {
                     client,
                     Arc::clone(&metrics),
                     settings.engine.escalation.window_ms,
+                    local.clone(),
+                    &settings.data,
                 );
                 (Some(alerts), Some(task))
             }
             None => (None, None),
         };
-        let local = SqliteStore::open(&settings.data).map_err(|e| AppError::Start(e.into()))?;
         let (store, shipper) = match &settings.postgres {
             Some(url) => {
                 let shared = PostgresStore::connect(url.expose())
@@ -235,11 +237,12 @@ impl Application {
             }
         }
         self.host.store().writer().close().await;
-        // Alerts of those decisions still queued for Redis get a few seconds to leave.
+        // Alerts in the outbox not yet in Redis get a few seconds to leave; what stays goes
+        // at the next start.
         self.host.close_alerts();
         if let Some(writer) = self.alert_writer {
             if tokio::time::timeout(ALERT_DRAIN, writer).await.is_err() {
-                tracing::warn!("redis unreachable at shutdown: queued alerts not written");
+                tracing::warn!("redis unreachable at shutdown: undelivered alerts stay in the outbox for the next start");
             }
         }
         result

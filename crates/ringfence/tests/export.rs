@@ -666,6 +666,7 @@ fn decided(id: &str, at: i64, action: Action, category: Option<&str>) -> WriteOp
         })
         .unwrap_or_default();
     WriteOp::Tx(Box::new(TxRecord {
+        alert_event: None,
         decision: DecisionRecord {
             decision: Decision {
                 transaction_id: id.to_owned(),

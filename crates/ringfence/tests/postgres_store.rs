@@ -52,6 +52,7 @@ fn decided(
         })
         .unwrap_or_default();
     TxRecord {
+        alert_event: None,
         decision: DecisionRecord {
             decision: Decision {
                 transaction_id: id.to_owned(),

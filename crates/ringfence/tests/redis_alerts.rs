@@ -183,3 +183,40 @@ async fn an_acl_user_works_and_alerts_wait_for_redis_to_come_back() {
     assert!(!text.contains("acl-pass-42"));
     app.stop().await;
 }
+
+/// An alert is committed with its decision, in the node's outbox: a node stopped while Redis
+/// is down delivers it when it runs again, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_raised_while_redis_is_down_survive_a_restart_of_the_node() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    let dir = tempfile::tempdir().expect("dir");
+    let app = spawn_app_with(dir.path(), |a| a.redis = Some(Secret::new(url.clone()))).await;
+    assert_eq!(app.post("/transaction", RING_1).await.status, 200);
+
+    server.stop();
+    let r = app.post("/transaction", RING_2).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let decision: Value = r.json().expect("json");
+    assert_ne!(decision["decision"], "approve", "{decision}");
+    app.stop().await; // the alert cannot leave: Redis is down
+
+    server.resume();
+    let mut con = connect(&url).await;
+    let none: Option<String> = redis::cmd("GET")
+        .arg("fraud:alerts:sender:user-ring-2")
+        .query_async(&mut con)
+        .await
+        .expect("GET");
+    assert!(none.is_none(), "not delivered before the node runs again");
+    let again = spawn_app_with(dir.path(), |a| a.redis = Some(Secret::new(url.clone()))).await;
+    let latest: Value =
+        serde_json::from_str(&wait_get(&mut con, "fraud:alerts:sender:user-ring-2").await)
+            .expect("JSON");
+    assert_eq!(latest["transaction_id"], decision["transaction_id"]);
+    assert_eq!(
+        wait_get(&mut con, "fraud:count:sender:user-ring-2").await,
+        "1"
+    );
+    again.stop().await;
+}

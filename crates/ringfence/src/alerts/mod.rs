@@ -1,19 +1,20 @@
 //! Alerts leaving the engine: what an alert says ([`AlertEvent`]) and the sinks that carry it
 //! (today [`redis`]: the key layout and channels the fraud team's `redis-cli` already reads).
 //!
-//! An alert is handed to the sinks only after its decision is durable, so a sink never shows
-//! an alert the records do not have. Sinks run off the request path: a slow or unreachable
-//! Redis delays the alert, never the decision.
+//! An alert is written to the local store's outbox in the same commit as its decision, and
+//! sinks deliver it from there: a sink never shows an alert the records do not have, and an
+//! alert is not lost when the node stops (or crashes) before delivering it. Sinks run off the
+//! request path: a slow or unreachable Redis delays the alert, never the decision.
 
 pub mod redis;
 
 use ringfence_core::decision::{Action, Decision};
 use ringfence_core::event::Transaction;
 use ringfence_core::features::{FeatureValues, Num};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One alert as the sinks publish it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AlertEvent {
     /// The account the alert is about: the user, else the card (a token, never a card
     /// number), else `unknown`.

@@ -15,28 +15,36 @@
 //! alerts over the escalation window, in event time and log order, and the count key is set
 //! to that number (not incremented), so a retried pipeline or a second node writing the same
 //! alert cannot make Redis disagree with the ladder. It expires one window after the latest
-//! alert, when the ladder's count has fallen to zero too. A background task owns the connection: while Redis is unreachable
-//! it keeps the alerts queued and retries with backoff, so decisions never wait on Redis. The
-//! URL's password never reaches a log or an error.
+//! alert, when the ladder's count has fallen to zero too.
+//!
+//! Delivery is from the node's local outbox (alerts committed with their decisions), in
+//! sequence order, with the delivered position saved in the data directory: a background task
+//! owns the connection, retries with backoff while Redis is unreachable (decisions never wait
+//! on Redis), and resumes after a restart or crash where it stopped. At least once: a batch
+//! cut short by a crash is written again, which the script makes harmless for the keys (the
+//! channels may see such an alert twice). The URL's password never reaches a log or an error.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use super::AlertEvent;
 use crate::config::Secret;
 use crate::metrics::Metrics;
+use crate::store::cursor::SeqCursor;
+use crate::store::sqlite::SqliteStore;
 
-/// Alerts waiting for Redis before new ones are dropped (and counted).
-const QUEUE: usize = 100_000;
 /// Most alerts in one pipeline.
 const BATCH: usize = 512;
 /// Longest wait between two attempts while Redis is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often the outbox is read when no new alert was signalled (a missed signal costs at
+/// most this much delay).
+const IDLE_POLL: Duration = Duration::from_millis(500);
 
 /// Set of accounts with alerts.
 pub const ACCOUNTS_KEY: &str = "fraud:alerts:accounts";
@@ -87,52 +95,115 @@ pub fn client(url: &Secret, ca_cert: Option<&Path>) -> Result<redis::Client, Red
     }
 }
 
-/// The handle the host keeps: hands alerts to the background writer.
+/// The handle the host keeps: wakes the background writer when new alerts are durable.
 #[derive(Clone)]
 pub struct RedisAlerts {
-    queue: mpsc::Sender<AlertEvent>,
-    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+    closing: Arc<AtomicBool>,
 }
 
 impl RedisAlerts {
-    /// Starts the writer task (on the current Tokio runtime). It connects lazily and ends
-    /// once every handle is dropped and the queue is written.
+    /// Starts the writer task (on the current Tokio runtime), delivering the alerts of
+    /// `outbox` (the node's local store) from the position saved in `data_dir`. It connects
+    /// lazily and ends after [`RedisAlerts::close`] once the outbox is delivered.
     /// `window_ms` is the escalation window (how long a count key lives).
     pub fn start(
         client: redis::Client,
         metrics: Arc<Metrics>,
         window_ms: i64,
+        outbox: SqliteStore,
+        data_dir: &Path,
     ) -> (RedisAlerts, JoinHandle<()>) {
-        let (queue, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(write_loop(client, rx, metrics.clone(), window_ms.max(1)));
-        (RedisAlerts { queue, metrics }, task)
+        let handle = RedisAlerts {
+            wake: Arc::new(Notify::new()),
+            closing: Arc::new(AtomicBool::new(false)),
+        };
+        let writer = Writer {
+            client,
+            metrics,
+            window_ms: window_ms.max(1),
+            outbox,
+            cursor: SeqCursor::new(data_dir, "redis-alerts-delivered-seq"),
+            wake: Arc::clone(&handle.wake),
+            closing: Arc::clone(&handle.closing),
+        };
+        let task = tokio::spawn(writer.run());
+        (handle, task)
     }
 
-    /// Queues an alert; never waits. A full queue (Redis down for long) drops and counts it:
-    /// the alert stays in the records store either way.
-    pub fn publish(&self, alert: AlertEvent) {
-        if self.queue.try_send(alert).is_err() {
-            self.metrics
-                .redis_alerts_dropped
-                .fetch_add(1, Ordering::Relaxed);
-        }
+    /// New alerts are in the outbox: deliver them now. Never waits.
+    pub fn notify(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Delivers what the outbox holds, then ends the writer task.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        self.wake.notify_one();
     }
 }
 
-async fn write_loop(
+/// The background writer: outbox to Redis, in sequence order.
+struct Writer {
     client: redis::Client,
-    mut rx: mpsc::Receiver<AlertEvent>,
     metrics: Arc<Metrics>,
     window_ms: i64,
-) {
-    let mut con: Option<redis::aio::MultiplexedConnection> = None;
-    let script = redis::Script::new(WRITE_ALERT);
-    let mut batch: Vec<AlertEvent> = Vec::with_capacity(BATCH);
-    loop {
-        if rx.recv_many(&mut batch, BATCH).await == 0 {
-            return; // every sender gone and the queue empty
+    outbox: SqliteStore,
+    cursor: SeqCursor,
+    wake: Arc<Notify>,
+    closing: Arc<AtomicBool>,
+}
+
+impl Writer {
+    async fn run(self) {
+        let script = redis::Script::new(WRITE_ALERT);
+        let mut con: Option<redis::aio::MultiplexedConnection> = None;
+        let mut delivered = self.cursor.load();
+        loop {
+            let closing = self.closing.load(Ordering::Acquire);
+            let batch = match self.outbox.outbox_after(delivered, BATCH).await {
+                Ok(b) => b,
+                Err(e) => {
+                    if closing {
+                        return; // the store is closed: what is left goes at the next start
+                    }
+                    tracing::warn!(error = %e, "reading the alert outbox failed; retrying");
+                    tokio::time::sleep(MAX_BACKOFF).await;
+                    continue;
+                }
+            };
+            let Some(&(last, _)) = batch.last() else {
+                if closing {
+                    return;
+                }
+                let _ = tokio::time::timeout(IDLE_POLL, self.wake.notified()).await;
+                continue;
+            };
+            let alerts: Vec<(AlertEvent, &str)> = batch
+                .iter()
+                .filter_map(|(seq, json)| match serde_json::from_str(json) {
+                    Ok(a) => Some((a, json.as_str())),
+                    Err(e) => {
+                        tracing::error!(seq, error = %e, "an outbox alert does not parse; skipped");
+                        None
+                    }
+                })
+                .collect();
+            let pipe = pipeline(&script, &alerts, self.window_ms);
+            self.deliver(&script, &pipe, &mut con, alerts.len()).await;
+            delivered = last;
+            self.cursor.save(delivered);
         }
-        let pipe = pipeline(&script, &batch, window_ms);
+    }
+
+    /// Sends one pipeline, retrying with backoff until Redis takes it.
+    async fn deliver(
+        &self,
+        script: &redis::Script,
+        pipe: &redis::Pipeline,
+        con: &mut Option<redis::aio::MultiplexedConnection>,
+        n: usize,
+    ) {
         let mut backoff = Duration::from_millis(50);
         loop {
             let result = match con.as_mut() {
@@ -140,11 +211,11 @@ async fn write_loop(
                 // A fresh connection (first use, or after a failure, which may have been a
                 // restarted Redis without the script) loads the script first: a pipeline
                 // sends it by hash only.
-                None => match client.get_multiplexed_async_connection().await {
+                None => match self.client.get_multiplexed_async_connection().await {
                     Ok(mut c) => match script.prepare_invoke().load_async(&mut c).await {
                         Ok(_) => {
                             let r = pipe.query_async::<()>(&mut c).await;
-                            con = Some(c);
+                            *con = Some(c);
                             r
                         }
                         Err(e) => Err(e),
@@ -154,28 +225,27 @@ async fn write_loop(
             };
             match result {
                 Ok(()) => {
-                    metrics
+                    self.metrics
                         .redis_alerts_published
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    break;
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    return;
                 }
                 Err(e) => {
-                    metrics
+                    self.metrics
                         .redis_alerts_failures
                         .fetch_add(1, Ordering::Relaxed);
                     // The category only: never the URL or the server's words about auth.
                     tracing::warn!(
                         error = e.category(),
-                        pending = batch.len(),
+                        pending = n,
                         "writing alerts to redis failed; retrying"
                     );
-                    con = None;
+                    *con = None;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
-        batch.clear();
     }
 }
 
@@ -215,17 +285,20 @@ return 0
 
 /// The commands for a batch of alerts: one script call each, in one round trip. Each call is
 /// atomic; a retried batch repeats only idempotent writes (and the publications).
-fn pipeline(script: &redis::Script, alerts: &[AlertEvent], window_ms: i64) -> redis::Pipeline {
+fn pipeline(
+    script: &redis::Script,
+    alerts: &[(AlertEvent, &str)],
+    window_ms: i64,
+) -> redis::Pipeline {
     let mut pipe = redis::pipe();
-    for a in alerts {
-        let json = serde_json::to_string(a).unwrap_or_else(|_| "{}".into());
+    for (a, json) in alerts {
         let account = &a.sender_account_id;
         let mut call = script.prepare_invoke();
         call.key(ACCOUNTS_KEY)
             .key(format!("fraud:alerts:sender:{account}"))
             .key(format!("fraud:count:sender:{account}"))
             .arg(account)
-            .arg(&json)
+            .arg(*json)
             .arg(a.alert_time_ms)
             .arg(a.alert_count)
             .arg(window_ms)

@@ -172,23 +172,28 @@ fn write_decision(
         timestamp: tx.timestamp,
         degraded,
     };
+    // Into the outbox with the record, in one commit. Serialising an alert cannot fail (plain
+    // strings and numbers); if it ever did, the record must still be written.
+    let alert_event = alert.and_then(|a| serde_json::to_string(&a).ok());
+    let raised = alert_event.is_some();
     let ack = records::send(
         permit,
         WriteOp::Tx(Box::new(TxRecord {
             tx,
             decision: record.clone(),
+            alert_event,
         })),
     );
-    Outcome::Pending(ack, record, alert)
+    Outcome::Pending(ack, record, raised)
 }
 
 /// What became of a transaction the engine decided (or another request or node did).
 enum Outcome {
-    /// Decided here; its record is being written.
+    /// Decided here; its record (and its alert, when `.2`) is being written.
     Pending(
         tokio::sync::oneshot::Receiver<Result<i64, String>>,
         DecisionRecord,
-        Option<Box<AlertEvent>>,
+        bool,
     ),
     /// Decided by another node or request: wait for that record.
     InFlight(String),
@@ -225,8 +230,8 @@ pub struct EngineHost {
     labels: tokio::sync::Mutex<()>,
     started: Instant,
     settings: Settings,
-    /// Where alerts go once their decisions are durable; `None` after [`EngineHost::close_alerts`].
-    redis_alerts: Mutex<Option<RedisAlerts>>,
+    /// Delivers alerts from the outbox to Redis, if configured.
+    redis_alerts: Option<RedisAlerts>,
     /// Whether any alert sink was configured (alerts are built only then).
     has_alert_sinks: bool,
     /// Shared-state mode (`--redis`), if on.
@@ -505,28 +510,26 @@ impl EngineHost {
             started: Instant::now(),
             settings,
             has_alert_sinks: redis_alerts.is_some(),
-            redis_alerts: Mutex::new(redis_alerts),
+            redis_alerts,
             shared,
             log_backlog: Mutex::new(Vec::new()),
             catching_up: tokio::sync::Mutex::new(()),
         }))
     }
 
-    /// Hands a durable decision's alert to the sinks (never waits on them).
-    fn publish_alert(&self, alert: AlertEvent) {
-        let sinks = self.redis_alerts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(redis) = sinks.as_ref() {
-            redis.publish(alert);
+    /// Tells the sinks new alerts are durable in the outbox (never waits on them).
+    fn alerts_written(&self) {
+        if let Some(redis) = &self.redis_alerts {
+            redis.notify();
         }
     }
 
-    /// Stops handing alerts to the sinks, so their writers drain their queues and end (at
-    /// shutdown, once no request is in flight).
+    /// Lets the sinks' writers deliver what the outbox holds and end (at shutdown, once no
+    /// request is in flight and the store's writer is closed).
     pub fn close_alerts(&self) {
-        self.redis_alerts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        if let Some(redis) = &self.redis_alerts {
+            redis.close();
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Locked> {
@@ -703,14 +706,14 @@ impl EngineHost {
         for slot in slots {
             match slot {
                 Slot::Fresh => return Err(HostError::Overloaded),
-                Slot::Decided(Outcome::Pending(ack, record, alert)) => {
+                Slot::Decided(Outcome::Pending(ack, record, raised)) => {
                     match ack.await {
                         Ok(Ok(_seq)) => {}
                         Ok(Err(e)) => return Err(self.storage_failed(e)),
                         Err(_) => return Err(self.storage_failed("writer stopped".into())),
                     }
-                    if let Some(alert) = alert {
-                        self.publish_alert(*alert);
+                    if raised {
+                        self.alerts_written();
                     }
                     self.metrics.decision(record.decision.decision);
                     if record.decision.decision > ringfence_core::decision::Action::Approve {

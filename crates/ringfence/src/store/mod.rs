@@ -12,6 +12,7 @@
 //! sequence number in the order the engine applied them, which is the order a restart replays
 //! them in.
 
+pub mod cursor;
 pub mod postgres;
 pub mod records;
 pub mod shipper;
@@ -48,6 +49,9 @@ pub struct TxRecord {
     pub tx: Transaction,
     /// Its decision.
     pub decision: DecisionRecord,
+    /// The alert it raises for external sinks (JSON), if any: written to the local outbox in
+    /// the same commit as the record, delivered from there (see `alerts::redis`).
+    pub alert_event: Option<String>,
 }
 
 /// An analyst's (or a chargeback feed's) verdict on a transaction.

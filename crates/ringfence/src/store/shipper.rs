@@ -11,11 +11,12 @@
 //! The cursor (the last sequence number known shipped) lives in a small file beside the
 //! buffer. Losing it only means shipping again what is already there.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::cursor::SeqCursor;
 use super::postgres::PostgresStore;
 use super::sqlite::SqliteStore;
 use super::{send, StoreError};
@@ -32,7 +33,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 pub struct Shipper {
     local: SqliteStore,
     shared: PostgresStore,
-    cursor_file: PathBuf,
+    cursor: SeqCursor,
     /// Last sequence number known to be in PostgreSQL.
     shipped: Arc<AtomicI64>,
 }
@@ -40,15 +41,12 @@ pub struct Shipper {
 impl Shipper {
     /// A shipper for the buffer in `data_dir`, starting from its saved cursor.
     pub fn new(local: SqliteStore, shared: PostgresStore, data_dir: &Path) -> Shipper {
-        let cursor_file = data_dir.join("postgres-shipped-seq");
-        let shipped = std::fs::read_to_string(&cursor_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
-            .unwrap_or(0);
+        let cursor = SeqCursor::new(data_dir, "postgres-shipped-seq");
+        let shipped = cursor.load();
         Shipper {
             local,
             shared,
-            cursor_file,
+            cursor,
             shipped: Arc::new(AtomicI64::new(shipped)),
         }
     }
@@ -85,7 +83,7 @@ impl Shipper {
             }
         }
         self.shipped.store(last, Ordering::Release);
-        self.save_cursor(last);
+        self.cursor.save(last);
         Ok(n)
     }
 
@@ -114,16 +112,6 @@ impl Shipper {
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
-        }
-    }
-
-    fn save_cursor(&self, seq: i64) {
-        // Written whole and renamed into place, so a crash leaves the old or the new value.
-        let tmp = self.cursor_file.with_extension("tmp");
-        let saved = std::fs::write(&tmp, seq.to_string())
-            .and_then(|()| std::fs::rename(&tmp, &self.cursor_file));
-        if let Err(e) = saved {
-            tracing::warn!(error = %e, "could not save the shipping cursor; records may be shipped again (harmless)");
         }
     }
 }

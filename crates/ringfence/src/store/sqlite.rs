@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS labels (
 );
 CREATE INDEX IF NOT EXISTS labels_tx ON labels (transaction_id, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS alert_outbox (seq INTEGER PRIMARY KEY, event TEXT NOT NULL);
 "#;
 
 /// The embedded store.
@@ -413,6 +414,28 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
+    /// Up to `limit` alerts of the outbox after sequence number `after`, in order, as JSON.
+    pub async fn outbox_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            this.read_blocking(|c| {
+                let mut q = c.prepare_cached(
+                    "SELECT seq, event FROM alert_outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                )?;
+                let rows = q.query_map(params![after, limit as i64], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+                })?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
     /// Up to `limit` records with a sequence number above `after`, in sequence order, as the
     /// writes that made them: what a node ships to PostgreSQL from its local buffer.
     pub async fn records_after(
@@ -441,6 +464,7 @@ impl SqliteStore {
                         WriteOp::Tx(Box::new(TxRecord {
                             tx: serde_json::from_str(&event).map_err(corrupt)?,
                             decision: serde_json::from_str(&decision).map_err(corrupt)?,
+                            alert_event: None,
                         })),
                     ));
                 }
@@ -578,6 +602,8 @@ fn write_group(
             "INSERT INTO alerts (seq, transaction_id, ts, account, action, score, category, amount, reasons)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )?;
+        let mut ins_outbox =
+            t.prepare_cached("INSERT INTO alert_outbox (seq, event) VALUES (?1, ?2)")?;
         let mut ins_label = t.prepare_cached(
             "INSERT INTO labels (seq, transaction_id, fraud, previous, source, note, labeled_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -624,6 +650,9 @@ fn write_group(
                         if let Some(id) = id {
                             ins_entity.execute(params![format!("{kind}:{}", id.as_str()), seq])?;
                         }
+                    }
+                    if let Some(event) = &rec.alert_event {
+                        ins_outbox.execute(params![seq, event])?;
                     }
                     // Every decision above approve is queued for analysts, escalations included;
                     // `alert` (the ladder's count) is stored with the transaction.
