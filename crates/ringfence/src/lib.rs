@@ -33,6 +33,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod metrics_eval;
 pub mod models;
+pub mod photo;
 pub mod replay;
 pub mod shared;
 pub mod simulate;
