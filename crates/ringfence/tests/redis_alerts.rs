@@ -185,7 +185,8 @@ async fn an_acl_user_works_and_alerts_wait_for_redis_to_come_back() {
 }
 
 /// An alert is committed with its decision, in the node's outbox: a node stopped while Redis
-/// is down delivers it when it runs again, nothing lost.
+/// is down delivers it when it runs again, nothing lost; so is a transaction it decided on its
+/// own state meanwhile, owed to the shared log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_raised_while_redis_is_down_survive_a_restart_of_the_node() {
     let mut server = RedisServer::start();
@@ -218,5 +219,26 @@ async fn alerts_raised_while_redis_is_down_survive_a_restart_of_the_node() {
         wait_get(&mut con, "fraud:count:sender:user-ring-2").await,
         "1"
     );
+    // The transaction decided while the log was unreachable is owed to it, durably: the node
+    // appends it after the restart, so every node's state gets it.
+    let id = decision["transaction_id"].as_str().expect("id").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg("ringfence:log")
+            .arg("-")
+            .arg("+")
+            .query_async(&mut con)
+            .await
+            .expect("XRANGE");
+        if entries
+            .iter()
+            .any(|(_, fields)| fields.iter().any(|(_, v)| v.contains(&id)))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{id} never reached the log");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     again.stop().await;
 }

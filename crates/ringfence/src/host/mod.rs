@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::shared::log::{LogEntry, LogError, LogId, SharedLog};
 use crate::shared::replica::{self, Applied, LogCursor, Prepared};
 use crate::shared::snapshot::Snapshot;
+use crate::store::cursor::SeqCursor;
 use crate::store::{self as records, Records};
 use crate::store::{DecisionRecord, HistoryItem, LabelRecord, StoreError, TxRecord, WriteOp};
 
@@ -42,9 +43,9 @@ pub const DEFAULT_RULES: &str = include_str!("../../rules/default.toml");
 pub use reload::{ModelsStatus, RulesStatus};
 
 /// Degraded transactions appended to the log in one go.
-const BACKLOG_CHUNK: usize = 1000;
-/// How long appending a backlog chunk may take (off the request path).
-const BACKLOG_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
+const OWED_CHUNK: usize = 1000;
+/// How long appending a chunk of them may take (off the request path).
+const OWED_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long a node may hold the snapshot lease (encoding and saving a large state included).
 const SNAPSHOT_LEASE: std::time::Duration = std::time::Duration::from_secs(120);
@@ -236,9 +237,12 @@ pub struct EngineHost {
     has_alert_sinks: bool,
     /// Shared-state mode (`--redis`), if on.
     shared: Option<SharedState>,
-    /// Transactions decided while Redis was unreachable, to append to the log (ahead of the
-    /// next request's) so every node's state gets them.
-    log_backlog: Mutex<Vec<LogEntry>>,
+    /// How far this node has appended to the shared log the transactions it decided while
+    /// Redis was unreachable (they wait in the local store's outbox, durable).
+    owed: SeqCursor,
+    /// Whether the outbox may hold transactions owed to the log (saves reading an empty
+    /// outbox every poll).
+    owed_hint: AtomicBool,
     /// Held while this node reloads a snapshot after falling behind a trim of the log.
     catching_up: tokio::sync::Mutex<()>,
 }
@@ -469,6 +473,7 @@ impl EngineHost {
                 "entity state rebuilt from stored history"
             );
         }
+        let owed = SeqCursor::new(&settings.data, "shared-log-appended-seq");
         let latency = Histogram::new_with_bounds(1, 60_000_000, 3)
             .unwrap_or_else(|_| unreachable!("static histogram bounds are valid"));
         Ok(Arc::new(EngineHost {
@@ -512,7 +517,8 @@ impl EngineHost {
             has_alert_sinks: redis_alerts.is_some(),
             redis_alerts,
             shared,
-            log_backlog: Mutex::new(Vec::new()),
+            owed,
+            owed_hint: AtomicBool::new(true),
             catching_up: tokio::sync::Mutex::new(()),
         }))
     }
@@ -715,6 +721,9 @@ impl EngineHost {
                     if raised {
                         self.alerts_written();
                     }
+                    if record.degraded {
+                        self.owed_hint.store(true, Ordering::Release);
+                    }
                     self.metrics.decision(record.decision.decision);
                     if record.decision.decision > ringfence_core::decision::Action::Approve {
                         self.metrics.alerts.fetch_add(1, Ordering::Relaxed);
@@ -820,13 +829,6 @@ impl EngineHost {
                 } else {
                     None
                 };
-                self.log_backlog
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(LogEntry::Tx {
-                        tx: Box::new(p.tx.clone()),
-                        origin: 0,
-                    });
                 let decision = scored.decision;
                 out.push((
                     index,
@@ -875,7 +877,7 @@ impl EngineHost {
             if self.lock().since_snapshot >= shared.snapshot_every {
                 self.take_snapshot(shared).await;
             }
-            self.append_backlog(shared).await;
+            self.append_owed(shared).await;
             let position = self.lock().cursor.position();
             match shared.log.read(position, 1000).await {
                 Ok(entries) if !entries.is_empty() => {
@@ -925,31 +927,55 @@ impl EngineHost {
         }
     }
 
-    /// Appends (a chunk of) the transactions decided while Redis was unreachable, so every
-    /// node's state gets them; on failure they wait for the next round.
-    async fn append_backlog(&self, shared: &SharedState) {
-        let chunk: Vec<LogEntry> = {
-            let mut backlog = self.log_backlog.lock().unwrap_or_else(|p| p.into_inner());
-            let n = backlog.len().min(BACKLOG_CHUNK);
-            backlog.drain(..n).collect()
-        };
-        if chunk.is_empty() {
+    /// Appends (a chunk of) the transactions decided while Redis was unreachable, from the
+    /// local store's outbox, so every node's state gets them; on failure they wait for the
+    /// next round (durably: a stop or crash in between does not lose them).
+    async fn append_owed(&self, shared: &SharedState) {
+        if !self.owed_hint.swap(false, Ordering::AcqRel) {
             return;
         }
+        let after = self.owed.load();
+        let rows = match self
+            .store
+            .local()
+            .owed_to_log_after(after, OWED_CHUNK)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the transactions owed to the shared log failed");
+                self.owed_hint.store(true, Ordering::Release);
+                return;
+            }
+        };
+        let Some(&(last, _)) = rows.last() else {
+            return;
+        };
+        let chunk: Vec<LogEntry> = rows
+            .iter()
+            .filter_map(|(seq, json)| match serde_json::from_str::<Transaction>(json) {
+                Ok(tx) => Some(LogEntry::Tx {
+                    tx: Box::new(tx),
+                    origin: 0,
+                }),
+                Err(e) => {
+                    tracing::error!(seq, error = %e, "a stored transaction does not parse; not appended");
+                    None
+                }
+            })
+            .collect();
         let position = self.lock().cursor.position();
         let append = shared.log.append(position, &chunk);
-        match tokio::time::timeout(BACKLOG_BUDGET, append).await {
-            Ok(Ok(returned)) => self.apply_log(shared, &returned, replica::prepare(&returned)),
-            failed => {
-                if let Ok(Err(e)) = failed {
-                    tracing::debug!(error = %e, "backlog not appended yet");
-                }
-                self.log_backlog
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .splice(0..0, chunk);
+        match tokio::time::timeout(OWED_BUDGET, append).await {
+            Ok(Ok(returned)) => {
+                self.apply_log(shared, &returned, replica::prepare(&returned));
+                self.owed.save(last);
             }
+            Ok(Err(e)) => tracing::debug!(error = %e, "owed transactions not appended yet"),
+            Err(_) => tracing::debug!("appending owed transactions timed out"),
         }
+        // More may wait (a full chunk, or a failure to retry).
+        self.owed_hint.store(true, Ordering::Release);
     }
 
     /// Saves a snapshot of this node's state to the shared log if no other node is saving

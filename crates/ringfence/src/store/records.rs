@@ -55,8 +55,13 @@ fn block_on<T>(
 impl Records {
     /// The write queue (in production mode, the local buffer's).
     pub fn writer(&self) -> &Writer {
+        self.local().writer()
+    }
+
+    /// This node's own SQLite (the store, or in production mode the buffer): its outboxes.
+    pub fn local(&self) -> &SqliteStore {
         match self {
-            Records::Sqlite(s) | Records::Postgres { local: s, .. } => s.writer(),
+            Records::Sqlite(s) | Records::Postgres { local: s, .. } => s,
         }
     }
 

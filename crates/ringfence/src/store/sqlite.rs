@@ -67,6 +67,7 @@ CREATE TABLE IF NOT EXISTS labels (
 CREATE INDEX IF NOT EXISTS labels_tx ON labels (transaction_id, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS alert_outbox (seq INTEGER PRIMARY KEY, event TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS log_outbox (seq INTEGER PRIMARY KEY);
 "#;
 
 /// The embedded store.
@@ -420,12 +421,41 @@ impl SqliteStore {
         after: i64,
         limit: usize,
     ) -> Result<Vec<(i64, String)>, StoreError> {
+        self.pairs_after(
+            "SELECT seq, event FROM alert_outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            after,
+            limit,
+        )
+        .await
+    }
+
+    /// Up to `limit` transactions decided while the shared log was unreachable, after
+    /// sequence number `after`, in order, as JSON: what the node still owes the log.
+    pub async fn owed_to_log_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        self.pairs_after(
+            "SELECT o.seq, t.event FROM log_outbox o JOIN transactions t ON t.seq = o.seq
+             WHERE o.seq > ?1 ORDER BY o.seq LIMIT ?2",
+            after,
+            limit,
+        )
+        .await
+    }
+
+    /// Runs an outbox query (`?1` after, `?2` limit) yielding (seq, text) rows.
+    async fn pairs_after(
+        &self,
+        sql: &'static str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             this.read_blocking(|c| {
-                let mut q = c.prepare_cached(
-                    "SELECT seq, event FROM alert_outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-                )?;
+                let mut q = c.prepare_cached(sql)?;
                 let rows = q.query_map(params![after, limit as i64], |r| {
                     Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
                 })?;
@@ -604,6 +634,7 @@ fn write_group(
         )?;
         let mut ins_outbox =
             t.prepare_cached("INSERT INTO alert_outbox (seq, event) VALUES (?1, ?2)")?;
+        let mut ins_log_outbox = t.prepare_cached("INSERT INTO log_outbox (seq) VALUES (?1)")?;
         let mut ins_label = t.prepare_cached(
             "INSERT INTO labels (seq, transaction_id, fraud, previous, source, note, labeled_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -653,6 +684,10 @@ fn write_group(
                     }
                     if let Some(event) = &rec.alert_event {
                         ins_outbox.execute(params![seq, event])?;
+                    }
+                    // Decided while the shared log was unreachable: owed to the log.
+                    if rec.decision.degraded {
+                        ins_log_outbox.execute(params![seq])?;
                     }
                     // Every decision above approve is queued for analysts, escalations included;
                     // `alert` (the ladder's count) is stored with the transaction.
