@@ -354,6 +354,12 @@ impl Engine {
         snapshot::encode(&self.state)
     }
 
+    /// A copy of the entity state to encode later, elsewhere ([`StateCopy::encode`]): the
+    /// engine is needed only for the copy.
+    pub fn state_copy(&self) -> snapshot::StateCopy {
+        snapshot::StateCopy(self.state.clone())
+    }
+
     /// Replaces the entity state with a snapshot's, after which this engine decides every
     /// following event exactly as the engine that took the snapshot would. A snapshot of
     /// another format version, taken with another state config, or damaged is refused and

@@ -125,6 +125,19 @@ fn checksum(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
+/// A copy of the entity state, to encode away from the engine's owner: cloning costs a
+/// fraction of encoding, so a node holds its engine only for the clone.
+#[derive(Clone, Debug)]
+pub struct StateCopy(pub(crate) EntityState);
+
+impl StateCopy {
+    /// The snapshot bytes, identical to [`Engine::snapshot`](crate::engine::Engine::snapshot)
+    /// at the moment of the copy.
+    pub fn encode(&self) -> Result<Vec<u8>, SnapshotError> {
+        encode(&self.0)
+    }
+}
+
 /// Encodes `state` (with its config) into a snapshot.
 pub(crate) fn encode(state: &EntityState) -> Result<Vec<u8>, SnapshotError> {
     let mut out = Vec::with_capacity(4096);

@@ -652,3 +652,18 @@ fn snapshot_size_per_entity() {
         size as f64 / entities as f64
     );
 }
+
+#[test]
+fn a_copy_encodes_to_the_snapshot_of_the_moment_it_was_taken() {
+    let (mut engine, at_copy) = populated();
+    let copy = engine.state_copy();
+    // The engine moves on; the copy does not.
+    let events = stream(300);
+    for i in 0..events.len() {
+        apply(&mut engine, &events, i);
+    }
+    let later = snapshot(&engine);
+    let encoded = copy.encode().expect("encode");
+    assert_same(&encoded, &at_copy, "copy vs snapshot at the copy");
+    assert_ne!(encoded, later, "the engine changed after the copy");
+}

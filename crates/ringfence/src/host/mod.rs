@@ -979,8 +979,9 @@ impl EngineHost {
     }
 
     /// Saves a snapshot of this node's state to the shared log if no other node is saving
-    /// one, which trims the log behind the previous snapshot. The state is encoded under the
-    /// engine lock (a consistent cut at one log position); see BENCHMARKS.md for its cost.
+    /// one, which trims the log behind the previous snapshot. The state is copied under the
+    /// engine lock (a consistent cut at one log position) and encoded outside it; see
+    /// BENCHMARKS.md for the cost of each.
     async fn take_snapshot(&self, shared: &SharedState) {
         self.lock().since_snapshot = 0;
         match shared.log.try_lease(shared.node, SNAPSHOT_LEASE).await {
@@ -991,28 +992,36 @@ impl EngineHost {
                 return;
             }
         }
+        // Copied under the engine lock (milliseconds), encoded off it and off the async
+        // workers (the encoding of a large state takes hundreds of milliseconds).
         let began = Instant::now();
-        let taken = {
+        let (position, state, cursor) = {
             let locked = self.lock();
-            let position = locked.cursor.position();
-            locked
-                .engine
-                .snapshot()
-                .map_err(|e| e.to_string())
-                .and_then(|engine| {
-                    Ok(Snapshot {
-                        position,
-                        engine,
-                        cursor: locked.cursor.image()?,
-                    })
-                })
+            (
+                locked.cursor.position(),
+                locked.engine.state_copy(),
+                locked.cursor.image(),
+            )
         };
-        let encode_ms = began.elapsed().as_millis() as u64;
-        match taken {
+        let copy_ms = began.elapsed().as_millis() as u64;
+        let encoded = tokio::task::spawn_blocking(move || {
+            let engine = state.encode().map_err(|e| e.to_string())?;
+            Ok::<_, String>(Snapshot {
+                position,
+                engine,
+                cursor: cursor.to_bytes()?,
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        let encode_ms = began.elapsed().as_millis() as u64 - copy_ms;
+        match encoded {
             Ok(snapshot) => match shared.log.save_snapshot(&snapshot).await {
                 Ok(saved) => tracing::info!(
                     position = %snapshot.position,
                     bytes = snapshot.engine.len() + snapshot.cursor.len(),
+                    copy_ms,
                     encode_ms,
                     saved,
                     "shared state snapshot"

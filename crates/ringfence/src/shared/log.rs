@@ -170,7 +170,7 @@ return redis.call('XRANGE', KEYS[1], '(' .. after, '+', 'COUNT', ARGV[2])
 /// The log in one Redis stream.
 #[derive(Clone)]
 pub struct SharedLog {
-    client: redis::Client,
+    pub(super) client: redis::Client,
     /// The connection, reopened after a failure (a multiplexed connection does not recover
     /// by itself once the server went away).
     con: Arc<Mutex<Option<MultiplexedConnection>>>,

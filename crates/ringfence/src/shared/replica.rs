@@ -112,12 +112,19 @@ pub struct Sources {
 
 /// A cursor as a snapshot carries it (JSON: small next to the engine's state).
 #[derive(Serialize, Deserialize)]
-struct CursorImage {
+pub struct CursorImage {
     applied: String,
     rules: Option<String>,
     models: Option<(Option<String>, Option<String>)>,
     seen: Vec<Box<str>>,
     decisions: Vec<(Box<str>, Decision)>,
+}
+
+impl CursorImage {
+    /// The bytes a snapshot stores.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+        serde_json::to_vec(self).map_err(|e| e.to_string())
+    }
 }
 
 /// A snapshot's cursor with its rules and models compiled: everything but the engine state,
@@ -170,8 +177,9 @@ impl LogCursor {
     }
 
     /// The cursor as a snapshot carries it: position, rules and models texts, and the latest
-    /// transaction ids and decisions (for deduplication after a restore).
-    pub fn image(&self) -> Result<Vec<u8>, String> {
+    /// transaction ids and decisions (for deduplication after a restore). A copy: encode it
+    /// with [`CursorImage::to_bytes`] away from the engine lock.
+    pub fn image(&self) -> CursorImage {
         let text = |t: &Option<Arc<str>>| t.as_deref().map(str::to_owned);
         let seen_from = self.seen_order.len().saturating_sub(SNAPSHOT_SEEN);
         let decided_from = self
@@ -194,7 +202,7 @@ impl LogCursor {
                 .filter_map(|id| Some((id.clone(), self.decisions.get(id)?.clone())))
                 .collect(),
         };
-        serde_json::to_vec(&image).map_err(|e| e.to_string())
+        image
     }
 
     /// Reads a cursor image back and compiles its rules and models.

@@ -58,6 +58,12 @@ pub struct Snapshot {
 }
 
 impl SharedLog {
+    /// A connection of its own: tens of megabytes on the shared multiplexed connection would
+    /// queue every request's append behind them.
+    async fn bulk_connection(&self) -> Result<redis::aio::MultiplexedConnection, LogError> {
+        Ok(self.client.get_multiplexed_async_connection().await?)
+    }
+
     fn snapshot_key(&self) -> String {
         format!("{}:snapshot", self.key)
     }
@@ -68,7 +74,7 @@ impl SharedLog {
 
     /// The latest snapshot, if any was saved.
     pub async fn load_snapshot(&self) -> Result<Option<Snapshot>, LogError> {
-        let mut con = self.connection().await?;
+        let mut con = self.bulk_connection().await?;
         let (position, engine, cursor): (Option<String>, Option<Vec<u8>>, Option<Vec<u8>>) =
             redis::cmd("HMGET")
                 .arg(self.snapshot_key())
@@ -76,8 +82,7 @@ impl SharedLog {
                 .arg("engine")
                 .arg("cursor")
                 .query_async(&mut con)
-                .await
-                .inspect_err(|e| self.failed(e))?;
+                .await?;
         match (position, engine, cursor) {
             (Some(position), Some(engine), Some(cursor)) => Ok(Some(Snapshot {
                 position: position.parse()?,
@@ -119,7 +124,7 @@ impl SharedLog {
     /// Saves `snapshot` unless a newer one is there, trimming the log up to the snapshot it
     /// replaces. True when saved.
     pub async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<bool, LogError> {
-        let mut con = self.connection().await?;
+        let mut con = self.bulk_connection().await?;
         let saved: i64 = redis::Script::new(SAVE)
             .key(&self.key)
             .key(self.snapshot_key())
@@ -127,8 +132,7 @@ impl SharedLog {
             .arg(&snapshot.engine[..])
             .arg(&snapshot.cursor[..])
             .invoke_async(&mut con)
-            .await
-            .inspect_err(|e| self.failed(e))?;
+            .await?;
         Ok(saved == 1)
     }
 }
