@@ -3,8 +3,9 @@
 //! [`Engine::score`] reads the features of a transaction from the state before it, runs the
 //! rules, turns rule weights into a 0..100 score and an action (thresholds, forced actions,
 //! then the account's escalation ladder), and only then applies the transaction to the state.
-//! [`Engine::apply_recorded`] re-applies a stored transaction with its stored alert flag, which
-//! is how a node rebuilds its state on start without re-deciding history under today's rules.
+//! [`Engine::apply_recorded`] re-applies a stored transaction with its stored alert flag (and
+//! whether it was blocked), which is how a node rebuilds its state on start without
+//! re-deciding history under today's rules.
 
 use std::sync::Arc;
 
@@ -136,7 +137,8 @@ impl Engine {
         for &i in &scored.matched {
             self.rule_hits[i] += 1;
         }
-        self.state.apply(tx, &keys, scored.decision.alert);
+        let blocked = scored.decision.decision == Action::Block;
+        self.state.apply(tx, &keys, scored.decision.alert, blocked);
         scored
     }
 
@@ -246,10 +248,11 @@ impl Engine {
         }
     }
 
-    /// Applies a stored transaction with the alert flag its stored decision carried.
-    pub fn apply_recorded(&mut self, tx: &Transaction, alert: bool) {
+    /// Applies a stored transaction with the alert flag its stored decision carried and
+    /// whether it was blocked.
+    pub fn apply_recorded(&mut self, tx: &Transaction, alert: bool, blocked: bool) {
         let keys = TxKeys::of(tx);
-        self.state.apply(tx, &keys, alert);
+        self.state.apply(tx, &keys, alert, blocked);
     }
 
     /// Applies a label on `tx`: `fraud` is the new verdict, `previous` the verdict it replaces
@@ -294,6 +297,7 @@ impl Engine {
             store_id: None,
             country: None,
             location: None,
+            retail: None,
         };
         let slot = match kind {
             EntityKind::Card => &mut probe.card_id,
@@ -611,7 +615,7 @@ score = 50
         let mut decisions = Vec::new();
         for t in &txs[..40] {
             let d = live.score(t).decision;
-            rebuilt.apply_recorded(t, d.alert);
+            rebuilt.apply_recorded(t, d.alert, d.decision == Action::Block);
             decisions.push(d);
         }
         for t in &txs[40..] {

@@ -374,6 +374,16 @@ pub struct RawTransaction {
     pub lat: Option<f64>,
     /// Longitude of the transaction.
     pub lon: Option<f64>,
+    /// Purchases and returns: the receipt.
+    pub receipt_id: Option<String>,
+    /// Purchases and returns: the customer at the till.
+    pub customer_id: Option<String>,
+    /// Purchases and returns: the lines bought or returned.
+    pub items: Option<Vec<crate::retail::RawItem>>,
+    /// Purchases and returns: the customer's photo from the till, base64 JPEG or PNG. The
+    /// server checks and stores it before parsing and only its outcome and content address
+    /// reach the transaction; [`Transaction::parse`] ignores this field.
+    pub photo: Option<String>,
 }
 
 /// A validated transaction. Entity ids that were absent are `None` (their features are
@@ -427,6 +437,9 @@ pub struct Transaction {
     /// Where it happened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<GeoPoint>,
+    /// Purchases and returns: receipt, customer, items and the photo check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retail: Option<Box<crate::retail::Retail>>,
 }
 
 /// What [`Transaction::parse`] needs from its surroundings: the clock and id source stay
@@ -588,6 +601,15 @@ impl Transaction {
             (Some(_), None) => return Err(FieldError::new("lon", "is required when lat is given")),
             (None, Some(_)) => return Err(FieldError::new("lat", "is required when lon is given")),
         };
+        let store_id = opt_id("store_id", raw.store_id)?;
+        let retail = crate::retail::Retail::parse(
+            kind,
+            store_id.as_ref(),
+            raw.receipt_id,
+            raw.customer_id,
+            raw.items,
+        )?
+        .map(Box::new);
         Ok(Transaction {
             transaction_id,
             timestamp,
@@ -603,9 +625,10 @@ impl Transaction {
             merchant: opt_id("merchant", raw.merchant)?,
             merchant_category: opt_id("merchant_category", raw.merchant_category)?,
             terminal_id: opt_id("terminal_id", raw.terminal_id)?,
-            store_id: opt_id("store_id", raw.store_id)?,
+            store_id,
             country: code("country", raw.country, 2)?,
             location,
+            retail,
         })
     }
 }

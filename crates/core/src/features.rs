@@ -7,7 +7,7 @@
 //! Text values are borrowed from the transaction.
 
 /// Bumped whenever a feature is added, removed or changes meaning; recorded by trained models.
-pub const CATALOG_VERSION: u32 = 2;
+pub const CATALOG_VERSION: u32 = 3;
 
 /// The type a feature has in the rule language.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,6 +206,17 @@ numeric_features! {
     TerminalFrauds30d => "terminal.frauds_30d", Number, "{} confirmed frauds at this terminal over the latest 30 days with labels", "Confirmed frauds on this terminal over the 30 days that end one label delay ago.";
     MerchantFraudRate7d => "merchant.fraud_rate_7d", Number, "{%} of this merchant's transactions were confirmed fraud over the latest 7 days with labels", "Share of this merchant's transactions confirmed as fraud, over the 7 days that end one label delay ago.";
     MerchantFraudRate30d => "merchant.fraud_rate_30d", Number, "{%} of this merchant's transactions were confirmed fraud over the latest 30 days with labels", "Share of this merchant's transactions confirmed as fraud, over the 30 days that end one label delay ago.";
+    ReturnPhotoVerified => "return.photo_verified", Bool, "a verified face photo of the customer at the till|no verified face photo of the customer at the till", "This return (or purchase) came with a face photo that passed the check at the till.";
+    ReturnReceiptFound => "return.receipt_found", Bool, "the receipt was found|no purchase with this receipt at any store", "A purchase with this return's receipt id is on record (at any store).";
+    ReturnCustomerMismatch => "return.customer_mismatch", Bool, "the customer returning is not the one who bought|the customer returning is the one who bought", "The returning customer differs from the buyer on the receipt.";
+    ReturnPurchasePhotoVerified => "return.purchase_photo_verified", Bool, "the purchase was photo-verified|the purchase had no verified photo", "The purchase on the receipt came with a verified face photo.";
+    ReturnAlreadyReturned => "return.already_returned", Number, "{} units claimed were already returned (at any store) or were never on the receipt", "Units in this return beyond what is left to return on the receipt (already returned at any store, or never bought on it).";
+    ReturnOtherStoreRecent => "return.other_store_recent", Number, "{} returns of the same receipt items at another store in the 10 minutes before", "Returns of this receipt's items at another store in the 10 minutes before this one (a concurrent claim).";
+    ReturnMinsSincePurchase => "return.mins_since_purchase", Number, "returned {} minutes after the purchase", "Minutes from the purchase on the receipt to this return.";
+    ReturnCustomerReturns24h => "return.customer_returns_24h", Number, "this customer made {} returns in the 24 hours before", "Accepted returns by this customer in the 24 hours before this one.";
+    ReturnTerminalReturns1h => "return.terminal_returns_1h", Number, "{} returns at this till in the hour before", "Accepted returns at this POS terminal in the hour before this one.";
+    ReturnMaxItemPrice => "return.max_item_price", Number, "an item priced {}", "Highest unit price among the items of this return.";
+    ReturnExcessValue => "return.excess_value", Number, "{} more refunded than was paid for these items", "Refund amount beyond what was paid for the matched receipt units (0 when within).";
 }
 
 text_features! {
@@ -220,6 +231,9 @@ text_features! {
     TxIp => "tx.ip", "IP address of this transaction.";
     TxTerminalId => "tx.terminal_id", "Terminal id of this transaction.";
     TxStoreId => "tx.store_id", "Store id of this transaction.";
+    TxPhoto => "tx.photo", "Photo check of a purchase or return: verified, no_face, poor_quality, unreadable or missing.";
+    TxReceiptId => "tx.receipt_id", "Receipt id of a purchase or return.";
+    TxCustomerId => "tx.customer_id", "Customer at the till for a purchase or return.";
 }
 
 /// Number of numeric and boolean features.

@@ -27,6 +27,7 @@ pub mod graph;
 pub mod labels;
 pub mod model;
 pub mod profile;
+pub mod retail;
 pub mod rules;
 pub mod snapshot;
 pub mod state;

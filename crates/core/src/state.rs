@@ -25,6 +25,7 @@ use crate::features::{FeatureValues, Num, Text};
 use crate::graph::{LinkGraph, NodeRef};
 use crate::labels::{bucket_of, LabelBuckets, LabelSummary, BUCKETS_PER_DAY};
 use crate::profile::{LastSeen, SpendProfile};
+use crate::retail::{PhotoStatus, RetailState};
 use crate::window::{Ring, Windows};
 
 /// The kinds of entity the engine keeps state for.
@@ -330,6 +331,8 @@ pub struct EntityState {
     #[serde(with = "crate::snapshot::sorted_map")]
     terminals: HashMap<u64, PointOfSale>,
     graph: LinkGraph,
+    /// Receipts and return history (purchases and returns).
+    retail: RetailState,
     watermark: i64,
     last_sweep: i64,
     since_sweep: u32,
@@ -392,6 +395,7 @@ impl EntityState {
             graph: LinkGraph::default(),
             watermark: i64::MIN,
             last_sweep: i64::MIN,
+            retail: RetailState::default(),
             since_sweep: 0,
         }
     }
@@ -421,6 +425,46 @@ impl EntityState {
         t[Text::TxIp as usize] = tx.ip.as_ref().map(|e| e.as_str());
         t[Text::TxTerminalId as usize] = tx.terminal_id.as_ref().map(|e| e.as_str());
         t[Text::TxStoreId as usize] = tx.store_id.as_ref().map(|e| e.as_str());
+        if let Some(retail) = tx.retail.as_deref() {
+            t[Text::TxPhoto as usize] = Some(retail.photo.as_str());
+            t[Text::TxReceiptId as usize] = retail.receipt_id.as_ref().map(|e| e.as_str());
+            t[Text::TxCustomerId as usize] = retail.customer_id.as_ref().map(|e| e.as_str());
+            f.set_bool(
+                Num::ReturnPhotoVerified,
+                retail.photo == PhotoStatus::Verified,
+            );
+            if tx.kind == TxKind::Return {
+                let r = self.retail.return_facts(
+                    retail,
+                    tx.store_id.as_ref(),
+                    tx.terminal_id.as_ref(),
+                    ts,
+                    tx.amount,
+                );
+                f.set_bool(Num::ReturnReceiptFound, r.receipt_found);
+                if let Some(m) = r.customer_mismatch {
+                    f.set_bool(Num::ReturnCustomerMismatch, m);
+                }
+                if let Some(v) = r.purchase_photo_verified {
+                    f.set_bool(Num::ReturnPurchasePhotoVerified, v);
+                }
+                f.set(Num::ReturnAlreadyReturned, f64::from(r.already_returned));
+                f.set(Num::ReturnOtherStoreRecent, f64::from(r.other_store_recent));
+                if let Some(m) = r.mins_since_purchase {
+                    f.set(Num::ReturnMinsSincePurchase, m);
+                }
+                if let Some(n) = r.customer_returns_24h {
+                    f.set(Num::ReturnCustomerReturns24h, f64::from(n));
+                }
+                if let Some(n) = r.terminal_returns_1h {
+                    f.set(Num::ReturnTerminalReturns1h, f64::from(n));
+                }
+                f.set(Num::ReturnMaxItemPrice, r.max_item_price);
+                if let Some(x) = r.excess_value {
+                    f.set(Num::ReturnExcessValue, x);
+                }
+            }
+        }
 
         let since_24h = ts - DAY_MS;
 
@@ -574,9 +618,20 @@ impl EntityState {
         }
     }
 
-    /// Records `tx` (and whether its decision raised an alert) into the state.
-    pub fn apply(&mut self, tx: &Transaction, keys: &TxKeys, alert: bool) {
+    /// Records `tx` (whether its decision raised an alert, and whether it was blocked: a
+    /// blocked return is not recorded against its receipt) into the state.
+    pub fn apply(&mut self, tx: &Transaction, keys: &TxKeys, alert: bool, blocked: bool) {
         let ts = tx.timestamp.millis();
+        if let Some(retail) = tx.retail.as_deref() {
+            self.retail.apply(
+                tx.kind,
+                retail,
+                tx.store_id.as_ref(),
+                tx.terminal_id.as_ref(),
+                ts,
+                !blocked,
+            );
+        }
         let amount = tx.amount;
         let spends = matches!(tx.kind, TxKind::Payment | TxKind::Purchase);
         let forget_24h = ts - DAY_MS;
@@ -792,7 +847,7 @@ mod tests {
     }
 
     fn apply(s: &mut EntityState, t: &Transaction) {
-        s.apply(t, &TxKeys::of(t), false);
+        s.apply(t, &TxKeys::of(t), false, false);
     }
 
     #[test]

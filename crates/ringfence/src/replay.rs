@@ -196,6 +196,11 @@ fn raw_from(get: &dyn Fn(&str) -> Option<String>) -> Result<RawTransaction, Stri
         country: get("country"),
         lat: num("lat")?,
         lon: num("lon")?,
+        // A flat row has no item lines: purchases and returns come as NDJSON.
+        receipt_id: get("receipt_id"),
+        customer_id: get("customer_id"),
+        items: None,
+        photo: None,
     })
 }
 

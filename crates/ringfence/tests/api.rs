@@ -430,8 +430,20 @@ async fn raw_card_numbers_never_reach_storage() {
     let (_, card) = app.get(&format!("/v1/entities/card/{token}")).await;
     assert_eq!(card["features"]["card.tx_count"], 2.0, "{card}");
     app.stop().await;
-    for entry in std::fs::read_dir(dir.path()).expect("data dir") {
-        let path = entry.expect("entry").path();
+    // Every file of the data directory, its subdirectories (photos) included.
+    let mut dirs = vec![dir.path().to_owned()];
+    let mut files = Vec::new();
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).expect("data dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    for path in files {
         let bytes = std::fs::read(&path).expect("read");
         assert!(
             !bytes.windows(pan.len()).any(|w| w == pan.as_bytes()),

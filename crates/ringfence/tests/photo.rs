@@ -1,6 +1,8 @@
 //! Photo verification end to end: generated images for every way a photo can be bad, and a real
 //! face (scikit-image's public-domain `astronaut.png`, fetched by `scripts/test-assets`).
 
+mod helpers;
+
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
@@ -14,19 +16,7 @@ use ringfence::photo::{
     Verification, VerifyError,
 };
 
-/// A photo fetched by `scripts/test-assets`; fails (never skips) when it is missing.
-fn asset(name: &str) -> Vec<u8> {
-    let dir = std::env::var_os("RINGFENCE_TEST_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-assets"));
-    let path = dir.join(name);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "test photo {} is missing ({e}): run scripts/test-assets to fetch it",
-            path.display()
-        )
-    })
-}
+use helpers::test_asset as asset;
 
 fn astronaut() -> DynamicImage {
     image::load_from_memory(&asset("astronaut.png")).unwrap()

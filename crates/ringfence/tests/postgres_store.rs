@@ -513,7 +513,9 @@ async fn alert_queries_filter_order_and_page() {
 /// A history item as text, to compare sequences.
 fn describe(item: &HistoryItem) -> String {
     match item {
-        HistoryItem::Tx { tx, alert } => format!("tx {} alert={alert}", tx.transaction_id.as_str()),
+        HistoryItem::Tx { tx, alert, .. } => {
+            format!("tx {} alert={alert}", tx.transaction_id.as_str())
+        }
         HistoryItem::Label {
             tx,
             fraud,

@@ -8,6 +8,7 @@
 //! restart rebuild exactly the same state. The queue place is reserved before scoring, so a
 //! full queue turns a request away before it changes any state.
 
+mod photos;
 mod reload;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -245,6 +246,10 @@ pub struct EngineHost {
     owed_hint: AtomicBool,
     /// Held while this node reloads a snapshot after falling behind a trim of the log.
     catching_up: tokio::sync::Mutex<()>,
+    /// Till photos, stored once by content in the data directory.
+    photos: Arc<crate::photo::PhotoStore>,
+    /// Photo checks running at once (one per core).
+    photo_slots: tokio::sync::Semaphore,
 }
 
 /// Wall-clock time now.
@@ -351,6 +356,9 @@ pub enum StartError {
         "the card-hash key is {0} bytes; at least 16 are required (32 random bytes recommended)"
     )]
     WeakKey(usize),
+    /// The photo store in the data directory could not be opened.
+    #[error("photo store: {0}")]
+    Photos(String),
     /// The shared log in Redis could not be read at start-up.
     #[error("shared state (redis): {0}")]
     Shared(String),
@@ -455,7 +463,9 @@ impl EngineHost {
             let mut labels = 0u64;
             let txs = store
                 .for_each_history(|item| match item {
-                    HistoryItem::Tx { tx, alert } => engine.apply_recorded(&tx, alert),
+                    HistoryItem::Tx { tx, alert, blocked } => {
+                        engine.apply_recorded(&tx, alert, blocked)
+                    }
                     HistoryItem::Label {
                         tx,
                         fraud,
@@ -474,6 +484,10 @@ impl EngineHost {
             );
         }
         let owed = SeqCursor::new(&settings.data, "shared-log-appended-seq");
+        let photos = Arc::new(
+            crate::photo::PhotoStore::open(&settings.data)
+                .map_err(|e| StartError::Photos(e.to_string()))?,
+        );
         let latency = Histogram::new_with_bounds(1, 60_000_000, 3)
             .unwrap_or_else(|_| unreachable!("static histogram bounds are valid"));
         Ok(Arc::new(EngineHost {
@@ -520,6 +534,10 @@ impl EngineHost {
             owed,
             owed_hint: AtomicBool::new(true),
             catching_up: tokio::sync::Mutex::new(()),
+            photos,
+            photo_slots: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ),
         }))
     }
 

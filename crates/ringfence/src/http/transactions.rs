@@ -69,8 +69,13 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_or_error(body)?;
-    let raw = parse_raw(&body).inspect_err(|_| cx.rejected())?;
-    let parsed = cx.host.parse(raw).inspect_err(|_| cx.rejected())?;
+    let mut raw = parse_raw(&body).inspect_err(|_| cx.rejected())?;
+    let photo = raw.photo.take();
+    let mut parsed = cx.host.parse(raw).inspect_err(|_| cx.rejected())?;
+    cx.host
+        .check_photo(&mut parsed, photo)
+        .await?
+        .inspect_err(|_| cx.rejected())?;
     let mut out = cx.host.submit(vec![parsed]).await?;
     match out.pop() {
         Some(s) => Ok(Json(s).into_response()),
@@ -108,7 +113,20 @@ pub async fn create_batch(
     let mut results: Vec<Option<serde_json::Value>> = vec![None; items.len()];
     let mut valid: Vec<(usize, Parsed)> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        match parse_raw(item).and_then(|raw| cx.host.parse(raw).map_err(ApiError::from)) {
+        let parsed = match parse_raw(item) {
+            Ok(mut raw) => {
+                let photo = raw.photo.take();
+                match cx.host.parse(raw) {
+                    Ok(mut p) => match cx.host.check_photo(&mut p, photo).await? {
+                        Ok(()) => Ok(p),
+                        Err(e) => Err(ApiError::from(e)),
+                    },
+                    Err(e) => Err(ApiError::from(e)),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match parsed {
             Ok(p) => valid.push((i, p)),
             Err(e) => {
                 cx.rejected();

@@ -93,6 +93,8 @@ pub enum HistoryItem {
         tx: Transaction,
         /// Its stored alert flag.
         alert: bool,
+        /// Whether its decision was block (a blocked return does not count as returned).
+        blocked: bool,
     },
     /// A label on a transaction.
     Label {

@@ -635,9 +635,10 @@ impl PostgresStore {
         // A label on a transaction that is not stored is skipped, as in the SQLite store.
         let portal = t
             .bind(
-                "SELECT seq, TRUE, alert, NULL::boolean, NULL::boolean, event FROM transactions
+                "SELECT seq, TRUE, alert, NULL::boolean, NULL::boolean, event, action = 'block'
+                 FROM transactions
                  UNION ALL
-                 SELECT l.seq, FALSE, NULL::boolean, l.fraud, l.previous, t.event
+                 SELECT l.seq, FALSE, NULL::boolean, l.fraud, l.previous, t.event, FALSE
                  FROM labels l JOIN transactions t ON t.id = l.transaction_id
                  ORDER BY 1",
                 &[],
@@ -655,9 +656,11 @@ impl PostgresStore {
                     .map_err(|e| PostgresError::Corrupt(format!("{what} seq {seq}: {e}")))?;
                 if is_tx {
                     let alert: Option<bool> = row.try_get(2)?;
+                    let blocked: Option<bool> = row.try_get(6)?;
                     f(HistoryItem::Tx {
                         tx,
                         alert: alert.unwrap_or(false),
+                        blocked: blocked.unwrap_or(false),
                     });
                     n += 1;
                 } else {

@@ -385,7 +385,7 @@ impl SqliteStore {
             let mut labels = labels_stmt.query([])?;
             let mut next_label = labels.next()?.map(label_row).transpose()?;
             let mut tx_stmt =
-                c.prepare("SELECT seq, alert, event FROM transactions ORDER BY seq")?;
+                c.prepare("SELECT seq, alert, event, action FROM transactions ORDER BY seq")?;
             let mut txs = tx_stmt.query([])?;
             let mut n = 0u64;
             while let Some(row) = txs.next()? {
@@ -402,7 +402,12 @@ impl SqliteStore {
                 let event: String = row.get(2)?;
                 let tx = serde_json::from_str(&event)
                     .map_err(|e| StoreError::Corrupt(format!("transaction seq {seq}: {e}")))?;
-                f(HistoryItem::Tx { tx, alert });
+                let action: String = row.get(3)?;
+                f(HistoryItem::Tx {
+                    tx,
+                    alert,
+                    blocked: action == ringfence_core::decision::Action::Block.as_str(),
+                });
                 n += 1;
             }
             while let Some((_, item)) = next_label.take() {

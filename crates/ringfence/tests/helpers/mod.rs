@@ -138,3 +138,17 @@ pub fn decision_essence(d: &Value) -> Value {
         d["alert"]
     ])
 }
+
+/// A photo fetched by `scripts/test-assets`; fails (never skips) when it is missing.
+pub fn test_asset(name: &str) -> Vec<u8> {
+    let dir = std::env::var_os("RINGFENCE_TEST_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-assets"));
+    let path = dir.join(name);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "test photo {} is missing ({e}): run scripts/test-assets to fetch it",
+            path.display()
+        )
+    })
+}

@@ -1,0 +1,71 @@
+//! The till's photo on a purchase or return: checked (decode, face, quality) and stored
+//! content-addressed before the transaction is decided, so the engine sees only the outcome
+//! and the address, never image bytes.
+//!
+//! The check is CPU work of tens of milliseconds: it runs on the blocking pool, at most one per
+//! core at a time, so a burst of photos queues instead of starving the async workers that
+//! decide everything else.
+
+use std::sync::Arc;
+
+use ringfence_core::event::{FieldError, TxKind};
+use ringfence_core::retail::{PhotoStatus, Retail};
+
+use super::{EngineHost, HostError, Parsed};
+use crate::photo::{self, PhotoOutcome, VerifyError};
+
+fn status(outcome: PhotoOutcome) -> PhotoStatus {
+    match outcome {
+        PhotoOutcome::Verified => PhotoStatus::Verified,
+        PhotoOutcome::NoFace => PhotoStatus::NoFace,
+        PhotoOutcome::PoorQuality => PhotoStatus::PoorQuality,
+        PhotoOutcome::Unreadable => PhotoStatus::Unreadable,
+        PhotoOutcome::Missing => PhotoStatus::Missing,
+    }
+}
+
+impl EngineHost {
+    /// Checks `photo` (base64, from the request) for the purchase or return in `parsed` and
+    /// records its outcome and content address there. `Ok(Err(..))`: the photo is refused
+    /// (too large, not JPEG or PNG, ...), a client error naming the `photo` field. A photo on
+    /// a payment or refund is refused too: nothing would read it.
+    pub async fn check_photo(
+        &self,
+        parsed: &mut Parsed,
+        photo: Option<String>,
+    ) -> Result<Result<(), FieldError>, HostError> {
+        let tx = &mut parsed.tx;
+        if !matches!(tx.kind, TxKind::Purchase | TxKind::Return) {
+            return Ok(match photo {
+                Some(_) => Err(FieldError::new(
+                    "photo",
+                    "belongs to purchases and returns only (set `kind`)",
+                )),
+                None => Ok(()),
+            });
+        }
+        let Some(photo) = photo else {
+            return Ok(Ok(())); // outcome stays `missing`
+        };
+        let _slot = self
+            .photo_slots
+            .acquire()
+            .await
+            .map_err(|_| HostError::Overloaded)?;
+        let store = Arc::clone(&self.photos);
+        let checked = tokio::task::spawn_blocking(move || photo::verify(&store, Some(&photo)))
+            .await
+            .map_err(|e| HostError::Storage(format!("photo check stopped: {e}")))?;
+        let check = match checked {
+            Ok(c) => c,
+            Err(VerifyError::Rejected(e)) => {
+                return Ok(Err(FieldError::new("photo", e.to_string())))
+            }
+            Err(e) => return Err(HostError::Storage(format!("photo: {e}"))),
+        };
+        let retail = tx.retail.get_or_insert_with(|| Box::new(Retail::default()));
+        retail.photo = status(check.verification.outcome);
+        retail.photo_ref = check.photo.map(|r| r.to_string());
+        Ok(Ok(()))
+    }
+}
