@@ -35,14 +35,6 @@ async fn node(dir: &std::path::Path, url: &str) -> TestApp {
     .await
 }
 
-async fn connect(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(server.url())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect")
-}
-
 async fn log_len(con: &mut redis::aio::MultiplexedConnection) -> usize {
     redis::cmd("XLEN")
         .arg("ringfence:log")
@@ -90,7 +82,7 @@ async fn a_node_started_after_the_trim_rebuilds_from_the_snapshot() {
         let (_, s) = single.post_json("/v1/transactions", &tx(i)).await;
         assert_eq!(helpers::decision_essence(&d), helpers::decision_essence(&s));
     }
-    let mut con = connect(&server).await;
+    let mut con = server.connect().await;
     // 400 transactions and the first rules and models entries; trimmed behind the snapshot
     // before the latest, which is at most a couple of snapshot intervals back.
     let left = wait_trimmed(&mut con, 200).await;
@@ -173,7 +165,7 @@ async fn a_replica_behind_the_trim_resumes_from_the_snapshot() {
         let (_, d) = a.post_json("/v1/transactions", &tx(i)).await;
         answers.insert(format!("sn-{i}"), d);
     }
-    let mut con = connect(&server).await;
+    let mut con = server.connect().await;
     wait_trimmed(&mut con, 200).await;
 
     // The replica is told it fell behind, rather than skipping the trimmed entries.

@@ -24,14 +24,6 @@ fn stream_args(consumer: &str, claim_idle_ms: u64) -> StreamArgs {
     }
 }
 
-async fn connect(server: &RedisServer) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(server.url())
-        .expect("client")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect")
-}
-
 /// The i-th test transaction: three users sharing cards and a device, amounts that trip
 /// velocity and ring rules along the way.
 fn fields(i: usize) -> Vec<(String, String)> {
@@ -135,7 +127,7 @@ async fn stored(app: &TestApp) -> u64 {
 #[tokio::test]
 async fn stream_entries_are_decided_as_over_http_and_bad_ones_are_dead_lettered() {
     let server = RedisServer::start();
-    let mut con = connect(&server).await;
+    let mut con = server.connect().await;
     let n = 30;
     for i in 0..n {
         if i == 11 {
@@ -213,7 +205,7 @@ async fn stream_entries_are_decided_as_over_http_and_bad_ones_are_dead_lettered(
 #[tokio::test]
 async fn a_crashed_consumers_entries_are_claimed_and_decided_once() {
     let server = RedisServer::start();
-    let mut con = connect(&server).await;
+    let mut con = server.connect().await;
     let n = 12;
     for i in 0..n {
         xadd(&mut con, &fields(i)).await;

@@ -92,6 +92,15 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A connection to it (no password), for assertions on keys and streams.
+    pub async fn connect(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect")
+    }
+
     /// Kills the server (as a crash or a network cut looks to clients).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
