@@ -32,27 +32,12 @@ fn essence(d: &Value) -> Value {
 }
 
 async fn log_order(server: &RedisServer) -> Vec<String> {
-    let mut con = redis::Client::open(server.url())
-        .expect("client")
-        .get_multiplexed_async_connection()
+    server
+        .log_entries()
         .await
-        .expect("connect");
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg("ringfence:log")
-        .arg("-")
-        .arg("+")
-        .query_async(&mut con)
-        .await
-        .expect("XRANGE");
-    reply
-        .ids
         .iter()
-        .filter_map(|e| {
-            let entry: Value =
-                serde_json::from_str(&e.get::<String>("e").expect("payload")).expect("json");
-            // Rules and models entries carry no transaction.
-            entry["tx"]["transaction_id"].as_str().map(str::to_owned)
-        })
+        // Rules and models entries carry no transaction.
+        .filter_map(|entry| entry["tx"]["transaction_id"].as_str().map(str::to_owned))
         .collect()
 }
 

@@ -224,16 +224,11 @@ async fn alerts_raised_while_redis_is_down_survive_a_restart_of_the_node() {
     let id = decision["transaction_id"].as_str().expect("id").to_owned();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-            .arg("ringfence:log")
-            .arg("-")
-            .arg("+")
-            .query_async(&mut con)
+        if server
+            .log_entries()
             .await
-            .expect("XRANGE");
-        if entries
             .iter()
-            .any(|(_, fields)| fields.iter().any(|(_, v)| v.contains(&id)))
+            .any(|e| e["tx"]["transaction_id"] == id.as_str())
         {
             break;
         }

@@ -59,7 +59,13 @@ impl EngineHost {
         let check = match checked {
             Ok(c) => c,
             Err(VerifyError::Rejected(e)) => {
-                return Ok(Err(FieldError::new("photo", e.to_string())))
+                // The error names the field once ("photo: is not valid base64 ...").
+                let message = e.to_string();
+                let message = message
+                    .strip_prefix("photo ")
+                    .unwrap_or(&message)
+                    .to_owned();
+                return Ok(Err(FieldError::new("photo", message)));
             }
             Err(e) => return Err(HostError::Storage(format!("photo: {e}"))),
         };

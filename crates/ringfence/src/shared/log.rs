@@ -214,15 +214,13 @@ impl SharedLog {
         }
     }
 
-    /// Appends `entries` and returns every entry after `after` up to the last appended, in
-    /// one round trip (the script is sent by hash, and loaded once when Redis lacks it).
-    pub async fn append(&self, after: LogId, entries: &[LogEntry]) -> Result<Entries, LogError> {
-        let mut invocation = self.script.key(&self.key);
-        invocation.arg(after.to_string());
-        for e in entries {
-            let json = serde_json::to_string(e).map_err(|e| LogError::Corrupt(e.to_string()))?;
-            invocation.arg(json);
-        }
+    /// Runs a script that reads the log after `after` (with its `BEHIND` check) and decodes
+    /// the entries it returns.
+    async fn run(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+        after: LogId,
+    ) -> Result<Entries, LogError> {
         let mut con = self.connection().await?;
         let reply: Vec<(String, Vec<(String, String)>)> =
             match invocation.invoke_async(&mut con).await {
@@ -236,22 +234,24 @@ impl SharedLog {
         decode(reply)
     }
 
+    /// Appends `entries` and returns every entry after `after` up to the last appended, in
+    /// one round trip (the script is sent by hash, and loaded once when Redis lacks it).
+    pub async fn append(&self, after: LogId, entries: &[LogEntry]) -> Result<Entries, LogError> {
+        let mut invocation = self.script.key(&self.key);
+        invocation.arg(after.to_string());
+        for e in entries {
+            let json = serde_json::to_string(e).map_err(|e| LogError::Corrupt(e.to_string()))?;
+            invocation.arg(json);
+        }
+        self.run(invocation, after).await
+    }
+
     /// Up to `count` entries after `after` (catching up without appending); `Behind` when
     /// entries after `after` were trimmed.
     pub async fn read(&self, after: LogId, count: usize) -> Result<Entries, LogError> {
         let mut invocation = self.read_script.key(&self.key);
         invocation.arg(after.to_string()).arg(count);
-        let mut con = self.connection().await?;
-        let reply: Vec<(String, Vec<(String, String)>)> =
-            match invocation.invoke_async(&mut con).await {
-                Ok(r) => r,
-                Err(e) if e.code() == Some("BEHIND") => return Err(LogError::Behind(after)),
-                Err(e) => {
-                    self.failed(&e);
-                    return Err(e.into());
-                }
-            };
-        decode(reply)
+        self.run(invocation, after).await
     }
 }
 

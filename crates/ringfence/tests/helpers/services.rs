@@ -92,6 +92,23 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The shared log's entries (`ringfence:log`), oldest first, as JSON.
+    pub async fn log_entries(&self) -> Vec<serde_json::Value> {
+        let mut con = self.connect().await;
+        let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg("ringfence:log")
+            .arg("-")
+            .arg("+")
+            .query_async(&mut con)
+            .await
+            .expect("XRANGE");
+        reply
+            .ids
+            .iter()
+            .map(|e| serde_json::from_str(&e.get::<String>("e").expect("payload")).expect("json"))
+            .collect()
+    }
+
     /// A connection to it (no password), for assertions on keys and streams.
     pub async fn connect(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())
