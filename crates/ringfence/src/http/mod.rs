@@ -8,6 +8,7 @@ pub mod entities;
 pub mod error;
 pub mod labels;
 pub mod models;
+pub mod pos;
 pub mod rules;
 pub mod stats;
 pub mod transactions;
@@ -89,6 +90,7 @@ pub fn router(host: Arc<EngineHost>) -> Router {
         .route("/readyz", get(stats::readyz))
         .route("/metrics", get(stats::metrics))
         .route("/openapi.json", get(openapi))
+        .merge(pos::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
