@@ -255,6 +255,17 @@ impl Engine {
         self.state.apply(tx, &keys, alert, blocked);
     }
 
+    /// Receipt lines put in conflict by the transactions applied since the last call (see
+    /// [`crate::retail`]): two stores accepted returns of the same units.
+    pub fn take_conflicts(&mut self) -> Vec<crate::retail::ReturnConflict> {
+        self.state.retail_mut().take_conflicts()
+    }
+
+    /// A receipt as the state holds it, with its returns per store.
+    pub fn receipt(&self, receipt_id: &EntityId) -> Option<crate::retail::ReceiptView> {
+        self.state.retail().receipt(receipt_id)
+    }
+
     /// Applies a label on `tx`: `fraud` is the new verdict, `previous` the verdict it replaces
     /// (if any). Confirmed fraud flags the transaction's user, card and device in the link
     /// graph; a later "not fraud" withdraws that flag.

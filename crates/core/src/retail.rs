@@ -11,8 +11,19 @@
 //! Only a return that was not blocked is recorded against its receipt: a blocked fraudulent
 //! claim must not make the real customer's return look like a duplicate. Like every other
 //! state, receipts change in event order only, so replay reproduces the features exactly.
+//!
+//! # Returns counted per store, so sites converge
+//! Stores at different sites apply each other's events in different orders. What a line has
+//! had returned is therefore kept as every accepted claim with its store and units, never as
+//! a running "units left" that each site would clamp differently: the claims form a grow-only
+//! set per store (a G-counter per site), and the total is their sum in any order. When an
+//! accepted claim takes a line past what was bought and the claims come from more than one
+//! store, the line is in conflict: two sites each accepted a return the other had not seen
+//! (a cut link, or a claim inside the replication delay). The conflict is queued for the host
+//! ([`RetailState::take_conflicts`]) with every claim, sorted so that both sites raise the
+//! very same alert.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -219,12 +230,15 @@ fn parse_item(i: usize, raw: RawItem) -> Result<Item, FieldError> {
     })
 }
 
-/// A return of some units of a receipt line, as recorded.
+/// An accepted return of some units of a receipt line, as recorded.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct ReturnMark {
     store: u64,
     at_ms: i64,
     units: u32,
+    /// The return's transaction and store, for conflicts and the receipt view.
+    tx: Box<str>,
+    store_id: Box<str>,
 }
 
 /// One receipt line and what was returned of it.
@@ -232,6 +246,9 @@ struct ReturnMark {
 struct Line {
     sku: u64,
     serial: Option<u64>,
+    /// The SKU and serial as sent (for the receipt view and conflict alerts).
+    sku_id: Box<str>,
+    serial_id: Option<Box<str>>,
     price: f64,
     bought: u32,
     returns: Vec<ReturnMark>,
@@ -241,12 +258,102 @@ impl Line {
     fn returned(&self) -> u32 {
         self.returns.iter().map(|r| r.units).sum()
     }
+
+    /// Whether accepted claims exceed what was bought and come from more than one store.
+    fn in_conflict(&self) -> bool {
+        self.returned() > self.bought
+            && self
+                .returns
+                .iter()
+                .any(|r| r.store != self.returns[0].store)
+    }
+}
+
+/// One accepted return claim on a receipt line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Claim {
+    /// The return transaction.
+    pub transaction_id: String,
+    /// The store it was accepted at.
+    pub store_id: String,
+    /// Units it claimed.
+    pub units: u32,
+    /// Its event time (ms).
+    pub at_ms: i64,
+}
+
+/// A receipt line whose accepted returns, from more than one store, exceed what was bought.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReturnConflict {
+    /// The receipt.
+    pub receipt_id: String,
+    /// The line's SKU.
+    pub sku: String,
+    /// The line's serial number, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Units bought on the line.
+    pub bought: u32,
+    /// Every accepted claim on the line, by event time then transaction id.
+    pub claims: Vec<Claim>,
+}
+
+impl ReturnConflict {
+    /// The same on every site for the same claims: the receipt, the line and the claiming
+    /// transactions.
+    pub fn key(&self) -> String {
+        let mut k = format!(
+            "{}|{}|{}",
+            self.receipt_id,
+            self.sku,
+            self.serial.as_deref().unwrap_or("")
+        );
+        for c in &self.claims {
+            k.push('|');
+            k.push_str(&c.transaction_id);
+        }
+        k
+    }
+}
+
+/// A receipt as the state holds it, for analysts and for checking that sites converged.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReceiptView {
+    /// Store of the purchase.
+    pub store_id: String,
+    /// Event time of the purchase (ms).
+    pub purchased_at_ms: i64,
+    /// Whether the purchase had a verified face photo.
+    pub photo_verified: bool,
+    /// The lines.
+    pub lines: Vec<LineView>,
+}
+
+/// One line of a [`ReceiptView`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LineView {
+    /// SKU.
+    pub sku: String,
+    /// Serial number, when the item has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Unit price.
+    pub price: f64,
+    /// Units bought.
+    pub bought: u32,
+    /// Units returned (accepted claims), per store: the per-site counters.
+    pub returned_by_store: BTreeMap<String, u32>,
+    /// Their sum (may exceed `bought` when sites accepted returns while cut off).
+    pub returned: u32,
+    /// The accepted claims.
+    pub claims: Vec<Claim>,
 }
 
 /// A purchase's receipt.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Receipt {
     store: u64,
+    store_id: Box<str>,
     customer: Option<u64>,
     at_ms: i64,
     photo_verified: bool,
@@ -275,6 +382,10 @@ pub struct RetailState {
     terminal_returns: HashMap<u64, VecDeque<i64>>,
     watermark: i64,
     since_sweep: u32,
+    /// Conflicts found by the latest applies, until the host takes them (not state: replay
+    /// finds them again).
+    #[serde(skip)]
+    conflicts: Vec<ReturnConflict>,
 }
 
 /// What the state says about a return, before it is applied.
@@ -409,18 +520,22 @@ impl RetailState {
         facts
     }
 
-    /// Records a purchase's receipt or an accepted return; `accepted` is false for a return
-    /// the engine blocked, which is not recorded against its receipt.
+    /// Records a purchase's receipt or an accepted return (transaction `tx_id`); `accepted`
+    /// is false for a return the engine blocked, which is not recorded against its receipt.
+    /// An accepted return that puts a line in conflict queues a [`ReturnConflict`].
+    #[allow(clippy::too_many_arguments)]
     pub fn apply(
         &mut self,
         kind: TxKind,
         retail: &Retail,
         store: Option<&EntityId>,
         terminal: Option<&EntityId>,
+        tx_id: &str,
         at_ms: i64,
         accepted: bool,
     ) {
         self.watermark = self.watermark.max(at_ms);
+        let store_id: Box<str> = store.map_or("", |s| s.as_str()).into();
         let store = store.map_or(0, |s| key(EntityKind::Merchant, s));
         let customer = retail
             .customer_id
@@ -435,6 +550,8 @@ impl RetailState {
                         .map(|i| Line {
                             sku: item_key(b'k', &i.sku),
                             serial: i.serial.as_ref().map(|s| item_key(b's', s)),
+                            sku_id: i.sku.as_str().into(),
+                            serial_id: i.serial.as_ref().map(|s| s.as_str().into()),
                             price: i.price,
                             bought: i.quantity,
                             returns: Vec::new(),
@@ -445,6 +562,7 @@ impl RetailState {
                         key(EntityKind::Merchant, r),
                         Receipt {
                             store,
+                            store_id,
                             customer,
                             at_ms,
                             photo_verified: retail.photo == PhotoStatus::Verified,
@@ -467,24 +585,31 @@ impl RetailState {
                 if let Some(t) = terminal {
                     remember(&mut self.terminal_returns, key(EntityKind::Terminal, t));
                 }
-                let receipt = retail
-                    .receipt_id
-                    .as_ref()
-                    .and_then(|r| self.receipts.get_mut(&key(EntityKind::Merchant, r)));
-                if let Some(receipt) = receipt {
+                let receipt_id = retail.receipt_id.as_ref();
+                let receipt =
+                    receipt_id.and_then(|r| self.receipts.get_mut(&key(EntityKind::Merchant, r)));
+                if let (Some(receipt), Some(receipt_id)) = (receipt, receipt_id) {
                     for item in &retail.items {
                         let Some(i) = match_line(&receipt.lines, item) else {
                             continue;
                         };
                         let line = &mut receipt.lines[i];
-                        let units = item
-                            .quantity
-                            .min(line.bought.saturating_sub(line.returned()));
-                        if units > 0 {
-                            line.returns.push(ReturnMark {
-                                store,
-                                at_ms,
-                                units,
+                        // The whole claim is recorded, even beyond what is left: clamping
+                        // would depend on the order claims arrive in, and sites must agree.
+                        line.returns.push(ReturnMark {
+                            store,
+                            at_ms,
+                            units: item.quantity.min(line.bought),
+                            tx: tx_id.into(),
+                            store_id: store_id.clone(),
+                        });
+                        if line.in_conflict() {
+                            self.conflicts.push(ReturnConflict {
+                                receipt_id: receipt_id.as_str().to_owned(),
+                                sku: line.sku_id.to_string(),
+                                serial: line.serial_id.as_deref().map(str::to_owned),
+                                bought: line.bought,
+                                claims: claims(line),
                             });
                         }
                     }
@@ -512,4 +637,54 @@ impl RetailState {
     pub fn receipts(&self) -> usize {
         self.receipts.len()
     }
+
+    /// Conflicts found since the last call, oldest first.
+    pub fn take_conflicts(&mut self) -> Vec<ReturnConflict> {
+        std::mem::take(&mut self.conflicts)
+    }
+
+    /// The receipt `receipt_id` as held, with its returns per store.
+    pub fn receipt(&self, receipt_id: &EntityId) -> Option<ReceiptView> {
+        let r = self.receipts.get(&key(EntityKind::Merchant, receipt_id))?;
+        Some(ReceiptView {
+            store_id: r.store_id.to_string(),
+            purchased_at_ms: r.at_ms,
+            photo_verified: r.photo_verified,
+            lines: r
+                .lines
+                .iter()
+                .map(|l| {
+                    let mut by_store = BTreeMap::new();
+                    for m in &l.returns {
+                        *by_store.entry(m.store_id.to_string()).or_insert(0) += m.units;
+                    }
+                    LineView {
+                        sku: l.sku_id.to_string(),
+                        serial: l.serial_id.as_deref().map(str::to_owned),
+                        price: l.price,
+                        bought: l.bought,
+                        returned: l.returned(),
+                        returned_by_store: by_store,
+                        claims: claims(l),
+                    }
+                })
+                .collect(),
+        })
+    }
+}
+
+/// A line's claims in the order every site agrees on: event time, then transaction id.
+fn claims(line: &Line) -> Vec<Claim> {
+    let mut out: Vec<Claim> = line
+        .returns
+        .iter()
+        .map(|m| Claim {
+            transaction_id: m.tx.to_string(),
+            store_id: m.store_id.to_string(),
+            units: m.units,
+            at_ms: m.at_ms,
+        })
+        .collect();
+    out.sort_by(|a, b| (a.at_ms, &a.transaction_id).cmp(&(b.at_ms, &b.transaction_id)));
+    out
 }

@@ -34,7 +34,7 @@ use crate::state::{EntityState, StateConfig};
 pub const MAGIC: [u8; 8] = *b"RFSTATE\0";
 /// The snapshot format version this build writes and reads. Bump it whenever the serialized
 /// shape of [`EntityState`] or anything inside it changes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 
 const HEADER_LEN: usize = MAGIC.len() + 4;
 const CHECKSUM_LEN: usize = 8;

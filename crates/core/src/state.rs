@@ -628,6 +628,7 @@ impl EntityState {
                 retail,
                 tx.store_id.as_ref(),
                 tx.terminal_id.as_ref(),
+                tx.transaction_id.as_str(),
                 ts,
                 !blocked,
             );
@@ -796,7 +797,17 @@ impl EntityState {
         (self.watermark != i64::MIN).then_some(self.watermark)
     }
 
-    /// Whether the state holds the entity.
+    /// The receipt state (store purchases and returns).
+    pub fn retail(&self) -> &RetailState {
+        &self.retail
+    }
+
+    /// The receipt state, to take the conflicts its applies found.
+    pub fn retail_mut(&mut self) -> &mut RetailState {
+        &mut self.retail
+    }
+
+    /// Whether the state holds `key` of `kind`.
     pub fn contains(&self, kind: EntityKind, key: u64) -> bool {
         match kind {
             EntityKind::Card => self.cards.contains_key(&key),
