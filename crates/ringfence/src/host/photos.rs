@@ -2,17 +2,22 @@
 //! content-addressed before the transaction is decided, so the engine sees only the outcome
 //! and the address, never image bytes.
 //!
+//! A photo arrives as base64 in the JSON body or as raw bytes from a multipart upload; both
+//! take the same path from there. Stored photos are read back here too, for the API to serve.
+//!
 //! The check is CPU work of tens of milliseconds: it runs on the blocking pool, at most one per
 //! core at a time, so a burst of photos queues instead of starving the async workers that
 //! decide everything else.
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use ringfence_core::event::{FieldError, TxKind};
 use ringfence_core::retail::{PhotoStatus, Retail};
 
 use super::{EngineHost, HostError, Parsed};
-use crate::photo::{self, PhotoOutcome, VerifyError};
+use crate::photo::store::StoredPhoto;
+use crate::photo::{self, PhotoOutcome, PhotoRef, VerifyError};
 
 fn status(outcome: PhotoOutcome) -> PhotoStatus {
     match outcome {
@@ -24,6 +29,14 @@ fn status(outcome: PhotoOutcome) -> PhotoStatus {
     }
 }
 
+/// A till photo as the request carried it.
+enum Upload {
+    /// The JSON body's `photo` field: base64, optionally a `data:` URL.
+    Base64(String),
+    /// A multipart file part: the JPEG or PNG bytes themselves.
+    Raw(Bytes),
+}
+
 impl EngineHost {
     /// Checks `photo` (base64, from the request) for the purchase or return in `parsed` and
     /// records its outcome and content address there. `Ok(Err(..))`: the photo is refused
@@ -33,6 +46,34 @@ impl EngineHost {
         &self,
         parsed: &mut Parsed,
         photo: Option<String>,
+    ) -> Result<Result<(), FieldError>, HostError> {
+        self.check_upload(parsed, photo.map(Upload::Base64)).await
+    }
+
+    /// As [`EngineHost::check_photo`] for a photo uploaded as raw JPEG or PNG bytes (a multipart
+    /// file part): the same limits, outcomes and errors, without a detour through base64.
+    pub async fn check_photo_bytes(
+        &self,
+        parsed: &mut Parsed,
+        photo: Option<Bytes>,
+    ) -> Result<Result<(), FieldError>, HostError> {
+        self.check_upload(parsed, photo.map(Upload::Raw)).await
+    }
+
+    /// A stored photo by its content address, `None` if none is stored under it. The file is
+    /// read (and its hash checked) on the blocking pool.
+    pub async fn stored_photo(&self, photo: PhotoRef) -> Result<Option<StoredPhoto>, HostError> {
+        let store = Arc::clone(&self.photos);
+        tokio::task::spawn_blocking(move || store.get(&photo.to_string()))
+            .await
+            .map_err(|e| HostError::Storage(format!("photo read stopped: {e}")))?
+            .map_err(|e| HostError::Storage(format!("photo {photo}: {e}")))
+    }
+
+    async fn check_upload(
+        &self,
+        parsed: &mut Parsed,
+        photo: Option<Upload>,
     ) -> Result<Result<(), FieldError>, HostError> {
         let tx = &mut parsed.tx;
         if !matches!(tx.kind, TxKind::Purchase | TxKind::Return) {
@@ -53,9 +94,12 @@ impl EngineHost {
             .await
             .map_err(|_| HostError::Overloaded)?;
         let store = Arc::clone(&self.photos);
-        let checked = tokio::task::spawn_blocking(move || photo::verify(&store, Some(&photo)))
-            .await
-            .map_err(|e| HostError::Storage(format!("photo check stopped: {e}")))?;
+        let checked = tokio::task::spawn_blocking(move || match photo {
+            Upload::Base64(text) => photo::verify(&store, Some(&text)),
+            Upload::Raw(bytes) => photo::verify_bytes(&store, &bytes),
+        })
+        .await
+        .map_err(|e| HostError::Storage(format!("photo check stopped: {e}")))?;
         let check = match checked {
             Ok(c) => c,
             Err(VerifyError::Rejected(e)) => {

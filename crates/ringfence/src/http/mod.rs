@@ -8,9 +8,11 @@ pub mod entities;
 pub mod error;
 pub mod labels;
 pub mod models;
+pub mod photos;
 pub mod pos;
 pub mod rules;
 pub mod stats;
+pub mod stores;
 pub mod transactions;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +64,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/readyz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
+    ("get", "/v1/photos/{sha256}"),
+    ("get", "/v1/stores/{store}/transactions"),
 ];
 
 /// The OpenAPI document.
@@ -90,6 +94,8 @@ pub fn router(host: Arc<EngineHost>) -> Router {
         .route("/readyz", get(stats::readyz))
         .route("/metrics", get(stats::metrics))
         .route("/openapi.json", get(openapi))
+        .route("/v1/photos/{sha256}", get(photos::get))
+        .route("/v1/stores/{store}/transactions", get(stores::transactions))
         .merge(pos::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -1,13 +1,16 @@
 //! `POST /transaction`, `POST /v1/transactions`, `POST /v1/transactions/batch` and
 //! `GET /v1/transactions/{id}`.
 
+pub mod multipart;
+
 use axum::body::Bytes;
+use axum::extract::multipart::Multipart;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use ringfence_core::event::{RawTransaction, MAX_ID_LEN};
+use ringfence_core::event::{FieldError, RawTransaction, MAX_ID_LEN};
 use serde_json::value::RawValue;
 
 use super::error::ApiError;
@@ -35,7 +38,7 @@ pub(crate) fn parse_raw(bytes: &[u8]) -> Result<RawTransaction, ApiError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_data() && path != "." {
-            ApiError::InvalidField(ringfence_core::event::FieldError::new(
+            ApiError::InvalidField(FieldError::new(
                 path,
                 describe_data_error(&inner.to_string()),
             ))
@@ -63,24 +66,58 @@ fn describe_data_error(msg: &str) -> String {
     msg.to_owned()
 }
 
-/// `POST /v1/transactions` (and the legacy `POST /transaction`): decide one transaction.
-pub async fn create(
-    State(cx): State<ApiContext>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let body = body_or_error(body)?;
-    let mut raw = parse_raw(&body).inspect_err(|_| cx.rejected())?;
-    let photo = raw.photo.take();
-    let mut parsed = cx.host.parse(raw).inspect_err(|_| cx.rejected())?;
-    cx.host
-        .check_photo(&mut parsed, photo)
-        .await?
-        .inspect_err(|_| cx.rejected())?;
+/// `POST /v1/transactions` (and the legacy `POST /transaction`): decide one transaction, sent
+/// as a JSON body (photo in base64) or as a `multipart/form-data` form (photo as a file part).
+pub async fn create(State(cx): State<ApiContext>, req: Request) -> Result<Response, ApiError> {
+    let parsed = if multipart::is_form(req.headers()) {
+        parse_form(&cx, req).await
+    } else {
+        parse_json(&cx, req).await
+    };
+    let parsed = parsed.inspect_err(|e| {
+        if e.status().is_client_error() {
+            cx.rejected();
+        }
+    })?;
     let mut out = cx.host.submit(vec![parsed]).await?;
     match out.pop() {
         Some(s) => Ok(Json(s).into_response()),
         None => Err(ApiError::Internal("submit returned no decision".into())),
     }
+}
+
+/// A JSON body: parsed, then its base64 photo checked and stored.
+async fn parse_json(cx: &ApiContext, req: Request) -> Result<Parsed, ApiError> {
+    let body = body_or_error(Bytes::from_request(req, cx).await)?;
+    let mut raw = parse_raw(&body)?;
+    let photo = raw.photo.take();
+    let mut parsed = cx.host.parse(raw)?;
+    cx.host.check_photo(&mut parsed, photo).await??;
+    Ok(parsed)
+}
+
+/// A form: every part read, the transaction parsed, then the photo part checked and stored,
+/// so a refused part or field stores nothing.
+async fn parse_form(cx: &ApiContext, req: Request) -> Result<Parsed, ApiError> {
+    let form = Multipart::from_request(req, cx)
+        .await
+        .map_err(multipart::rejected)?;
+    let form = multipart::read(form).await?;
+    let raw = parse_raw(&form.transaction).map_err(multipart::name_the_part)?;
+    if raw.photo.is_some() {
+        return Err(FieldError::new(
+            "photo",
+            format!(
+                "goes in the form's `{}` part, not inside `{}`",
+                multipart::PHOTO_PART,
+                multipart::TRANSACTION_PART
+            ),
+        )
+        .into());
+    }
+    let mut parsed = cx.host.parse(raw)?;
+    cx.host.check_photo_bytes(&mut parsed, form.photo).await??;
+    Ok(parsed)
 }
 
 /// `POST /v1/transactions/batch`: a JSON array or NDJSON of transactions; one result per
