@@ -142,6 +142,14 @@ pub struct ServeArgs {
     /// 500000). A snapshot lets the log be trimmed and a node start without replaying it all.
     #[arg(long, env = "RINGFENCE_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
+    /// This node is the site of that name (e.g. `store-a`): it decides on its own embedded
+    /// state and replicates its records with its `--peer` sites in both directions.
+    #[arg(long, env = "RINGFENCE_SITE")]
+    pub site: Option<String>,
+    /// Base URL of a peer site (`http://host:port`); repeat for several (the environment
+    /// variable takes a comma-separated list). Needs `--site`.
+    #[arg(long = "peer", env = "RINGFENCE_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
 }
 
 /// The same keys as read from the config file.
@@ -176,6 +184,8 @@ struct FileConfig {
     redis_ca_cert: Option<PathBuf>,
     redis_log_key: Option<String>,
     snapshot_every: Option<u64>,
+    site: Option<String>,
+    peers: Option<Vec<String>>,
 }
 
 /// A configuration problem, named precisely.
@@ -241,6 +251,59 @@ pub struct Settings {
     pub redis_log_key: String,
     /// Log entries between two snapshots of the shared state.
     pub snapshot_every: u64,
+    /// This node's site name, when it runs as one of several active-active sites.
+    pub site: Option<String>,
+    /// Base URLs of the peer sites it replicates with.
+    pub peers: Vec<String>,
+}
+
+/// Longest site name.
+const MAX_SITE_LEN: usize = 64;
+
+/// Checks the site name and peer URLs: a site decides on its embedded state (Redis and
+/// PostgreSQL make several nodes one site instead), and a peer is a plain `http://` base URL.
+fn check_sites(
+    site: Option<&str>,
+    peers: &[String],
+    redis: bool,
+    postgres: bool,
+) -> Result<(), ConfigError> {
+    let Some(site) = site else {
+        if peers.is_empty() {
+            return Ok(());
+        }
+        return Err(ConfigError::Invalid(
+            "--peer needs --site (the name of this site)".into(),
+        ));
+    };
+    let name_ok = !site.is_empty()
+        && site.len() <= MAX_SITE_LEN
+        && site
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !name_ok {
+        return Err(ConfigError::Invalid(format!(
+            "site must be 1..={MAX_SITE_LEN} letters, digits, `-`, `_` or `.`"
+        )));
+    }
+    if redis || postgres {
+        return Err(ConfigError::Invalid(
+            "--site runs on the embedded store; it cannot be combined with --redis or --postgres"
+                .into(),
+        ));
+    }
+    for peer in peers {
+        let rest = peer.strip_prefix("http://").ok_or_else(|| {
+            ConfigError::Invalid(format!("peer `{peer}` must be an http:// base URL"))
+        })?;
+        let host = rest.trim_end_matches('/');
+        if host.is_empty() || host.contains('/') {
+            return Err(ConfigError::Invalid(format!(
+                "peer `{peer}` must be a base URL such as http://10.0.0.2:8080 (no path)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Largest batch a client may send.
@@ -363,6 +426,18 @@ impl Settings {
                 "--postgres needs --card-hash-key (RINGFENCE_CARD_HASH_KEY): every node sharing the records must tokenise card numbers with the same key".into(),
             ));
         }
+        let site = args.site.clone().or(file.site);
+        let peers: Vec<String> = if args.peers.is_empty() {
+            file.peers.unwrap_or_default()
+        } else {
+            args.peers.clone()
+        };
+        let peers: Vec<String> = peers
+            .iter()
+            .map(|p| p.trim().trim_end_matches('/').to_owned())
+            .filter(|p| !p.is_empty())
+            .collect();
+        check_sites(site.as_deref(), &peers, redis.is_some(), postgres.is_some())?;
         Ok(Settings {
             listen: pick!(listen, SocketAddr::from(([127, 0, 0, 1], 8080))),
             data: pick!(data, PathBuf::from("./data")),
@@ -392,6 +467,8 @@ impl Settings {
             redis_ca_cert,
             redis_log_key,
             snapshot_every,
+            site,
+            peers,
         })
     }
 }

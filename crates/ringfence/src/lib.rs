@@ -7,6 +7,7 @@
 //! - [`http`]: the API, one module per resource.
 //! - [`alerts`]: alerts out of the engine (Redis keys and channels).
 //! - [`shared`]: several nodes as one: the shared log in Redis and each node's replica.
+//! - [`sites`]: active-active sites: records replicated between stores' nodes, both ways.
 //! - [`store`]: records (transactions, decisions, alerts, labels); [`store::sqlite`] embedded.
 //! - [`metrics`]: Prometheus counters and histograms.
 //! - [`metrics_eval`]: AUC ROC, average precision, card precision@k.
@@ -37,6 +38,7 @@ pub mod photo;
 pub mod replay;
 pub mod shared;
 pub mod simulate;
+pub mod sites;
 pub mod startup;
 pub mod store;
 pub mod train;

@@ -79,6 +79,10 @@ pub struct Metrics {
     pub redis_alerts_published: AtomicU64,
     /// Failed attempts to write alerts to Redis (each retried).
     pub redis_alerts_failures: AtomicU64,
+    /// Records replicated from peer sites.
+    pub replicated: AtomicU64,
+    /// Receipt lines found over-claimed by returns accepted at two stores.
+    pub site_conflicts: AtomicU64,
     /// Engine time per transaction.
     pub engine_latency: LatencyHistogram,
     /// Time from request parsed to decision durable.
@@ -152,6 +156,16 @@ impl Metrics {
                 "ringfence_redis_alerts_failures_total",
                 "Failed attempts to write alerts to Redis (retried).",
                 &self.redis_alerts_failures,
+            ),
+            (
+                "ringfence_site_replicated_total",
+                "Records replicated from peer sites.",
+                &self.replicated,
+            ),
+            (
+                "ringfence_site_conflicts_total",
+                "Returns accepted at two sites for the same units (duplicate_return_across_sites).",
+                &self.site_conflicts,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");

@@ -197,6 +197,7 @@ impl Application {
         });
         let worker_error = Arc::new(std::sync::Mutex::new(None::<String>));
         let recorded = Arc::clone(&worker_error);
+        let site = self.host.site().cloned();
         let shutdown = async move {
             tokio::select! {
                 _ = shutdown => {}
@@ -204,8 +205,28 @@ impl Application {
                     *recorded.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                 }
             }
+            // Peers' held feed requests would keep the graceful shutdown waiting.
+            if let Some(site) = site {
+                site.close();
+            }
         };
         let follower = tokio::spawn(Arc::clone(&self.host).follow_shared_log());
+        // Sites: one task pulling each peer's records.
+        let links: Vec<_> = self
+            .host
+            .site()
+            .map(|site| {
+                site.peers
+                    .iter()
+                    .map(|peer| {
+                        tokio::spawn(crate::sites::follow(
+                            Arc::clone(&self.host),
+                            Arc::clone(peer),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         let router = http::router(Arc::clone(&self.host));
         let mut result = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
@@ -213,6 +234,9 @@ impl Application {
             .map_err(AppError::Serve);
         watcher.abort();
         follower.abort();
+        for link in links {
+            link.abort();
+        }
         let _ = stop_worker.send(true);
         if let Some(w) = worker {
             let _ = w.await;

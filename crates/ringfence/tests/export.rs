@@ -667,6 +667,8 @@ fn decided(id: &str, at: i64, action: Action, category: Option<&str>) -> WriteOp
         .unwrap_or_default();
     WriteOp::Tx(Box::new(TxRecord {
         alert_event: None,
+        conflicts: Vec::new(),
+        origin: None,
         decision: DecisionRecord {
             decision: Decision {
                 transaction_id: id.to_owned(),
@@ -682,6 +684,7 @@ fn decided(id: &str, at: i64, action: Action, category: Option<&str>) -> WriteOp
             },
             processing_us: 42,
             degraded: false,
+            decided_at: None,
             timestamp: tx.timestamp,
         },
         tx,

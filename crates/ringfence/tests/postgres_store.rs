@@ -53,6 +53,8 @@ fn decided(
         .unwrap_or_default();
     TxRecord {
         alert_event: None,
+        conflicts: Vec::new(),
+        origin: None,
         decision: DecisionRecord {
             decision: Decision {
                 transaction_id: id.to_owned(),
@@ -68,6 +70,7 @@ fn decided(
             },
             processing_us: 42,
             degraded: false,
+            decided_at: None,
             timestamp: tx.timestamp,
         },
         tx,

@@ -10,6 +10,7 @@
 
 mod photos;
 mod reload;
+mod sites;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use ringfence_core::engine::Engine;
 use ringfence_core::event::{
     CardHasher, EntityId, FieldError, ParseContext, RawTransaction, Timestamp, Transaction,
 };
+use ringfence_core::retail::ReturnConflict;
 use ringfence_core::rules::RuleErrors;
 use ringfence_core::state::EntityKind;
 use serde::Serialize;
@@ -138,6 +140,8 @@ struct Locked {
     per_second: VecDeque<(u64, u64)>,
     /// Log entries applied since this node last saw to a snapshot.
     since_snapshot: u64,
+    /// Sites mode: how far this site holds each peer site's records (durable in the store).
+    site_offsets: HashMap<String, i64>,
 }
 
 /// What a request keeps of its own transaction's decision when the shared log applied it.
@@ -167,12 +171,14 @@ fn write_decision(
     processing_us: u64,
     degraded: bool,
     alert: Option<Box<AlertEvent>>,
+    conflicts: Vec<ReturnConflict>,
 ) -> Outcome {
     let record = DecisionRecord {
         decision,
         processing_us,
         timestamp: tx.timestamp,
         degraded,
+        decided_at: Some(now()),
     };
     // Into the outbox with the record, in one commit. Serialising an alert cannot fail (plain
     // strings and numbers); if it ever did, the record must still be written.
@@ -184,6 +190,8 @@ fn write_decision(
             tx,
             decision: record.clone(),
             alert_event,
+            conflicts,
+            origin: None,
         })),
     );
     Outcome::Pending(ack, record, raised)
@@ -250,6 +258,10 @@ pub struct EngineHost {
     photos: Arc<crate::photo::PhotoStore>,
     /// Photo checks running at once (one per core).
     photo_slots: tokio::sync::Semaphore,
+    /// This node as one of several active-active sites (`--site`), if it is.
+    site: Option<Arc<crate::sites::Site>>,
+    /// Fingerprint of the card-hash key (sites check they share the key).
+    key_fingerprint: String,
 }
 
 /// Wall-clock time now.
@@ -464,7 +476,9 @@ impl EngineHost {
             let txs = store
                 .for_each_history(|item| match item {
                     HistoryItem::Tx { tx, alert, blocked } => {
-                        engine.apply_recorded(&tx, alert, blocked)
+                        engine.apply_recorded(&tx, alert, blocked);
+                        // Found again on replay; stored (and alerted) when first found.
+                        engine.take_conflicts();
                     }
                     HistoryItem::Label {
                         tx,
@@ -483,6 +497,14 @@ impl EngineHost {
                 "entity state rebuilt from stored history"
             );
         }
+        let (site, site_offsets) = match &settings.site {
+            Some(name) => {
+                let head = store.local().own_head().await?;
+                let site = crate::sites::Site::new(name.clone(), head, &settings.peers);
+                (Some(Arc::new(site)), store.local().site_offsets()?)
+            }
+            None => (None, HashMap::new()),
+        };
         let owed = SeqCursor::new(&settings.data, "shared-log-appended-seq");
         let photos = Arc::new(
             crate::photo::PhotoStore::open(&settings.data)
@@ -499,6 +521,7 @@ impl EngineHost {
                 latency,
                 per_second: VecDeque::new(),
                 since_snapshot: 0,
+                site_offsets,
             }),
             store,
             hasher,
@@ -538,6 +561,8 @@ impl EngineHost {
             photo_slots: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             ),
+            site,
+            key_fingerprint: key_fingerprint.as_str().to_owned(),
         }))
     }
 
@@ -696,6 +721,8 @@ impl EngineHost {
                 let t0 = Instant::now();
                 let scored = locked.engine.score(&p.tx);
                 let us = t0.elapsed().as_micros() as u64;
+                // Empty but for a return accepted against another store's claim.
+                let conflicts = locked.engine.take_conflicts();
                 let _ = locked.latency.record(us.max(1));
                 self.metrics.engine_latency.observe_us(us);
                 locked.recent.insert(id);
@@ -715,7 +742,7 @@ impl EngineHost {
                     None
                 };
                 let decision = scored.decision;
-                let pending = write_decision(permit, p.tx, decision, us, false, alert);
+                let pending = write_decision(permit, p.tx, decision, us, false, alert, conflicts);
                 slots.push(Slot::Decided(pending));
             }
         }
@@ -732,7 +759,11 @@ impl EngineHost {
                 Slot::Fresh => return Err(HostError::Overloaded),
                 Slot::Decided(Outcome::Pending(ack, record, raised)) => {
                     match ack.await {
-                        Ok(Ok(_seq)) => {}
+                        Ok(Ok(seq)) => {
+                            if let Some(site) = &self.site {
+                                site.advance(seq);
+                            }
+                        }
                         Ok(Err(e)) => return Err(self.storage_failed(e)),
                         Err(_) => return Err(self.storage_failed("writer stopped".into())),
                     }
@@ -850,7 +881,7 @@ impl EngineHost {
                 let decision = scored.decision;
                 out.push((
                     index,
-                    write_decision(permit, p.tx, decision, us, true, alert),
+                    write_decision(permit, p.tx, decision, us, true, alert, Vec::new()),
                 ));
             }
             return Ok(out);
@@ -878,7 +909,7 @@ impl EngineHost {
             };
             out.push((
                 index,
-                write_decision(permit, p.tx, decision, us, false, alert),
+                write_decision(permit, p.tx, decision, us, false, alert, Vec::new()),
             ));
         }
         Ok(out)
@@ -932,6 +963,9 @@ impl EngineHost {
                 &mut locked.log_results,
                 own_decision(self.has_alert_sinks, Instant::now()),
             );
+            // One shared state is one site: returns at its stores see each other at once,
+            // so cross-site conflicts belong to sites mode; drop what accumulated.
+            locked.engine.take_conflicts();
             locked.since_snapshot += r.applied;
             r
         };

@@ -11,6 +11,7 @@ pub mod models;
 pub mod photos;
 pub mod pos;
 pub mod rules;
+pub mod sites;
 pub mod stats;
 pub mod stores;
 pub mod transactions;
@@ -97,6 +98,7 @@ pub fn router(host: Arc<EngineHost>) -> Router {
         .route("/v1/photos/{sha256}", get(photos::get))
         .route("/v1/stores/{store}/transactions", get(stores::transactions))
         .merge(pos::routes())
+        .merge(sites::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -30,6 +30,9 @@ pub async fn stats(State(cx): State<ApiContext>) -> Result<Json<serde_json::Valu
         obj.insert("decisions_since_start".into(), json!(decisions));
         obj.insert("stored".into(), json!(counts));
         obj.insert("ready".into(), json!(cx.host.ready()));
+        if let Some(site) = cx.host.site() {
+            obj.insert("site".into(), site.status());
+        }
     }
     Ok(Json(engine))
 }
@@ -89,8 +92,9 @@ pub async fn metrics(State(cx): State<ApiContext>) -> impl IntoResponse {
             if cx.host.ready() { 1.0 } else { 0.0 },
         ),
     ];
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        cx.host.metrics().render(&gauges),
-    )
+    let mut text = cx.host.metrics().render(&gauges);
+    if let Some(site) = cx.host.site() {
+        site.render_metrics(&mut text);
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -24,6 +24,7 @@ pub use writer::{send, Writer};
 
 use ringfence_core::decision::Decision;
 use ringfence_core::event::{Timestamp, Transaction};
+use ringfence_core::retail::ReturnConflict;
 use serde::{Deserialize, Serialize};
 
 /// A decision as returned to the caller and stored with its transaction.
@@ -40,6 +41,10 @@ pub struct DecisionRecord {
     /// within its time budget.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub degraded: bool,
+    /// Wall-clock time the decision was made (absent on records written before it was kept):
+    /// how replication between sites measures its delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<Timestamp>,
 }
 
 /// A transaction and its decision, as written.
@@ -52,6 +57,20 @@ pub struct TxRecord {
     /// The alert it raises for external sinks (JSON), if any: written to the local outbox in
     /// the same commit as the record, delivered from there (see `alerts::redis`).
     pub alert_event: Option<String>,
+    /// Receipt lines its return put in conflict with a return accepted at another store:
+    /// each is stored once (by its key) and raised as a `duplicate_return_across_sites` alert.
+    pub conflicts: Vec<ReturnConflict>,
+    /// Set when the transaction was decided at another site and replicated here.
+    pub origin: Option<Origin>,
+}
+
+/// Where a replicated record was decided: the site and its sequence number there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The site's name (`--site`).
+    pub site: String,
+    /// The record's sequence number at that site: this site's offset for it once stored.
+    pub seq: i64,
 }
 
 /// An analyst's (or a chargeback feed's) verdict on a transaction.
@@ -80,6 +99,9 @@ pub enum WriteOp {
     Tx(Box<TxRecord>),
     /// A label.
     Label(LabelRecord),
+    /// A replicated record this site already held (by transaction id): only the offset
+    /// moves past it.
+    SiteOffset(Origin),
     /// Write everything queued before this, close the database, then acknowledge.
     Close,
 }

@@ -1037,7 +1037,7 @@ impl WriteConn {
             match op {
                 WriteOp::Tx(rec) => txs.push(seq, rec)?,
                 WriteOp::Label(l) => labels.push(seq, l),
-                WriteOp::Close => {}
+                WriteOp::Close | WriteOp::SiteOffset(_) => {}
             }
         }
         if !txs.seq.is_empty() {

@@ -19,6 +19,7 @@ use super::{
     AlertQuery, AlertRow, HistoryItem, LabelRecord, StoreCounts, StoreError, TxRecord, TxSummary,
     WriteOp,
 };
+use ringfence_core::retail::ReturnConflict;
 
 /// Most writes committed in one SQLite transaction.
 const MAX_GROUP: usize = 2048;
@@ -68,7 +69,41 @@ CREATE INDEX IF NOT EXISTS labels_tx ON labels (transaction_id, seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS alert_outbox (seq INTEGER PRIMARY KEY, event TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS log_outbox (seq INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS site_offsets (origin TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS site_conflicts (
+    key TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    conflict TEXT NOT NULL
+);
 "#;
+
+/// Columns added after the first release, for data directories written before them:
+/// (table, column, type).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // Sites: the site a replicated record was decided at, and its sequence number there
+    // (both NULL for this site's own records).
+    ("transactions", "origin", "TEXT"),
+    ("transactions", "origin_seq", "INTEGER"),
+];
+
+/// Adds what [`ADDED_COLUMNS`] lists to a database that lacks it, then the indexes on them.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    for (table, column, ty) in ADDED_COLUMNS {
+        let present = conn
+            .prepare(&format!(
+                "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+            ))?
+            .exists([column])?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))?;
+        }
+    }
+    // What a site serves its peers: its own records in order.
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS transactions_own ON transactions (seq) WHERE origin IS NULL",
+    )?;
+    Ok(())
+}
 
 /// The embedded store.
 #[derive(Clone, Debug)]
@@ -104,6 +139,7 @@ impl SqliteStore {
         // syscalls once the tables outgrow it; 64 MB keeps the hot index pages resident.
         conn.pragma_update(None, "cache_size", -65_536)?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         let next_seq: i64 = conn.query_row(
             "SELECT MAX(COALESCE((SELECT MAX(seq) FROM transactions), 0),
                         COALESCE((SELECT MAX(seq) FROM labels), 0)) + 1",
@@ -211,32 +247,80 @@ impl SqliteStore {
         })
     }
 
-    /// A stored transaction with its decision and labels.
+    /// A stored transaction with its decision and labels (and, when it was replicated from
+    /// another site, that site as `origin`).
     pub async fn transaction(&self, id: String) -> Result<Option<serde_json::Value>, StoreError> {
         self.read(move |c| {
             let row = c
                 .query_row(
-                    "SELECT seq, event, decision FROM transactions WHERE id = ?1",
+                    "SELECT seq, event, decision, origin FROM transactions WHERE id = ?1",
                     [&id],
                     |r| {
                         Ok((
                             r.get::<_, i64>(0)?,
                             r.get::<_, String>(1)?,
                             r.get::<_, String>(2)?,
+                            r.get::<_, Option<String>>(3)?,
                         ))
                     },
                 )
                 .optional()?;
-            let Some((seq, event, decision)) = row else {
+            let Some((seq, event, decision, origin)) = row else {
                 return Ok(None);
             };
             let labels = labels_of(c, &id)?;
-            Ok(Some(serde_json::json!({
+            let mut out = serde_json::json!({
                 "seq": seq,
                 "transaction": parse_json(&event)?,
                 "decision": parse_json(&decision)?,
                 "labels": labels,
-            })))
+            });
+            if let Some(origin) = origin {
+                out["origin"] = serde_json::Value::String(origin);
+            }
+            Ok(Some(out))
+        })
+        .await
+    }
+
+    /// How far this store holds each other site's records (its offsets, by site).
+    pub fn site_offsets(&self) -> Result<HashMap<String, i64>, StoreError> {
+        self.read_blocking(|c| {
+            let mut stmt = c.prepare("SELECT origin, seq FROM site_offsets")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Up to `limit` of this site's own records (not those replicated from others) after
+    /// sequence number `after`, in order, as (seq, event JSON, decision JSON): what peers
+    /// replicate.
+    pub async fn own_records_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String, String)>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, event, decision FROM transactions
+                 WHERE origin IS NULL AND seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
+    }
+
+    /// The sequence number of this site's newest own record (0 when none).
+    pub async fn own_head(&self) -> Result<i64, StoreError> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT COALESCE(MAX(seq), 0) FROM transactions WHERE origin IS NULL",
+                [],
+                |r| r.get(0),
+            )?)
         })
         .await
     }
@@ -500,6 +584,8 @@ impl SqliteStore {
                             tx: serde_json::from_str(&event).map_err(corrupt)?,
                             decision: serde_json::from_str(&decision).map_err(corrupt)?,
                             alert_event: None,
+                            conflicts: Vec::new(),
+                            origin: None,
                         })),
                     ));
                 }
@@ -628,8 +714,16 @@ fn write_group(
     let t = conn.transaction()?;
     {
         let mut ins_tx = t.prepare_cached(
-            "INSERT INTO transactions (seq, id, ts, amount, action, score, alert, event, decision)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO transactions (seq, id, ts, amount, action, score, alert, event, decision, origin, origin_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (id) DO NOTHING",
+        )?;
+        let mut set_offset = t.prepare_cached(
+            "INSERT INTO site_offsets (origin, seq) VALUES (?1, ?2)
+             ON CONFLICT (origin) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+        )?;
+        let mut ins_conflict = t.prepare_cached(
+            "INSERT INTO site_conflicts (key, seq, conflict) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key) DO NOTHING",
         )?;
         let mut ins_entity =
             t.prepare_cached("INSERT OR IGNORE INTO tx_entities (entity, seq) VALUES (?1, ?2)")?;
@@ -663,8 +757,15 @@ fn write_group(
                         d.score,
                         d.alert,
                         event,
-                        decision
+                        decision,
+                        rec.origin.as_ref().map(|o| o.site.as_str()),
+                        rec.origin.as_ref().map(|o| o.seq),
                     ])?;
+                    // Replicated: the offset moves in the same commit as the record, so a
+                    // restart resumes exactly after what is stored.
+                    if let Some(o) = &rec.origin {
+                        set_offset.execute(params![o.site, o.seq])?;
+                    }
                     if inserted == 0 {
                         // The host checks ids before scoring, so this means a duplicate got
                         // past it: the first record stands, and the breach is loud.
@@ -694,6 +795,26 @@ fn write_group(
                     if rec.decision.degraded {
                         ins_log_outbox.execute(params![seq])?;
                     }
+                    for c in &rec.conflicts {
+                        let json = serde_json::to_string(c)
+                            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                        // Both sites find the same conflict; each raises it once.
+                        if ins_conflict.execute(params![c.key(), seq, json])? == 1 {
+                            let reasons = serde_json::to_string(&[conflict_reason(c)])
+                                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                            ins_alert.execute(params![
+                                seq,
+                                tx.transaction_id.as_str(),
+                                tx.timestamp.millis(),
+                                None::<&str>,
+                                "review",
+                                100.0,
+                                CONFLICT_CATEGORY,
+                                tx.amount,
+                                reasons
+                            ])?;
+                        }
+                    }
                     // Every decision above approve is queued for analysts, escalations included;
                     // `alert` (the ladder's count) is stored with the transaction.
                     if d.decision > ringfence_core::decision::Action::Approve {
@@ -714,6 +835,9 @@ fn write_group(
                     }
                 }
                 WriteOp::Close => {}
+                WriteOp::SiteOffset(o) => {
+                    set_offset.execute(params![o.site, o.seq])?;
+                }
                 WriteOp::Label(l) => {
                     ins_label.execute(params![
                         seq,
@@ -730,4 +854,41 @@ fn write_group(
     }
     t.commit()?;
     Ok(())
+}
+
+/// Alert category (and rule name) of a receipt line over-claimed by returns accepted at two
+/// stores.
+pub const CONFLICT_CATEGORY: &str = "duplicate_return_across_sites";
+
+/// The alert reason of a conflict: its claims in words, and the claiming transactions and the
+/// whole conflict as data.
+fn conflict_reason(c: &ReturnConflict) -> serde_json::Value {
+    let item = match &c.serial {
+        Some(serial) => format!("{} (serial {serial})", c.sku),
+        None => c.sku.clone(),
+    };
+    let claims: Vec<String> = c
+        .claims
+        .iter()
+        .map(|k| {
+            format!(
+                "{} at {} ({} unit(s))",
+                k.transaction_id, k.store_id, k.units
+            )
+        })
+        .collect();
+    let returned: u32 = c.claims.iter().map(|k| k.units).sum();
+    serde_json::json!({
+        "rule": CONFLICT_CATEGORY,
+        "category": CONFLICT_CATEGORY,
+        "detail": format!(
+            "receipt {} item {item}: {} bought, {returned} returned by returns accepted at different stores: {}",
+            c.receipt_id,
+            c.bought,
+            claims.join(", ")
+        ),
+        "weight": 100.0,
+        "transactions": c.claims.iter().map(|k| k.transaction_id.as_str()).collect::<Vec<_>>(),
+        "conflict": c,
+    })
 }
