@@ -67,6 +67,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/openapi.json"),
     ("get", "/v1/photos/{sha256}"),
     ("get", "/v1/stores/{store}/transactions"),
+    ("get", "/pos"),
+    ("get", "/pos/till.css"),
+    ("get", "/pos/till.js"),
 ];
 
 /// The OpenAPI document.
