@@ -256,7 +256,7 @@ pub struct EngineHost {
     catching_up: tokio::sync::Mutex<()>,
     /// Till photos, stored once by content in the data directory.
     photos: Arc<crate::photo::PhotoStore>,
-    /// Photo checks running at once (one per core).
+    /// Photo checks running at once (one per core but one).
     photo_slots: tokio::sync::Semaphore,
     /// This node as one of several active-active sites (`--site`), if it is.
     site: Option<Arc<crate::sites::Site>>,
@@ -558,8 +558,10 @@ impl EngineHost {
             owed_hint: AtomicBool::new(true),
             catching_up: tokio::sync::Mutex::new(()),
             photos,
+            // One core is left to deciding (and replicating) while photos are checked.
             photo_slots: tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(1, |n| n.get()),
+                std::thread::available_parallelism()
+                    .map_or(1, |n| n.get().saturating_sub(1).max(1)),
             ),
             site,
             key_fingerprint: key_fingerprint.as_str().to_owned(),

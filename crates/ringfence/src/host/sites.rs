@@ -151,6 +151,7 @@ impl EngineHost {
             }
             applied.offset = *offset;
         }
+        applied.applied_at_us = wall_us();
         self.scored_total
             .fetch_add(applied.records, Ordering::Release);
         for ack in acks {
@@ -171,4 +172,11 @@ impl EngineHost {
         }
         Ok(applied)
     }
+}
+
+/// Wall-clock microseconds since the epoch.
+fn wall_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }

@@ -166,17 +166,15 @@ async fn pull(
             }
         };
         offset = applied.offset;
-        // Decided at the peer (ms, truncated) to durable here: an upper bound, by under 1 ms.
-        let now_us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as i64);
+        // Decided at the peer (ms, truncated) to in this engine: over by less than 1 ms.
         let mut last = None;
         for ms in decided.into_iter().flatten() {
-            let us = (now_us - ms * 1000).max(0) as u64;
+            let us = (applied.applied_at_us - ms * 1000).max(0) as u64;
             meter.record(us);
             last = Some(us as f64 / 1000.0);
         }
         let recent = meter.recent();
+        let total = meter.total();
         peer.update(|s| {
             s.applied = offset;
             s.records += applied.records;
@@ -185,6 +183,7 @@ async fn pull(
             if last.is_some() {
                 s.last_lag_ms = last;
             }
+            s.total_ms = total;
             if let Some((p50, p99)) = recent {
                 s.recent_p50_ms = Some(p50);
                 s.recent_p99_ms = Some(p99);

@@ -45,7 +45,8 @@ pub const FEED_PAGE: usize = 500;
 pub const MAX_FEED_PAGE: usize = 1000;
 /// Longest a feed request may be held open.
 pub const MAX_FEED_WAIT_MS: u64 = 30_000;
-/// Lag samples kept for the recent percentiles.
+/// Lag samples kept for the recent percentiles (the p99 of the latest records, which moves
+/// when the link does; the since-start histogram keeps everything).
 const RECENT_LAGS: usize = 4096;
 
 /// This node as a site: its name, the newest own record peers can pull, and its links.
@@ -124,7 +125,7 @@ impl Site {
                 (s.site.clone().unwrap_or_else(|| p.url.clone()), s)
             })
             .collect();
-        let families: [(&str, &str, &str, fn(&PeerStatus) -> f64); 5] = [
+        let families: [Family; 5] = [
             (
                 "ringfence_site_peer_connected",
                 "gauge",
@@ -134,7 +135,7 @@ impl Site {
             (
                 "ringfence_site_replication_lag_seconds",
                 "gauge",
-                "Decision at the peer to durable here, for the newest replicated record.",
+                "Decision at the peer to this site's engine, for the newest replicated record.",
                 |s| s.last_lag_ms.unwrap_or(0.0) / 1000.0,
             ),
             (
@@ -164,6 +165,14 @@ impl Site {
         }
     }
 }
+
+/// A metric family of the links: name, type, help, and its value for one link.
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&PeerStatus) -> f64,
+);
 
 /// Escapes a Prometheus label value.
 fn escape(v: &str) -> String {
@@ -200,6 +209,8 @@ pub struct PeerStatus {
     pub recent_p50_ms: Option<f64>,
     /// See `recent_p50_ms`.
     pub recent_p99_ms: Option<f64>,
+    /// Percentiles over every record replicated since start (ms): p50, p99, p99.9, max.
+    pub total_ms: Option<[f64; 4]>,
     /// Wall-clock time of the last answer from the peer.
     pub last_contact: Option<Timestamp>,
     /// Replicated records whose transaction id this site already held.
@@ -250,6 +261,9 @@ impl Peer {
                 "last": s.last_lag_ms,
                 "p50": s.recent_p50_ms,
                 "p99": s.recent_p99_ms,
+                "since_start": s.total_ms.map(|[p50, p99, p999, max]| serde_json::json!({
+                    "p50": p50, "p99": p99, "p999": p999, "max": max,
+                })),
             },
         })
     }
@@ -259,8 +273,8 @@ impl Peer {
     }
 }
 
-/// Records the delay of each replicated record (decided at the peer → durable here) into the
-/// link's status.
+/// Records the delay of each replicated record (decided at the peer → in this site's engine,
+/// where its decisions see it) into the link's status.
 struct LagMeter {
     lags: Lags,
 }
@@ -283,6 +297,21 @@ impl LagMeter {
             self.lags.recent.pop_front();
         }
         self.lags.recent.push_back(us);
+    }
+
+    /// p50, p99, p99.9 and max since start, in ms.
+    fn total(&self) -> Option<[f64; 4]> {
+        let h = &self.lags.all;
+        if h.is_empty() {
+            return None;
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Some([
+            ms(h.value_at_quantile(0.5)),
+            ms(h.value_at_quantile(0.99)),
+            ms(h.value_at_quantile(0.999)),
+            ms(h.max()),
+        ])
     }
 
     /// (p50, p99) of the recent samples, in ms.
@@ -356,4 +385,7 @@ pub struct Applied {
     pub conflicts: u64,
     /// The offset now stored for the peer.
     pub offset: i64,
+    /// Wall-clock time (µs since the epoch) the records entered the engine: from then on
+    /// this site's decisions see them (they are durable a group commit later).
+    pub applied_at_us: i64,
 }

@@ -1,5 +1,8 @@
 //! `ringfence demo`: the engine on its embedded default with live simulated traffic, in one
-//! command, printing a line a second and where to look.
+//! command, printing a line a second and where to look. `--stores` runs two store sites with
+//! simulated tills instead ([`stores`]).
+
+mod stores;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,9 +21,10 @@ pub struct DemoArgs {
     /// Data directory (default: a fresh directory under the system temp dir).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Simulated transactions per second.
-    #[arg(long, default_value_t = 200.0)]
-    pub tps: f64,
+    /// Simulated transactions per second (default 200; with `--stores`, till actions per
+    /// second, default 5: each photo check takes tens of milliseconds of CPU).
+    #[arg(long)]
+    pub tps: Option<f64>,
     /// Share of fraudulent transactions in the simulated traffic.
     #[arg(long, default_value_t = 0.03)]
     pub fraud_rate: f64,
@@ -30,6 +34,10 @@ pub struct DemoArgs {
     /// Stop after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     pub duration: Option<u64>,
+    /// Two store sites replicating with each other, with simulated tills (purchases and
+    /// returns with photos, and return-fraud attempts), instead of card traffic.
+    #[arg(long)]
+    pub stores: bool,
 }
 
 /// Errors of the demo.
@@ -60,6 +68,10 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     if !rules.exists() {
         std::fs::write(&rules, DEFAULT_RULES)?;
     }
+    if args.stores {
+        return stores::run(args, &data, &rules).await;
+    }
+    let tps = args.tps.unwrap_or(200.0);
     let mut serve = ServeArgs {
         listen: Some(args.listen),
         data: Some(data.clone()),
@@ -91,7 +103,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     println!("  data dir    {}", data.display());
     println!(
         "Traffic: {} tx/s, {:.0}% fraud (seed {}). One line a second; Ctrl-C to stop.",
-        args.tps,
+        tps,
         args.fraud_rate * 100.0,
         args.seed
     );
@@ -100,7 +112,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         let _ = stop_rx.await;
     }));
     let duration = args.duration.map(Duration::from_secs);
-    let feed = crate::simulate::run_demo_feed(base, args.seed, args.tps, args.fraud_rate, duration);
+    let feed = crate::simulate::run_demo_feed(base, args.seed, tps, args.fraud_rate, duration);
     let result = tokio::select! {
         r = feed => r.map_err(|e| DemoError::Feed(e.to_string())),
         _ = shutdown_signal() => Ok(()),
