@@ -70,6 +70,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/pos"),
     ("get", "/pos/till.css"),
     ("get", "/pos/till.js"),
+    ("get", "/v1/sites"),
+    ("get", "/v1/sites/feed"),
+    ("get", "/v1/receipts/{id}"),
 ];
 
 /// The OpenAPI document.
