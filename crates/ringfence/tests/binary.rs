@@ -186,3 +186,64 @@ fn demo_serves_and_prints_a_line_a_second() {
     );
     assert!(dir.path().join("ringfence.db").exists());
 }
+
+#[test]
+fn demo_stores_runs_two_replicating_sites_whose_tills_get_return_fraud_blocked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let child = Command::new(BIN)
+        .args([
+            "demo",
+            "--stores",
+            "--listen",
+            "127.0.0.1:0",
+            "--duration",
+            "8",
+            "--tps",
+            "10",
+            "--data",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut child = Killed(child);
+    let stdout = child.0.stdout.take().expect("stdout");
+    let lines: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    let exit = child.0.wait().expect("wait");
+    assert!(exit.success(), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("/pos?store=store-b")),
+        "{lines:?}"
+    );
+    let last = lines
+        .iter()
+        .rev()
+        .find(|l| l.contains("store-a:") && l.contains("store-b:"))
+        .unwrap_or_else(|| panic!("no tally line: {lines:?}"));
+    // "store-a: N purchases, returns A ok / B flagged / C blocked, lag p99 X ms | store-b: ..."
+    let numbers = |store: &str| -> Vec<u64> {
+        let part = last
+            .split(" | ")
+            .find(|p| p.contains(store))
+            .unwrap_or_else(|| panic!("{store} missing: {last}"));
+        let part = part.split_once(store).map_or(part, |(_, rest)| rest);
+        part.split(|c: char| !c.is_ascii_digit() && c != '.')
+            .filter_map(|w| w.parse::<u64>().ok())
+            .collect()
+    };
+    let (a, b) = (numbers("store-a:"), numbers("store-b:"));
+    assert!(a[0] + b[0] > 0, "purchases at the tills: {last}");
+    assert!(a[3] + b[3] > 0, "return fraud blocked: {last}");
+    assert!(a[1] + b[1] > 0, "honest returns approved: {last}");
+    assert!(
+        !last.contains("lag p99 -"),
+        "replication measured at both: {last}"
+    );
+    for store in ["store-a", "store-b"] {
+        assert!(dir.path().join(store).join("ringfence.db").exists());
+    }
+}

@@ -78,7 +78,7 @@ impl Node {
             &returned,
             &mut Default::default(),
             results,
-            |_, s| s.decision,
+            |_, _, s| s.decision,
         );
         ours.iter()
             .zip(&batch)
@@ -202,7 +202,7 @@ async fn two_nodes_on_one_log_decide_as_one() {
             &rest,
             &mut Default::default(),
             results,
-            |_, s| s.decision,
+            |_, _, s| s.decision,
         );
         for probe in [tx(5000), tx(5001), tx(5002)] {
             assert_eq!(

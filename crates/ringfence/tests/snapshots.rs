@@ -158,7 +158,7 @@ async fn a_replica_behind_the_trim_resumes_from_the_snapshot() {
         &first,
         &mut Default::default(),
         &mut results,
-        |_, s| s.decision,
+        |_, _, s| s.decision,
     );
 
     for i in 20..400 {
@@ -211,7 +211,7 @@ async fn a_replica_behind_the_trim_resumes_from_the_snapshot() {
             &page,
             &mut Default::default(),
             &mut results,
-            |_, s| s.decision,
+            |_, _, s| s.decision,
         );
         for (id, entry) in &page {
             let (LogEntry::Tx { tx, .. }, Some(Applied::Decided(d))) = (entry, results.get(id))

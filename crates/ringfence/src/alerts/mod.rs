@@ -31,8 +31,14 @@ pub struct AlertEvent {
     pub region: Option<String>,
     /// Event time of the transaction, RFC 3339.
     pub alert_timestamp: String,
-    /// The same instant in milliseconds since the Unix epoch (orders alerts exactly).
+    /// The same instant in milliseconds since the Unix epoch.
     pub alert_time_ms: i64,
+    /// Where the decision stands in the shared log (`<ms>-<seq>`, zero-padded so that text
+    /// order is log order): the order the escalation ladder counted alerts in, which event
+    /// times need not follow when nodes append concurrently. Absent for a decision made
+    /// outside the log (degraded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_position: Option<String>,
     /// Kind of alert: the category of the strongest reason (`velocity`, `ring`, `model`,
     /// `return`, ...), `score` when only the total score decided.
     pub alert_type: String,
@@ -89,12 +95,19 @@ impl AlertEvent {
             region: tx.country.clone(),
             alert_timestamp: tx.timestamp.to_rfc3339(),
             alert_time_ms: tx.timestamp.millis(),
+            log_position: None,
             alert_type,
             transaction_id: decision.transaction_id.clone(),
             decision: decision.decision,
             score: decision.score,
             reasons: decision.reasons.iter().map(|r| r.detail.clone()).collect(),
         })
+    }
+
+    /// The alert of the decision at shared-log entry `ms-seq`.
+    pub fn at_log_position(mut self, ms: u64, seq: u64) -> AlertEvent {
+        self.log_position = Some(format!("{ms:020}-{seq:020}"));
+        self
     }
 
     /// Channel-safe alert type: lower-case letters, digits, `_` and `-` only.

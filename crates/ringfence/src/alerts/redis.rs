@@ -250,19 +250,26 @@ impl Writer {
 }
 
 /// Writes one alert: adds the account to the set, publishes the alert on its channels, and
-/// sets the latest alert and the count unless a newer alert of the account (by event time;
-/// on a tie, the higher count) is already there. Two nodes can finish alerts of one account
-/// in either order; this keeps the keys at the latest, so the count stays the ladder's.
+/// sets the latest alert and the count unless a newer alert of the account is already there:
+/// later in the shared log when both were decided through it (the order the ladder counted
+/// them in; event times need not follow it when nodes append concurrently), else later by
+/// event time, on a tie the higher count. Two nodes can finish alerts of one account in
+/// either order; this keeps the keys at the latest, so the count stays the ladder's.
 ///
 /// KEYS: accounts set, latest-alert key, count key. ARGV: account, alert JSON, event time
-/// (ms), count, window (ms), typed channel, all-alerts channel.
+/// (ms), count, window (ms), typed channel, all-alerts channel, log position (or empty).
 const WRITE_ALERT: &str = r#"
 redis.call('SADD', KEYS[1], ARGV[1])
 local latest = true
 local current = redis.call('GET', KEYS[2])
 if current then
   local ok, prev = pcall(cjson.decode, current)
-  if ok and type(prev) == 'table' and type(prev.alert_time_ms) == 'number' then
+  if ok and type(prev) == 'table' and type(prev.log_position) == 'string' and ARGV[8] ~= '' then
+    -- Both decided through the shared log: the later entry is the ladder's latest count.
+    if prev.log_position > ARGV[8] then
+      latest = false
+    end
+  elseif ok and type(prev) == 'table' and type(prev.alert_time_ms) == 'number' then
     local at = tonumber(ARGV[3])
     if prev.alert_time_ms > at then
       latest = false
@@ -303,7 +310,8 @@ fn pipeline(
             .arg(a.alert_count)
             .arg(window_ms)
             .arg(format!("fraud:alerts:{}", a.channel_type()))
-            .arg(ALL_CHANNEL);
+            .arg(ALL_CHANNEL)
+            .arg(a.log_position.as_deref().unwrap_or(""));
         pipe.invoke_script(&call).ignore();
     }
     pipe

@@ -148,14 +148,16 @@ struct Locked {
 type OwnDecision = (Decision, Option<Box<AlertEvent>>, u64);
 
 /// What the log cursor keeps of this node's own decisions: the decision, its alert (when
-/// alerts are sent anywhere) and the engine time since `t0` (the apply began).
+/// alerts are sent anywhere, stamped with its log position) and the engine time since `t0`
+/// (the apply began).
 fn own_decision(
     has_sinks: bool,
     t0: Instant,
-) -> impl FnMut(&Transaction, ringfence_core::engine::Scored<'_>) -> OwnDecision {
-    move |tx, scored| {
+) -> impl FnMut(LogId, &Transaction, ringfence_core::engine::Scored<'_>) -> OwnDecision {
+    move |id, tx, scored| {
         let alert = if has_sinks {
-            AlertEvent::of(tx, &scored.decision, &scored.features).map(Box::new)
+            AlertEvent::of(tx, &scored.decision, &scored.features)
+                .map(|a| Box::new(a.at_log_position(id.ms, id.seq)))
         } else {
             None
         };
@@ -461,7 +463,7 @@ impl EngineHost {
                     &page,
                     &mut prepared,
                     &mut none,
-                    |_, _| (),
+                    |_, _, _| (),
                 );
             }
             tracing::info!(

@@ -5,9 +5,9 @@
 //! A photo arrives as base64 in the JSON body or as raw bytes from a multipart upload; both
 //! take the same path from there. Stored photos are read back here too, for the API to serve.
 //!
-//! The check is CPU work of tens of milliseconds: it runs on the blocking pool, at most one per
-//! core at a time, so a burst of photos queues instead of starving the async workers that
-//! decide everything else.
+//! The check is CPU work of tens of milliseconds: it runs on the blocking pool, on at most one
+//! core fewer than the machine has (at least one), so a burst of photos queues instead of
+//! starving the async workers that decide everything else (and replicate, between sites).
 
 use std::sync::Arc;
 

@@ -160,7 +160,7 @@ pub(super) async fn settle_in_log(
         &returned,
         &mut prepared,
         &mut none,
-        |_, _| (),
+        |_, _, _| (),
     );
     Ok(())
 }

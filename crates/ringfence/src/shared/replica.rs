@@ -257,7 +257,7 @@ impl LogCursor {
 
     /// Applies to `engine`, in order, the entries after this cursor's position and records
     /// what each entry of node `me` produced in `results` by log id (`keep` turns a scored
-    /// transaction into what is kept of it). A node's concurrent requests each get a reply
+    /// transaction, with its log id, into what is kept of it). A node's concurrent requests each get a reply
     /// that ends with their own entries; whichever applies an entry first leaves its result
     /// for the request that owns it. Entries at or before the position are skipped. Rules
     /// and models entries take their compiled form from `prepared` (compiled here if absent).
@@ -268,7 +268,7 @@ impl LogCursor {
         entries: &[(LogId, LogEntry)],
         prepared: &mut Prepared,
         results: &mut HashMap<LogId, Applied<R>>,
-        mut keep: impl FnMut(&Transaction, Scored<'_>) -> R,
+        mut keep: impl FnMut(LogId, &Transaction, Scored<'_>) -> R,
     ) -> Reconfigured {
         let mut reconfigured = Reconfigured::default();
         for (id, entry) in entries {
@@ -289,7 +289,7 @@ impl LogCursor {
                         if *origin != me {
                             continue;
                         }
-                        Applied::Decided(keep(tx, scored))
+                        Applied::Decided(keep(*id, tx, scored))
                     };
                     if *origin == me {
                         results.insert(*id, result);
