@@ -146,21 +146,20 @@ fn serve_rejects_a_bad_config_with_a_clear_message() {
     assert!(err.contains("review"), "{err}");
 }
 
-#[test]
-fn demo_serves_and_prints_a_line_a_second() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// Runs `ringfence demo` on a free port with `args` for `secs` seconds in `data`, checks it
+/// exits cleanly, and returns what it printed.
+fn run_demo(args: &[&str], secs: u64, data: &std::path::Path) -> Vec<String> {
     let child = Command::new(BIN)
         .args([
             "demo",
             "--listen",
             "127.0.0.1:0",
             "--duration",
-            "4",
-            "--tps",
-            "100",
-            "--data",
+            &secs.to_string(),
         ])
-        .arg(dir.path())
+        .args(args)
+        .arg("--data")
+        .arg(data)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -173,6 +172,13 @@ fn demo_serves_and_prints_a_line_a_second() {
         .collect();
     let exit = child.0.wait().expect("wait");
     assert!(exit.success(), "{lines:?}");
+    lines
+}
+
+#[test]
+fn demo_serves_and_prints_a_line_a_second() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lines = run_demo(&["--tps", "100"], 4, dir.path());
     assert!(lines.iter().any(|l| l.contains("/v1/stats")), "{lines:?}");
     let ticks: Vec<&String> = lines.iter().filter(|l| l.contains("tx/s |")).collect();
     assert!(ticks.len() >= 2, "{lines:?}");
@@ -190,31 +196,7 @@ fn demo_serves_and_prints_a_line_a_second() {
 #[test]
 fn demo_stores_runs_two_replicating_sites_whose_tills_get_return_fraud_blocked() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let child = Command::new(BIN)
-        .args([
-            "demo",
-            "--stores",
-            "--listen",
-            "127.0.0.1:0",
-            "--duration",
-            "8",
-            "--tps",
-            "10",
-            "--data",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let mut child = Killed(child);
-    let stdout = child.0.stdout.take().expect("stdout");
-    let lines: Vec<String> = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .collect();
-    let exit = child.0.wait().expect("wait");
-    assert!(exit.success(), "{lines:?}");
+    let lines = run_demo(&["--stores", "--tps", "10"], 8, dir.path());
     assert!(
         lines.iter().any(|l| l.contains("/pos?store=store-b")),
         "{lines:?}"

@@ -42,18 +42,7 @@ async fn start(args: &[&str], redis: &str, postgres: &str, data: &std::path::Pat
         .spawn()
         .expect("spawn ringfence");
     let base = format!("http://127.0.0.1:{port}");
-    let client = HttpClient::new().with_timeout(Duration::from_secs(2));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while client
-        .get(&format!("{base}/healthz"))
-        .await
-        .map(|r| r.status)
-        .ok()
-        != Some(200)
-    {
-        assert!(Instant::now() < deadline, "{args:?} did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    helpers::wait_healthy(&base, &format!("{args:?}")).await;
     Proc { child, base }
 }
 

@@ -158,18 +158,7 @@ impl SiteProc {
             .spawn()
             .expect("spawn ringfence");
         let base = format!("http://127.0.0.1:{port}");
-        let client = HttpClient::new().with_timeout(Duration::from_secs(2));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while client
-            .get(&format!("{base}/healthz"))
-            .await
-            .map(|r| r.status)
-            .ok()
-            != Some(200)
-        {
-            assert!(Instant::now() < deadline, "site {name} did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        helpers::wait_healthy(&base, &format!("site {name}")).await;
         SiteProc {
             child,
             base,

@@ -152,3 +152,23 @@ pub fn test_asset(name: &str) -> Vec<u8> {
         )
     })
 }
+
+/// Waits (up to 60 s) until the server at `base` answers `GET /healthz` with 200; `what`
+/// names it in the failure.
+pub async fn wait_healthy(base: &str, what: &str) {
+    let client = HttpClient::new().with_timeout(Duration::from_secs(2));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while client
+        .get(&format!("{base}/healthz"))
+        .await
+        .map(|r| r.status)
+        .ok()
+        != Some(200)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
