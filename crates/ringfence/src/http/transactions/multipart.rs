@@ -42,7 +42,21 @@ pub fn is_form(headers: &HeaderMap) -> bool {
 }
 
 /// Reads every part of the form, refusing a missing, repeated, unnamed or unknown part.
+///
+/// A refused form is still read to its end (within the body limit) before the answer goes
+/// out: a request body left unread makes the server close the connection, and a client that
+/// pooled it would see its next request fail on a dead connection.
 pub async fn read(mut form: Multipart) -> Result<TransactionForm, ApiError> {
+    let result = read_parts(&mut form).await;
+    if result.is_err() {
+        while let Ok(Some(mut rest)) = form.next_field().await {
+            while let Ok(Some(_)) = rest.chunk().await {}
+        }
+    }
+    result
+}
+
+async fn read_parts(form: &mut Multipart) -> Result<TransactionForm, ApiError> {
     let mut transaction = None;
     let mut photo = None;
     while let Some(part) = form.next_field().await.map_err(malformed)? {
