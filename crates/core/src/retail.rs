@@ -368,6 +368,9 @@ pub const CONCURRENT_MS: i64 = 10 * 60_000;
 const RECENT_RETURNS: usize = 64;
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
+/// Conflicts kept until taken. The host takes them after every apply; a caller that never
+/// does (a replay, a benchmark) must not grow memory without bound, so the oldest go.
+const MAX_PENDING_CONFLICTS: usize = 1024;
 /// Receipts checked for expiry per applied retail event (amortised sweep).
 const SWEEP_EVERY: u32 = 4096;
 
@@ -604,6 +607,9 @@ impl RetailState {
                             store_id: store_id.clone(),
                         });
                         if line.in_conflict() {
+                            if self.conflicts.len() == MAX_PENDING_CONFLICTS {
+                                self.conflicts.remove(0);
+                            }
                             self.conflicts.push(ReturnConflict {
                                 receipt_id: receipt_id.as_str().to_owned(),
                                 sku: line.sku_id.to_string(),

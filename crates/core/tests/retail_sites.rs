@@ -134,3 +134,30 @@ fn returns_within_what_was_bought_or_blocked_or_at_one_store_are_no_conflict() {
     );
     assert!(same.is_empty(), "{same:?}");
 }
+
+#[test]
+fn conflicts_nobody_takes_are_bounded_to_the_latest() {
+    let mut e = engine();
+    for i in 0..1100 {
+        let receipt = format!("r{i}");
+        let line = |id: String, kind: &str, store: &str, secs: i64| {
+            parse(json!({
+                "transaction_id": id, "timestamp": at(secs), "kind": kind, "amount": 80.0,
+                "store_id": store, "receipt_id": receipt, "customer_id": "c1",
+                "items": [{"sku": "shirt", "price": 80.0}]
+            }))
+        };
+        for tx in [
+            line(format!("p{i}"), "purchase", "store-a", 0),
+            line(format!("a{i}"), "return", "store-a", 60),
+            line(format!("b{i}"), "return", "store-b", 61),
+        ] {
+            e.apply_recorded(&tx, false, false);
+        }
+    }
+    let pending = e.take_conflicts();
+    assert_eq!(pending.len(), 1024);
+    assert_eq!(pending.first().map(|c| c.receipt_id.as_str()), Some("r76"));
+    assert_eq!(pending.last().map(|c| c.receipt_id.as_str()), Some("r1099"));
+    assert!(e.take_conflicts().is_empty());
+}

@@ -40,7 +40,7 @@ pub async fn follow(host: Arc<EngineHost>, peer: Arc<Peer>) {
     let client = HttpClient::new().with_timeout(Duration::from_millis(WAIT_MS + 10_000));
     let mut meter = LagMeter::new();
     let mut backoff = MIN_BACKOFF;
-    let mut was_up = true; // so that a peer down at start is reported once
+    let mut first = true; // a peer down at start is reported once too
     loop {
         let result = pull(&host, &peer, &client, &mut meter, &mut backoff).await;
         let e = match result {
@@ -55,10 +55,11 @@ pub async fn follow(host: Arc<EngineHost>, peer: Arc<Peer>) {
             }
             Err(e) => e,
         };
-        if was_up {
+        // Reported when the link goes down (it was up during this attempt), not per retry.
+        if first || peer.snapshot().connected {
             tracing::warn!(peer = %peer.url, error = %e, "peer site unreachable; deciding on local state and retrying");
         }
-        was_up = false;
+        first = false;
         peer.update(|s| {
             s.connected = false;
             s.last_error = Some(e.to_string());
@@ -70,10 +71,6 @@ pub async fn follow(host: Arc<EngineHost>, peer: Arc<Peer>) {
         };
         tokio::time::sleep(pause).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
-        // Reconnected at the next successful page: reported there.
-        if peer.snapshot().connected {
-            was_up = true;
-        }
     }
 }
 

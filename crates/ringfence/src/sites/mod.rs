@@ -219,13 +219,6 @@ pub struct PeerStatus {
     pub conflicts: u64,
 }
 
-struct Lags {
-    /// Since start, in microseconds.
-    all: Histogram<u64>,
-    /// The latest samples (µs), for percentiles that move when the link does.
-    recent: VecDeque<u64>,
-}
-
 impl Peer {
     fn new(url: &str) -> Peer {
         Peer {
@@ -276,32 +269,33 @@ impl Peer {
 /// Records the delay of each replicated record (decided at the peer → in this site's engine,
 /// where its decisions see it) into the link's status.
 struct LagMeter {
-    lags: Lags,
+    /// Since start, in microseconds.
+    all: Histogram<u64>,
+    /// The latest samples (µs), for percentiles that move when the link does.
+    recent: VecDeque<u64>,
 }
 
 impl LagMeter {
     fn new() -> LagMeter {
         LagMeter {
-            lags: Lags {
-                all: Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                    .unwrap_or_else(|_| unreachable!("static histogram bounds are valid")),
-                recent: VecDeque::with_capacity(RECENT_LAGS),
-            },
+            all: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .unwrap_or_else(|_| unreachable!("static histogram bounds are valid")),
+            recent: VecDeque::with_capacity(RECENT_LAGS),
         }
     }
 
     fn record(&mut self, us: u64) {
         let us = us.max(1);
-        let _ = self.lags.all.record(us);
-        if self.lags.recent.len() == RECENT_LAGS {
-            self.lags.recent.pop_front();
+        let _ = self.all.record(us);
+        if self.recent.len() == RECENT_LAGS {
+            self.recent.pop_front();
         }
-        self.lags.recent.push_back(us);
+        self.recent.push_back(us);
     }
 
     /// p50, p99, p99.9 and max since start, in ms.
     fn total(&self) -> Option<[f64; 4]> {
-        let h = &self.lags.all;
+        let h = &self.all;
         if h.is_empty() {
             return None;
         }
@@ -316,10 +310,10 @@ impl LagMeter {
 
     /// (p50, p99) of the recent samples, in ms.
     fn recent(&self) -> Option<(f64, f64)> {
-        if self.lags.recent.is_empty() {
+        if self.recent.is_empty() {
             return None;
         }
-        let mut v: Vec<u64> = self.lags.recent.iter().copied().collect();
+        let mut v: Vec<u64> = self.recent.iter().copied().collect();
         v.sort_unstable();
         let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
         Some((at(0.5), at(0.99)))
