@@ -6,6 +6,7 @@
 //! - [`host`]: [`host::EngineHost`]: the engine, the order of decisions and durable writes.
 //! - [`http`]: the API, one module per resource.
 //! - [`alerts`]: alerts out of the engine (Redis keys and channels).
+//! - [`auth`]: who is calling: roles, sign-in, API keys.
 //! - [`shared`]: several nodes as one: the shared log in Redis and each node's replica.
 //! - [`sites`]: active-active sites: records replicated between stores' nodes, both ways.
 //! - [`store`]: records (transactions, decisions, alerts, labels); [`store::sqlite`] embedded.
@@ -21,6 +22,7 @@
 //! - [`bench`]: the HTTP load generator; [`engine_bench`]: the engine-only benchmark.
 
 pub mod alerts;
+pub mod auth;
 pub mod bench;
 pub mod client;
 pub mod config;

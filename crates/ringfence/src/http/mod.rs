@@ -15,6 +15,7 @@ pub mod sites;
 pub mod stats;
 pub mod stores;
 pub mod transactions;
+pub mod ui;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use std::time::Instant;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tracing::Instrument;
@@ -73,6 +74,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/sites"),
     ("get", "/v1/sites/feed"),
     ("get", "/v1/receipts/{id}"),
+    ("get", "/"),
+    ("get", "/ui/{file}"),
+    ("get", "/v1/auth/me"),
 ];
 
 /// The OpenAPI document.
@@ -83,7 +87,6 @@ pub fn router(host: Arc<EngineHost>) -> Router {
     let max_body = host.settings().max_body_bytes;
     let cx = ApiContext { host };
     Router::new()
-        .route("/", get(index))
         .route("/transaction", post(transactions::create))
         .route("/v1/transactions", post(transactions::create))
         .route("/v1/transactions/batch", post(transactions::create_batch))
@@ -104,10 +107,13 @@ pub fn router(host: Arc<EngineHost>) -> Router {
         .route("/v1/photos/{sha256}", get(photos::get))
         .route("/v1/stores/{store}/transactions", get(stores::transactions))
         .merge(pos::routes())
+        .merge(ui::routes())
+        .merge(crate::auth::routes())
         .merge(sites::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(crate::auth::layer))
         .layer(middleware::from_fn_with_state(cx.clone(), observe))
         .with_state(cx)
 }
@@ -137,19 +143,6 @@ async fn method_not_allowed() -> Response {
     let mut res = ApiError::NotFound("method not allowed on this route".into()).into_response();
     *res.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     res
-}
-
-async fn index() -> Html<&'static str> {
-    Html(concat!(
-        "<!doctype html><meta charset=utf-8><title>Ringfence</title>",
-        "<h1>Ringfence</h1><p>Real-time fraud detection engine.</p><ul>",
-        "<li><a href=/v1/stats>/v1/stats</a> — throughput, decisions, latency</li>",
-        "<li><a href=/v1/alerts>/v1/alerts</a> — the alert queue</li>",
-        "<li><a href=/v1/rules>/v1/rules</a> — active rules and hit counts</li>",
-        "<li><a href=/v1/features>/v1/features</a> — the feature catalog</li>",
-        "<li><a href=/metrics>/metrics</a> — Prometheus metrics</li>",
-        "<li><a href=/openapi.json>/openapi.json</a> — the API</li></ul>"
-    ))
 }
 
 static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);

@@ -1,0 +1,9 @@
+// The stores page (being built this session; see issue 6).
+"use strict";
+
+RF.page("stores", {
+  title: "Stores",
+  mount(root) {
+    root.append(RF.el("p", { class: "muted" }, "This page is being built."));
+  },
+});
