@@ -17,12 +17,15 @@
 //! - [`models`]: model files (own format or XGBoost JSON) for serving and replay.
 //! - [`export`]: stored records in a time range out as NDJSON or CSV, for warehouse loads.
 //! - [`replay`]: history files through the engine in event-time order, labels after a delay.
+//! - [`backtest`]: candidate rules tried over the last hours of stored history, replayed
+//!   from the start so their features are those the engine computed then.
 //! - [`simulate`]: synthetic traffic with ground truth, the simulator CLI and the demo feed.
 //! - [`client`]: a small HTTP client (simulator, benchmarks, tests).
 //! - [`bench`]: the HTTP load generator; [`engine_bench`]: the engine-only benchmark.
 
 pub mod alerts;
 pub mod auth;
+pub mod backtest;
 pub mod bench;
 pub mod client;
 pub mod config;

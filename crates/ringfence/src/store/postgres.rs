@@ -615,6 +615,14 @@ impl PostgresStore {
         })
     }
 
+    /// The latest event time of a stored transaction, on any node (`None` when none is
+    /// stored): where a backtest's window ends. A scan (there is no index on event time).
+    pub async fn latest_event_time(&self) -> Result<Option<i64>, PostgresError> {
+        let c = self.readers.get().await?;
+        let row = read(c.client.query_one("SELECT MAX(ts) FROM transactions", &[])).await?;
+        Ok(row.try_get(0)?)
+    }
+
     /// Streams stored history (transactions and labels merged by sequence number) into `f`
     /// and returns the number of transactions. Used once at start to rebuild entity state.
     ///

@@ -90,6 +90,15 @@ impl Records {
         }
     }
 
+    /// The latest event time of a stored transaction, as [`Records::for_each_history`] sees
+    /// the history (in production mode, PostgreSQL's).
+    pub async fn latest_event_time(&self) -> Result<Option<i64>, StoreError> {
+        match self {
+            Records::Sqlite(s) => s.latest_event_time().await,
+            Records::Postgres { shared, .. } => Ok(shared.latest_event_time().await?),
+        }
+    }
+
     /// Stored decisions (as JSON) of those ids that have one, on any node. While PostgreSQL
     /// is unreachable only this node's are known (logged).
     pub async fn decisions_of(

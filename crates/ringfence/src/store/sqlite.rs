@@ -458,6 +458,17 @@ impl SqliteStore {
         .await
     }
 
+    /// The latest event time of a stored transaction (`None` when none is stored): where a
+    /// backtest's window ends. A scan of the table (there is no index on event time).
+    pub async fn latest_event_time(&self) -> Result<Option<i64>, StoreError> {
+        self.read(|c| {
+            Ok(c.query_row("SELECT MAX(ts) FROM transactions", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })?)
+        })
+        .await
+    }
+
     /// Streams stored history (transactions and labels merged by sequence number) into `f`,
     /// on the current thread. Used once at start to rebuild entity state.
     pub fn for_each_history(&self, mut f: impl FnMut(HistoryItem)) -> Result<u64, StoreError> {
