@@ -27,6 +27,7 @@ use ringfence_core::engine::{Engine, EngineConfig};
 use ringfence_core::event::Timestamp;
 use ringfence_core::rules::{Rule, RuleMode, RuleSet};
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
 use crate::store::{HistoryItem, Records, StoreError};
 
@@ -42,8 +43,13 @@ const SAMPLES: usize = 5;
 /// Why a backtest did not run or did not finish.
 #[derive(Debug, thiserror::Error)]
 pub enum BacktestError {
+    /// Another backtest is running on this node.
+    #[error("a backtest is already running on this node; try again when it has finished")]
+    Busy,
     /// The stored history is larger than a backtest replays.
-    #[error("the stored history holds {records} records; a backtest replays at most {MAX_HISTORY}")]
+    #[error(
+        "the stored history holds {records} records; a backtest replays at most {MAX_HISTORY}"
+    )]
     TooMuchHistory {
         /// Transactions and labels stored.
         records: u64,
@@ -316,14 +322,20 @@ impl Backtest {
 
 /// Runs a backtest of `candidate` against `active` over the last `hours` of `store`'s
 /// history, on a blocking thread (the history is read and replayed there; on PostgreSQL its
-/// reads are driven from that thread).
+/// reads are driven from that thread). `slot` admits one at a time: its permit goes with the
+/// replay, so a caller that hangs up does not let a second one start beside it.
 pub async fn run(
+    slot: &Arc<Semaphore>,
     store: Records,
     config: EngineConfig,
     candidate: Arc<RuleSet>,
     active: Arc<RuleSet>,
     hours: u32,
 ) -> Result<Report, BacktestError> {
+    let permit = slot
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| BacktestError::Busy)?;
     let began = Instant::now();
     let counts = store.counts().await?;
     let records = counts.transactions + counts.labels;
@@ -337,6 +349,7 @@ pub async fn run(
     });
     let runtime = tokio::runtime::Handle::current();
     let replay = tokio::task::spawn_blocking(move || {
+        let _slot = permit;
         let mut backtest = Backtest::new(config, candidate, active, window);
         runtime.block_on(store.for_each_history(|item| {
             // Records stored after the count are beyond the window's end anyway; the bound
@@ -386,7 +399,8 @@ mod tests {
         let candidate = rules(
             "[[rule]]\nname = \"burst\"\nwhen = \"card.count_1m >= 2\"\nscore = 50\n\n[[rule]]\nname = \"new\"\nwhen = \"tx.amount > 100\"\nscore = 10\nmode = \"shadow\"\n",
         );
-        let active = rules("[[rule]]\nname = \"burst\"\nwhen = \"card.count_1m >= 1\"\nscore = 50\n");
+        let active =
+            rules("[[rule]]\nname = \"burst\"\nwhen = \"card.count_1m >= 1\"\nscore = 50\n");
         // Window: seconds 100..=200. Card a: two before the window, one just inside it (its
         // count_1m is 2 only because of the two before).
         let window = Window {
@@ -427,20 +441,59 @@ mod tests {
         assert_eq!(report.labelled_in_window.not_fraud, 1);
         let burst = &report.rules[0];
         assert_eq!(
-            (burst.tally.hits, burst.tally.confirmed_fraud, burst.tally.unlabelled),
+            (
+                burst.tally.hits,
+                burst.tally.confirmed_fraud,
+                burst.tally.unlabelled
+            ),
             (1, 1, 0)
         );
         assert_eq!(burst.tally.samples, ["a3"]);
         let was = burst.active.as_ref().expect("in force");
         // a3 (2 before) and b2 (1 before).
-        assert_eq!((was.tally.hits, was.tally.confirmed_fraud, was.tally.unlabelled), (2, 1, 1));
+        assert_eq!(
+            (
+                was.tally.hits,
+                was.tally.confirmed_fraud,
+                was.tally.unlabelled
+            ),
+            (2, 1, 1)
+        );
         assert_eq!(was.tally.samples, ["b2", "a3"]);
         let new = &report.rules[1];
         assert!(new.active.is_none());
         assert_eq!(
-            (new.tally.hits, new.tally.confirmed_fraud, new.tally.false_positives),
+            (
+                new.tally.hits,
+                new.tally.confirmed_fraud,
+                new.tally.false_positives
+            ),
             (2, 1, 1)
         );
+    }
+
+    #[tokio::test]
+    async fn one_backtest_at_a_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            Records::Sqlite(crate::store::sqlite::SqliteStore::open(dir.path()).expect("store"));
+        let slot = Arc::new(Semaphore::new(1));
+        let run_one = || {
+            run(
+                &slot,
+                store.clone(),
+                EngineConfig::default(),
+                rules(""),
+                rules(""),
+                24,
+            )
+        };
+        let held = slot.clone().try_acquire_owned().expect("free");
+        assert!(matches!(run_one().await, Err(BacktestError::Busy)));
+        drop(held);
+        let report = run_one().await.expect("runs once the other is done");
+        assert!(report.window.is_none());
+        assert_eq!(slot.available_permits(), 1, "the slot is given back");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 mod photos;
 mod reload;
+mod rules_edit;
 mod sites;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -44,6 +45,7 @@ use crate::store::{DecisionRecord, HistoryItem, LabelRecord, StoreError, TxRecor
 pub const DEFAULT_RULES: &str = include_str!("../../rules/default.toml");
 
 pub use reload::{ModelsStatus, RulesStatus};
+pub use rules_edit::{ActivateError, Activated};
 
 /// Degraded transactions appended to the log in one go.
 const OWED_CHUNK: usize = 1000;
@@ -264,6 +266,11 @@ pub struct EngineHost {
     site: Option<Arc<crate::sites::Site>>,
     /// Fingerprint of the card-hash key (sites check they share the key).
     key_fingerprint: String,
+    /// Held while the rules change (a reload, an activation, a mode flip): one at a time, so
+    /// the file written, the rules in force and the status always agree.
+    rules_edit: tokio::sync::Mutex<()>,
+    /// One backtest at a time: each replays the whole history on a blocking thread.
+    backtests: Arc<tokio::sync::Semaphore>,
 }
 
 /// Wall-clock time now.
@@ -421,7 +428,9 @@ impl EngineHost {
             Some(_) => {}
             None => store.set_meta("state_config", &state_config).await?,
         }
-        let (rules, rules_source) = reload::load_rules(settings.rules.as_deref())?;
+        let rules_path = reload::rules_path(settings.rules.as_deref(), &settings.data);
+        let (rules, rules_source) = reload::load_rules(rules_path.as_deref())?;
+        let rules_text: Arc<str> = rules_source.as_str().into();
         let mut engine = Engine::new(settings.engine, Arc::new(rules));
         let (models, model_texts) =
             reload::load_models(settings.model.as_deref(), settings.challenger.as_deref())
@@ -533,11 +542,12 @@ impl EngineHost {
             id_counter: AtomicU64::new(0),
             id_salt: random_u64() as u32,
             rules: Mutex::new(RulesStatus {
-                fingerprint: settings.rules.as_deref().and_then(reload::fingerprint),
-                path: settings.rules.clone(),
+                fingerprint: rules_path.as_deref().and_then(reload::fingerprint),
+                path: rules_path,
                 version: 1,
                 loaded_at: now(),
                 last_error: None,
+                source: rules_text,
             }),
             models: Mutex::new(ModelsStatus {
                 fingerprints: [
@@ -567,6 +577,8 @@ impl EngineHost {
             ),
             site,
             key_fingerprint: key_fingerprint.as_str().to_owned(),
+            rules_edit: tokio::sync::Mutex::new(()),
+            backtests: Arc::new(tokio::sync::Semaphore::new(1)),
         }))
     }
 
@@ -1214,6 +1226,24 @@ impl EngineHost {
         let locked = self.lock();
         let at = locked.engine.watermark().map_or(now(), |w| w.max(now()));
         locked.engine.entity_features(kind, id, at)
+    }
+
+    /// Tries `candidate` over the last `hours` of stored history (see [`crate::backtest`]),
+    /// next to the rules in force; one at a time on this node.
+    pub async fn backtest(
+        &self,
+        candidate: ringfence_core::rules::RuleSet,
+        hours: u32,
+    ) -> Result<crate::backtest::Report, crate::backtest::BacktestError> {
+        crate::backtest::run(
+            &self.backtests,
+            self.store.clone(),
+            self.settings.engine,
+            Arc::new(candidate),
+            self.active_rules(),
+            hours,
+        )
+        .await
     }
 
     /// Engine-side statistics.

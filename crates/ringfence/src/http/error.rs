@@ -48,6 +48,16 @@ pub enum ApiError {
     /// A model file failed to load.
     #[error("the model could not be loaded")]
     InvalidModel(String),
+    /// As many requests of this kind as the node runs at once are running: retry later.
+    #[error("{0}")]
+    Busy(String),
+    /// The rules file could not be written (the cause is logged). `in_force`: the new rules
+    /// run anyway, but a restart would bring the old file back.
+    #[error("the rules file could not be written")]
+    RulesNotSaved {
+        /// Whether the new rules are in force regardless.
+        in_force: bool,
+    },
     /// Anything else; the cause is logged.
     #[error("internal error")]
     Internal(String),
@@ -83,7 +93,10 @@ impl ApiError {
             ApiError::InvalidRules(_) | ApiError::InvalidModel(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Internal(_) | ApiError::RulesNotSaved { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -110,8 +123,18 @@ impl ApiError {
             }
             ApiError::InvalidRules(errors) => json!({
                 "code": "invalid_rules",
+                "field": "source",
                 "message": format!("the rules have {} error(s); the running rules are unchanged", errors.0.len()),
                 "errors": errors.0,
+            }),
+            ApiError::Busy(m) => json!({"code": "busy", "message": m}),
+            ApiError::RulesNotSaved { in_force: true } => json!({
+                "code": "rules_not_saved",
+                "message": "the new rules are in force, but the rules file could not be written (see the server log): a restart would bring the old rules back",
+            }),
+            ApiError::RulesNotSaved { in_force: false } => json!({
+                "code": "rules_not_saved",
+                "message": "the rules file could not be written (see the server log); the running rules are unchanged",
             }),
             ApiError::InvalidModel(m) => json!({
                 "code": "invalid_model",
@@ -133,6 +156,10 @@ impl IntoResponse for ApiError {
             ApiError::Overloaded | ApiError::SharedUnavailable => {
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::Busy(_) => {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             ApiError::StorageUnavailable => {
                 res.headers_mut()

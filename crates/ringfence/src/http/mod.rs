@@ -58,6 +58,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/labels"),
     ("get", "/v1/rules"),
     ("post", "/v1/rules/reload"),
+    ("put", "/v1/rules"),
+    ("get", "/v1/rules/source"),
+    ("post", "/v1/rules/validate"),
+    ("post", "/v1/rules/backtest"),
+    ("post", "/v1/rules/{name}/mode"),
     ("get", "/v1/features"),
     ("get", "/v1/models"),
     ("post", "/v1/models/reload"),
@@ -106,6 +111,7 @@ pub fn router(host: Arc<EngineHost>) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/v1/photos/{sha256}", get(photos::get))
         .route("/v1/stores/{store}/transactions", get(stores::transactions))
+        .merge(rules::routes())
         .merge(pos::routes())
         .merge(ui::routes())
         .merge(crate::auth::routes())
