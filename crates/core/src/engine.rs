@@ -572,7 +572,9 @@ mode = "shadow"
     fn a_new_rule_set_keeps_the_counts_of_unchanged_rules_only() {
         let mut e = engine();
         for i in 0..3 {
-            e.score(&tx(&format!(r#"{{"transaction_id":"h{i}","amount":5000}}"#)));
+            e.score(&tx(&format!(
+                r#"{{"transaction_id":"h{i}","amount":5000}}"#
+            )));
         }
         assert_eq!(e.rule_hits(), [0, 0, 3, 3]);
         // `big` unchanged but moved, `shadowy` now active, a new rule: only `big` keeps its 3.

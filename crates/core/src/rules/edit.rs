@@ -177,7 +177,8 @@ mod tests {
                 "name = \"big\"   # the obvious one\nmode = \"shadow\"\n"
             )
         );
-        let indented = "[[rule]]\r\n    name = \"x\"\r\n    when = \"tx.amount > 1\"\r\n    score = 1";
+        let indented =
+            "[[rule]]\r\n    name = \"x\"\r\n    when = \"tx.amount > 1\"\r\n    score = 1";
         assert_eq!(
             set_mode(indented, "x", RuleMode::Shadow).expect("edit"),
             "[[rule]]\r\n    name = \"x\"\r\n    mode = \"shadow\"\r\n    when = \"tx.amount > 1\"\r\n    score = 1"
@@ -191,7 +192,10 @@ mod tests {
 
     #[test]
     fn the_same_mode_changes_nothing() {
-        assert_eq!(set_mode(FILE, "watch", RuleMode::Shadow), Ok(FILE.to_owned()));
+        assert_eq!(
+            set_mode(FILE, "watch", RuleMode::Shadow),
+            Ok(FILE.to_owned())
+        );
     }
 
     #[test]
@@ -210,7 +214,8 @@ mod tests {
             Err(EditError::NotEditable("x".into()))
         );
         // An inline table that already has a mode can be edited in place.
-        let inline_mode = "rule = [{ name = \"x\", when = \"tx.amount > 1\", score = 1, mode = \"active\" }]\n";
+        let inline_mode =
+            "rule = [{ name = \"x\", when = \"tx.amount > 1\", score = 1, mode = \"active\" }]\n";
         assert_eq!(
             modes(&set_mode(inline_mode, "x", RuleMode::Shadow).expect("edit")),
             [("x".to_owned(), RuleMode::Shadow)]
