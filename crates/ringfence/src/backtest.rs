@@ -86,6 +86,8 @@ pub struct RuleResult {
     pub category: String,
     /// Its mode in the candidate set.
     pub mode: RuleMode,
+    /// Its condition.
+    pub when: String,
     /// Score points it adds.
     pub score: f64,
     /// The action it forces, if any.
@@ -300,6 +302,7 @@ impl Backtest {
                     name: rule.name.clone(),
                     category: rule.category.clone(),
                     mode: rule.mode,
+                    when: rule.when.clone(),
                     score: rule.weight,
                     action: rule.action,
                     tally: std::mem::take(&mut tallies[i]),

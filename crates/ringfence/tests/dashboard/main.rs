@@ -10,4 +10,5 @@
 mod helpers;
 
 mod browser;
+mod rules;
 mod shell;
