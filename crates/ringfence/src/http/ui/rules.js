@@ -11,6 +11,7 @@
   const { el, api, fmt } = RF;
   const REFRESH_MS = 5000;
   const HOURS = [1, 6, 24, 72, 168, 720];
+  const MAX_ERRORS_LISTED = 200;
 
   /** A textarea with a line-number gutter that scrolls with it; lines can be marked. */
   function makeEditor() {
@@ -214,14 +215,18 @@
         say(`${e && e.status ? `HTTP ${e.status}: ` : ""}${e.message || e}${code}`, "error");
       };
 
-      function showErrors(errors) {
-        editor.mark(errors);
+      function showErrors(all) {
+        editor.mark(all);
+        // A pasted file of garbage can have thousands: the list shows the first ones.
+        const errors = all.slice(0, MAX_ERRORS_LISTED);
+        const more = all.length - errors.length;
         errorList.replaceChildren(...errors.map((e) => el("li", {
           class: "clickable", tabindex: "0", dataset: { line: String(e.line), column: String(e.column) },
           onclick: () => editor.jump(e.line, e.column),
           onkeydown: (ev) => { if (ev.key === "Enter") editor.jump(e.line, e.column); },
         }, el("span", { class: "mono" }, `line ${e.line}, column ${e.column}`),
-        e.rule ? ` · ${e.rule}` : "", `: ${e.message}`)));
+        e.rule ? ` · ${e.rule}` : "", `: ${e.message}`)),
+        more > 0 ? el("li", { class: "muted" }, `and ${fmt.count(more)} more (each marked in the gutter)`) : "");
       }
       function clearErrors() { editor.unmark(); errorList.replaceChildren(); }
 
