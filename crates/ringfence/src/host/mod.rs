@@ -29,7 +29,7 @@ use ringfence_core::rules::RuleErrors;
 use ringfence_core::state::EntityKind;
 use serde::Serialize;
 
-use crate::alerts::redis::RedisAlerts;
+use crate::alerts::deliveries::AlertSinks;
 use crate::alerts::AlertEvent;
 use crate::config::Settings;
 use crate::metrics::Metrics;
@@ -242,8 +242,8 @@ pub struct EngineHost {
     labels: tokio::sync::Mutex<()>,
     started: Instant,
     settings: Settings,
-    /// Delivers alerts from the outbox to Redis, if configured.
-    redis_alerts: Option<RedisAlerts>,
+    /// Deliver alerts from the outbox (Redis, webhooks, e-mail), those configured.
+    sinks: AlertSinks,
     /// Whether any alert sink was configured (alerts are built only then).
     has_alert_sinks: bool,
     /// Shared-state mode (`--redis`), if on.
@@ -389,7 +389,7 @@ impl EngineHost {
         settings: Settings,
         store: Records,
         metrics: Arc<Metrics>,
-        redis_alerts: Option<RedisAlerts>,
+        sinks: AlertSinks,
         shared: Option<SharedState>,
     ) -> Result<Arc<EngineHost>, StartError> {
         let hasher = CardHasher::new(&card_hash_key(&settings)?);
@@ -553,8 +553,8 @@ impl EngineHost {
             labels: tokio::sync::Mutex::new(()),
             started: Instant::now(),
             settings,
-            has_alert_sinks: redis_alerts.is_some(),
-            redis_alerts,
+            has_alert_sinks: !sinks.is_empty(),
+            sinks,
             shared,
             owed,
             owed_hint: AtomicBool::new(true),
@@ -572,23 +572,24 @@ impl EngineHost {
 
     /// Tells the sinks new alerts are durable in the outbox (never waits on them).
     fn alerts_written(&self) {
-        if let Some(redis) = &self.redis_alerts {
-            redis.notify();
-        }
+        self.sinks.notify();
     }
 
     /// Lets the sinks' writers deliver what the outbox holds and end (at shutdown, once no
     /// request is in flight and the store's writer is closed).
     pub fn close_alerts(&self) {
-        if let Some(redis) = &self.redis_alerts {
-            redis.close();
-        }
+        self.sinks.close();
     }
 
     fn lock(&self) -> MutexGuard<'_, Locked> {
         // A panic while holding the lock cannot leave the engine half-updated in a way that
         // matters more than losing the node, and scoring does not panic: recover the guard.
         self.locked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The alert sinks and their dead letters.
+    pub fn alert_sinks(&self) -> &AlertSinks {
+        &self.sinks
     }
 
     /// The records store.

@@ -4,6 +4,7 @@
 //! every request gets an `x-request-id` (the caller's, or a new one) that tags its log lines.
 
 pub mod alerts;
+pub mod deliveries;
 pub mod entities;
 pub mod error;
 pub mod labels;
@@ -77,6 +78,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/"),
     ("get", "/ui/{file}"),
     ("get", "/v1/auth/me"),
+    ("get", "/v1/deliveries/dead-letters"),
+    ("post", "/v1/deliveries/dead-letters/{id}/retry"),
 ];
 
 /// The OpenAPI document.
@@ -110,6 +113,7 @@ pub fn router(host: Arc<EngineHost>) -> Router {
         .merge(ui::routes())
         .merge(crate::auth::routes())
         .merge(sites::routes())
+        .merge(deliveries::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -492,6 +492,18 @@ impl PostgresStore {
         row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
     }
 
+    /// The id of the alert a transaction raised, if it raised one (here an alert's id is
+    /// its transaction's sequence number): how an e-mail links to the case.
+    pub async fn alert_id_of(&self, transaction_id: &str) -> Result<Option<i64>, PostgresError> {
+        let c = self.readers.get().await?;
+        let row = read(c.client.query_opt(
+            "SELECT a.id FROM transactions t JOIN alerts a ON a.id = t.seq WHERE t.id = $1",
+            &[&transaction_id],
+        ))
+        .await?;
+        row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
+    }
+
     /// A stored transaction with its decision and labels.
     pub async fn transaction(
         &self,
