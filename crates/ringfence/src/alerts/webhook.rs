@@ -49,6 +49,8 @@ const BATCH: usize = 256;
 /// Most alerts between the saved position and the newest one started (finished ones behind
 /// an unfinished one count): bounds memory and what a crash delivers again.
 const MAX_TRACKED: usize = 4096;
+/// How long a try in flight may go on once shutdown began.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Most of a response body read (for the error a dead letter keeps).
 const MAX_RESPONSE: usize = 4096;
 /// Most of a response body kept in an error message.
@@ -269,7 +271,17 @@ impl Webhook {
         let mut tries = 0;
         loop {
             tries += 1;
-            let (status, error) = match self.attempt(&body, &id).await {
+            // A try still hanging some time after shutdown began is given up (the alert stays
+            // owed), so a receiver that accepts and never answers cannot hold the node open.
+            let mut closed = closing.clone();
+            let attempt = tokio::select! {
+                a = self.attempt(&body, &id) => a,
+                _ = async {
+                    let _ = closed.wait_for(|c| *c).await;
+                    tokio::time::sleep(CLOSE_GRACE).await;
+                } => return false,
+            };
+            let (status, error) = match attempt {
                 Attempt::Delivered(_) => {
                     self.metrics.deliveries.add(&self.sink, "delivered", 1);
                     return true;
