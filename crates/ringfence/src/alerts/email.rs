@@ -162,18 +162,21 @@ impl Mailer {
         Ok(())
     }
 
-    /// The mail for `listed` alerts (plus `omitted` more raised but not listed).
-    async fn compose(&self, listed: &[OutboxAlert], omitted: usize) -> Mail {
+    /// The mail for `listed` alerts (plus `omitted` more raised but not listed; all of them
+    /// counted by decision in `by_decision`).
+    async fn compose(
+        &self,
+        listed: &[OutboxAlert],
+        omitted: usize,
+        by_decision: [usize; 4],
+    ) -> Mail {
         let mut with_links: Vec<(AlertEvent, Option<String>)> = Vec::with_capacity(listed.len());
         for a in listed {
             with_links.push((a.alert.clone(), self.link(&a.alert.transaction_id).await));
         }
         let subject = match (listed, omitted) {
             ([one], 0) => text::subject(&one.alert),
-            _ => {
-                let alerts: Vec<AlertEvent> = listed.iter().map(|a| a.alert.clone()).collect();
-                text::digest_subject(&alerts, omitted)
-            }
+            _ => text::digest_subject(by_decision),
         };
         Mail {
             subject,
@@ -199,6 +202,7 @@ impl Mailer {
     async fn run(self: Arc<Self>, mut feed: OutboxFeed) {
         let mut listed: Vec<OutboxAlert> = Vec::new();
         let mut omitted = 0usize;
+        let mut by_decision = [0usize; 4];
         let mut last_sent: Option<Instant> = None;
         let mut backoff = FIRST_BACKOFF;
         let mut closing = feed.closing_signal();
@@ -214,6 +218,7 @@ impl Mailer {
                             if !self.settings.filter.matches(&a.alert) {
                                 continue;
                             }
+                            by_decision[a.alert.decision as usize] += 1;
                             if listed.len() < self.settings.max_listed {
                                 listed.push(a);
                             } else {
@@ -255,7 +260,7 @@ impl Mailer {
                     continue; // gather what came meanwhile into the same mail
                 }
             }
-            let mail = self.compose(&listed, omitted).await;
+            let mail = self.compose(&listed, omitted, by_decision).await;
             let count = (listed.len() + omitted) as u64;
             match self.send(&mail).await {
                 Ok(()) => {
@@ -286,6 +291,7 @@ impl Mailer {
             // Everything read so far was mailed (or is not for mail).
             listed.clear();
             omitted = 0;
+            by_decision = [0; 4];
             backoff = FIRST_BACKOFF;
             last_sent = Some(Instant::now());
             feed.skip_to_read();

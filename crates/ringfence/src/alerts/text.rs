@@ -60,28 +60,17 @@ pub fn subject(a: &AlertEvent) -> String {
     format!("[Ringfence] {}", headline(a))
 }
 
-/// Subject of a digest: `[Ringfence] 37 alerts: 12 block, 25 review`.
-pub fn digest_subject(alerts: &[AlertEvent], omitted: usize) -> String {
-    let mut by = [0usize; 4];
-    for a in alerts {
-        by[a.decision as usize] += 1;
-    }
+/// Subject of a digest of `by_decision` alerts (counts indexed by [`Action`]):
+/// `[Ringfence] 37 alerts: 12 block, 25 review`.
+pub fn digest_subject(by_decision: [usize; 4]) -> String {
     let parts: Vec<String> = Action::ALL
         .iter()
         .rev()
-        .filter(|d| by[**d as usize] > 0)
-        .map(|d| format!("{} {}", by[*d as usize], d.as_str()))
+        .filter(|d| by_decision[**d as usize] > 0)
+        .map(|d| format!("{} {}", by_decision[*d as usize], d.as_str()))
         .collect();
-    let total = alerts.len() + omitted;
-    if omitted == 0 {
-        format!("[Ringfence] {total} alerts: {}", parts.join(", "))
-    } else {
-        format!(
-            "[Ringfence] {total} alerts (first {} listed: {})",
-            alerts.len(),
-            parts.join(", ")
-        )
-    }
+    let total: usize = by_decision.iter().sum();
+    format!("[Ringfence] {total} alerts: {}", parts.join(", "))
 }
 
 /// One alert's block in a mail body.
@@ -169,7 +158,9 @@ mod tests {
         assert!(s.contains("`t&lt;1&gt;`"), "{s}");
         assert!(s.contains("3 users &amp; 2 cards"), "{s}");
         assert!(s.ends_with("<https://rf.example/#/alerts/4|Open in Ringfence>"), "{s}");
-        let d = digest_subject(&[a.clone(), alert(Action::Review), a], 0);
-        assert_eq!(d, "[Ringfence] 3 alerts: 2 block, 1 review");
+        assert_eq!(
+            digest_subject([0, 1, 0, 2]),
+            "[Ringfence] 3 alerts: 2 block, 1 review"
+        );
     }
 }
