@@ -100,7 +100,9 @@ async fn chosen_alerts_are_mailed_with_subject_body_and_a_link_to_the_case() {
         m.header("Subject"),
         "[Ringfence] block: amount alert on user-m-1 (score 95)"
     );
-    assert!(m.header("To").contains("soc@rf.example") && m.header("To").contains("lead@rf.example"));
+    assert!(
+        m.header("To").contains("soc@rf.example") && m.header("To").contains("lead@rf.example")
+    );
     let body = m.body();
     let id = alert_id(&app, "m-1").await;
     for want in [
@@ -112,7 +114,10 @@ async fn chosen_alerts_are_mailed_with_subject_body_and_a_link_to_the_case() {
     ] {
         assert!(body.contains(want), "`{want}` missing from:\n{body}");
     }
-    assert!(!m.data.contains("4111111111111111"), "raw card number mailed");
+    assert!(
+        !m.data.contains("4111111111111111"),
+        "raw card number mailed"
+    );
 
     // A review (not chosen: the default is blocks only) and an approval are not mailed; the
     // block after them is, alone.
@@ -127,7 +132,11 @@ async fn chosen_alerts_are_mailed_with_subject_body_and_a_link_to_the_case() {
     );
     assert!(!mails[1].body().contains("m-2"), "a review was mailed");
     assert_eq!(
-        metric(&app, "ringfence_alert_deliveries_total{sink=\"email\",outcome=\"mail\"}").await,
+        metric(
+            &app,
+            "ringfence_alert_deliveries_total{sink=\"email\",outcome=\"mail\"}"
+        )
+        .await,
         2.0
     );
     app.stop().await;
@@ -150,11 +159,22 @@ async fn a_burst_of_alerts_becomes_one_digest() {
 
     // 30 alerts in one batch request, within the interval after the first mail.
     let body: String = (0..30)
-        .map(|i| tx(&format!("burst-{i}"), if i % 3 == 0 { 700.0 } else { 1500.0 }).to_string() + "\n")
+        .map(|i| {
+            tx(
+                &format!("burst-{i}"),
+                if i % 3 == 0 { 700.0 } else { 1500.0 },
+            )
+            .to_string()
+                + "\n"
+        })
         .collect();
     let r = app
         .client
-        .post(&app.url("/v1/transactions/batch"), "application/x-ndjson", body)
+        .post(
+            &app.url("/v1/transactions/batch"),
+            "application/x-ndjson",
+            body,
+        )
         .await
         .expect("batch");
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
@@ -167,11 +187,21 @@ async fn a_burst_of_alerts_becomes_one_digest() {
         "[Ringfence] 30 alerts: 20 block, 10 review"
     );
     let text = digest.body();
-    assert!(text.starts_with("Ringfence raised 30 alerts since its last mail"), "{text}");
+    assert!(
+        text.starts_with("Ringfence raised 30 alerts since its last mail"),
+        "{text}"
+    );
     assert_eq!(text.matches("Transaction: burst-").count(), 10, "{text}");
-    assert!(text.contains("... and 20 more alert(s) not listed here"), "{text}");
+    assert!(
+        text.contains("... and 20 more alert(s) not listed here"),
+        "{text}"
+    );
     assert_eq!(
-        metric(&app, "ringfence_alert_deliveries_total{sink=\"email\",outcome=\"delivered\"}").await,
+        metric(
+            &app,
+            "ringfence_alert_deliveries_total{sink=\"email\",outcome=\"delivered\"}"
+        )
+        .await,
         31.0
     );
     app.stop().await;
@@ -185,7 +215,13 @@ async fn a_relay_that_is_down_gets_the_mail_once_it_is_up() {
     pay(&app, "late-1", 1500.0).await;
     // Wait until a send has failed (nothing listens yet).
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while metric(&app, "ringfence_alert_deliveries_total{sink=\"email\",outcome=\"failed_attempt\"}").await < 1.0 {
+    while metric(
+        &app,
+        "ringfence_alert_deliveries_total{sink=\"email\",outcome=\"failed_attempt\"}",
+    )
+    .await
+        < 1.0
+    {
         assert!(std::time::Instant::now() < deadline, "no failed send seen");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -223,7 +259,10 @@ async fn a_refused_mail_is_a_dead_letter_that_a_retry_sends() {
     sink.refuse_recipients(false);
     let id = dl[0]["id"].as_i64().expect("id");
     let (status, v) = app
-        .post_json(&format!("/v1/deliveries/dead-letters/{id}/retry"), &json!({}))
+        .post_json(
+            &format!("/v1/deliveries/dead-letters/{id}/retry"),
+            &json!({}),
+        )
         .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["delivered"], true, "{v}");

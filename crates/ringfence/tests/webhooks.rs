@@ -120,11 +120,7 @@ fn assert_signed(r: &Received) {
 }
 
 async fn metric(app: &TestApp, line_start: &str) -> f64 {
-    let r = app
-        .client
-        .get(&app.url("/metrics"))
-        .await
-        .expect("metrics");
+    let r = app.client.get(&app.url("/metrics")).await.expect("metrics");
     let text = String::from_utf8_lossy(&r.body).into_owned();
     text.lines()
         .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
@@ -164,7 +160,11 @@ async fn alerts_arrive_signed_and_each_webhook_gets_only_what_it_chose() {
         &format!(
             "{}{}",
             hook("all", &all.url, ""),
-            hook("blocks", &blocks.url, "decisions = [\"block\"]\ntypes = [\"amount\"]")
+            hook(
+                "blocks",
+                &blocks.url,
+                "decisions = [\"block\"]\ntypes = [\"amount\"]"
+            )
         ),
     )
     .await;
@@ -188,9 +188,7 @@ async fn alerts_arrive_signed_and_each_webhook_gets_only_what_it_chose() {
     }
     assert!(!txs.contains(&"w-small".to_owned()), "an approval was sent");
 
-    let got_blocks = blocks
-        .wait_until("the two blocks", |g| g.len() >= 2)
-        .await;
+    let got_blocks = blocks.wait_until("the two blocks", |g| g.len() >= 2).await;
     let block_txs: Vec<String> = got_blocks.iter().map(tx_of).collect();
     assert_eq!(block_txs.len(), 2, "{block_txs:?}");
     assert!(block_txs.contains(&"w-big".to_owned()) && block_txs.contains(&"w-big-2".to_owned()));
@@ -262,7 +260,10 @@ async fn a_receiver_failing_twice_gets_the_alert_once_with_one_delivery_id() {
     );
     let id = tries[0].header("ringfence-delivery");
     assert!(tries.iter().all(|r| r.header("ringfence-delivery") == id));
-    assert!(tries.iter().all(|r| r.body == tries[0].body), "the body changed between tries");
+    assert!(
+        tries.iter().all(|r| r.body == tries[0].body),
+        "the body changed between tries"
+    );
     for r in &tries {
         assert_signed(r);
     }
@@ -295,9 +296,16 @@ async fn a_receiver_that_always_fails_leaves_a_dead_letter_that_a_retry_delivers
     assert_eq!(d["attempts"], 3);
     assert_eq!(d["last_status"], 500);
     assert_eq!(d["state"], "dead");
-    assert!(d["last_error"].as_str().unwrap_or("").starts_with("HTTP 500"), "{d}");
+    assert!(
+        d["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("HTTP 500"),
+        "{d}"
+    );
     assert_eq!(d["alert"]["transaction_id"], "d-1");
-    let payload: Value = serde_json::from_str(d["payload"].as_str().expect("payload")).expect("json");
+    let payload: Value =
+        serde_json::from_str(d["payload"].as_str().expect("payload")).expect("json");
     assert_eq!(payload["alert"]["transaction_id"], "d-1");
     // The dead letter is written after the last try: exactly three.
     assert_eq!(rx.received().len(), 3);
@@ -314,7 +322,10 @@ async fn a_receiver_that_always_fails_leaves_a_dead_letter_that_a_retry_delivers
     // Still failing: the retry says so and the record keeps the new answer.
     let id = d["id"].as_i64().expect("id");
     let (status, v) = app
-        .post_json(&format!("/v1/deliveries/dead-letters/{id}/retry"), &json!({}))
+        .post_json(
+            &format!("/v1/deliveries/dead-letters/{id}/retry"),
+            &json!({}),
+        )
         .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["delivered"], false);
@@ -324,7 +335,10 @@ async fn a_receiver_that_always_fails_leaves_a_dead_letter_that_a_retry_delivers
     // The receiver is back: the retry delivers it with the same delivery id, signed afresh.
     rx.answer(200);
     let (status, v) = app
-        .post_json(&format!("/v1/deliveries/dead-letters/{id}/retry"), &json!({}))
+        .post_json(
+            &format!("/v1/deliveries/dead-letters/{id}/retry"),
+            &json!({}),
+        )
         .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["delivered"], true, "{v}");
@@ -335,13 +349,19 @@ async fn a_receiver_that_always_fails_leaves_a_dead_letter_that_a_retry_delivers
     assert_eq!(got.len(), 5);
     let last = &got[4];
     assert_eq!(last.answered, 200);
-    assert_eq!(last.header("ringfence-delivery"), got[0].header("ringfence-delivery"));
+    assert_eq!(
+        last.header("ringfence-delivery"),
+        got[0].header("ringfence-delivery")
+    );
     assert_eq!(last.body, got[0].body);
     assert_signed(last);
 
     // Retrying a redelivered one sends nothing more.
     let (status, v) = app
-        .post_json(&format!("/v1/deliveries/dead-letters/{id}/retry"), &json!({}))
+        .post_json(
+            &format!("/v1/deliveries/dead-letters/{id}/retry"),
+            &json!({}),
+        )
         .await;
     assert_eq!((status, v["delivered"].clone()), (200, json!(true)));
     assert_eq!(rx.received().len(), 5);
@@ -362,7 +382,11 @@ async fn a_receiver_that_always_fails_leaves_a_dead_letter_that_a_retry_delivers
     let (status, v) = app
         .post_json("/v1/deliveries/dead-letters/abc/retry", &json!({}))
         .await;
-    assert_eq!((status, v["error"]["field"].clone()), (400, json!("id")), "{v}");
+    assert_eq!(
+        (status, v["error"]["field"].clone()),
+        (400, json!("id")),
+        "{v}"
+    );
     let (status, v) = app
         .post_json("/v1/deliveries/dead-letters/9999/retry", &json!({}))
         .await;
@@ -395,7 +419,10 @@ async fn a_400_is_not_retried() {
     assert_eq!(dl[0]["transaction_id"], "b-1");
     assert_eq!(dl[0]["attempts"], 1);
     assert_eq!(dl[0]["last_status"], 400);
-    assert!(dl[0]["last_error"].as_str().unwrap_or("").contains("receiver says no"));
+    assert!(dl[0]["last_error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("receiver says no"));
     app.stop().await;
 }
 
@@ -420,7 +447,10 @@ async fn the_slack_format_is_one_text_with_the_summary_and_reasons() {
     );
     assert!(text.contains("1500.00 (GB)"), "{text}");
     assert!(text.contains("`s-1`"), "{text}");
-    assert!(text.contains("Reasons: the amount 1500 is 1000 or more"), "{text}");
+    assert!(
+        text.contains("Reasons: the amount 1500 is 1000 or more"),
+        "{text}"
+    );
     // No secret configured: no signature, still an event and a delivery id.
     assert_eq!(got[0].header("ringfence-signature"), "");
     assert_eq!(got[0].header("ringfence-event"), "alert");
@@ -430,7 +460,9 @@ async fn the_slack_format_is_one_text_with_the_summary_and_reasons() {
 #[tokio::test]
 async fn a_stuck_receiver_holds_up_neither_the_others_nor_decisions() {
     // Accepts connections and never answers.
-    let stuck = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let stuck = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let stuck_url = format!("http://{}/hook", stuck.local_addr().expect("addr"));
     let held = tokio::spawn(async move {
         let mut open = Vec::new();

@@ -189,11 +189,11 @@ impl DeadLetters {
     /// One dead letter.
     pub async fn get(&self, id: i64) -> Result<Option<DeadLetter>, StoreError> {
         self.with(move |c| {
-            Ok(c.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM dead_letters WHERE id = ?1"
-            ))?
-            .query_row([id], dead_letter_row)
-            .optional()?)
+            Ok(
+                c.prepare_cached(&format!("SELECT {COLUMNS} FROM dead_letters WHERE id = ?1"))?
+                    .query_row([id], dead_letter_row)
+                    .optional()?,
+            )
         })
         .await
     }
@@ -222,11 +222,11 @@ impl DeadLetters {
                     params![id, status, error],
                 )?;
             }
-            Ok(c.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM dead_letters WHERE id = ?1"
-            ))?
-            .query_row([id], dead_letter_row)
-            .optional()?)
+            Ok(
+                c.prepare_cached(&format!("SELECT {COLUMNS} FROM dead_letters WHERE id = ?1"))?
+                    .query_row([id], dead_letter_row)
+                    .optional()?,
+            )
         })
         .await
     }

@@ -101,9 +101,7 @@ impl Mailer {
             SmtpSecurity::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host)
                 .map_err(|e| format!("email: TLS setup failed: {e}"))?,
         };
-        let mut builder = builder
-            .port(settings.port)
-            .timeout(Some(settings.timeout));
+        let mut builder = builder.port(settings.port).timeout(Some(settings.timeout));
         if let Some((user, password)) = &settings.credentials {
             builder =
                 builder.credentials(Credentials::new(user.clone(), password.expose().to_owned()));
@@ -327,4 +325,3 @@ impl Mailer {
         true
     }
 }
-

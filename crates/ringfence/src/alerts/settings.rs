@@ -386,7 +386,9 @@ fn check_http_url(table: &str, url: &str) -> Result<(), ConfigError> {
     }
     match url.parse::<hyper::Uri>() {
         Ok(u) if u.host().is_some() => Ok(()),
-        _ => Err(ConfigError::Invalid(format!("{table}.url is not a valid URL"))),
+        _ => Err(ConfigError::Invalid(format!(
+            "{table}.url is not a valid URL"
+        ))),
     }
 }
 
@@ -418,9 +420,10 @@ pub fn resolve_email(file: Option<EmailFile>) -> Result<Option<EmailSettings>, C
     }
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-            let port = p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
-                ConfigError::Invalid(format!("email.url: `{p}` is not a port"))
-            })?;
+            let port =
+                p.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+                    ConfigError::Invalid(format!("email.url: `{p}` is not a port"))
+                })?;
             (h, port)
         }
         _ => (authority, default_port),
@@ -495,8 +498,8 @@ mod tests {
 
     #[test]
     fn webhooks_are_checked_by_table_and_key() {
-        let ok = resolve_webhooks(vec![hook("https://hooks.example/x")], None, None)
-            .expect("valid");
+        let ok =
+            resolve_webhooks(vec![hook("https://hooks.example/x")], None, None).expect("valid");
         assert_eq!(ok[0].name, "webhook-1");
         assert_eq!(ok[0].attempts, 8);
         let err = |w: WebhookFile| {

@@ -19,7 +19,13 @@ pub fn signature(secret: &[u8], unix_secs: i64, body: &[u8]) -> String {
 
 /// Whether `header` is a valid signature of `body` under `secret`, made no more than
 /// `tolerance_secs` away from `now_secs`. Compares in constant time.
-pub fn verify(secret: &[u8], header: &str, body: &[u8], now_secs: i64, tolerance_secs: i64) -> bool {
+pub fn verify(
+    secret: &[u8],
+    header: &str,
+    body: &[u8],
+    now_secs: i64,
+    tolerance_secs: i64,
+) -> bool {
     let mut t = None;
     let mut v1 = Vec::new();
     for part in header.split(',') {
@@ -93,12 +99,48 @@ mod tests {
             header,
             "t=1700000000,v1=38877139021993b830af32feea6e18a8da83eb2f6e49ee50bd9e4cf4ca4d3789"
         );
-        assert!(verify(b"whsec_test", &header, br#"{"a":1}"#, 1_700_000_100, 300));
+        assert!(verify(
+            b"whsec_test",
+            &header,
+            br#"{"a":1}"#,
+            1_700_000_100,
+            300
+        ));
         // Another body, another key, a stale time or a mangled header all fail.
-        assert!(!verify(b"whsec_test", &header, br#"{"a":2}"#, 1_700_000_000, 300));
-        assert!(!verify(b"other", &header, br#"{"a":1}"#, 1_700_000_000, 300));
-        assert!(!verify(b"whsec_test", &header, br#"{"a":1}"#, 1_700_001_000, 300));
-        assert!(!verify(b"whsec_test", "t=1700000000,v1=zz", br#"{"a":1}"#, 1_700_000_000, 300));
-        assert!(!verify(b"whsec_test", "v1=00", br#"{"a":1}"#, 1_700_000_000, 300));
+        assert!(!verify(
+            b"whsec_test",
+            &header,
+            br#"{"a":2}"#,
+            1_700_000_000,
+            300
+        ));
+        assert!(!verify(
+            b"other",
+            &header,
+            br#"{"a":1}"#,
+            1_700_000_000,
+            300
+        ));
+        assert!(!verify(
+            b"whsec_test",
+            &header,
+            br#"{"a":1}"#,
+            1_700_001_000,
+            300
+        ));
+        assert!(!verify(
+            b"whsec_test",
+            "t=1700000000,v1=zz",
+            br#"{"a":1}"#,
+            1_700_000_000,
+            300
+        ));
+        assert!(!verify(
+            b"whsec_test",
+            "v1=00",
+            br#"{"a":1}"#,
+            1_700_000_000,
+            300
+        ));
     }
 }

@@ -154,10 +154,16 @@ mod tests {
             "[Ringfence] block: ring alert on u-17 (score 95)"
         );
         let s = slack(&a, Some("https://rf.example/#/alerts/4"));
-        assert!(s.starts_with("*Ringfence block: ring alert on u-17 (score 95)*"), "{s}");
+        assert!(
+            s.starts_with("*Ringfence block: ring alert on u-17 (score 95)*"),
+            "{s}"
+        );
         assert!(s.contains("`t&lt;1&gt;`"), "{s}");
         assert!(s.contains("3 users &amp; 2 cards"), "{s}");
-        assert!(s.ends_with("<https://rf.example/#/alerts/4|Open in Ringfence>"), "{s}");
+        assert!(
+            s.ends_with("<https://rf.example/#/alerts/4|Open in Ringfence>"),
+            "{s}"
+        );
         assert_eq!(
             digest_subject([0, 1, 0, 2]),
             "[Ringfence] 3 alerts: 2 block, 1 review"

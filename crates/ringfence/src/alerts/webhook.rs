@@ -287,7 +287,9 @@ impl Webhook {
                     return true;
                 }
                 Attempt::Permanent { status, error } => {
-                    return self.dead_letter(&item, body, tries, Some(status), error).await;
+                    return self
+                        .dead_letter(&item, body, tries, Some(status), error)
+                        .await;
                 }
                 Attempt::Retry {
                     status,
@@ -480,7 +482,6 @@ fn snippet(body: &[u8]) -> String {
     s.trim().to_owned()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,10 +489,16 @@ mod tests {
     #[test]
     fn statuses_are_classified_as_the_receivers_contract_says() {
         assert_eq!(classify(204, None, ""), Attempt::Delivered(204));
-        assert!(matches!(classify(400, None, "bad"), Attempt::Permanent { status: 400, .. }));
+        assert!(matches!(
+            classify(400, None, "bad"),
+            Attempt::Permanent { status: 400, .. }
+        ));
         assert!(matches!(classify(410, None, ""), Attempt::Permanent { .. }));
         for s in [408, 429, 500, 503, 302] {
-            assert!(matches!(classify(s, None, ""), Attempt::Retry { .. }), "{s}");
+            assert!(
+                matches!(classify(s, None, ""), Attempt::Retry { .. }),
+                "{s}"
+            );
         }
         assert_eq!(snippet(b"line\none"), "line one");
     }

@@ -526,9 +526,11 @@ impl SqliteStore {
     /// thread.
     pub fn outbox_end(&self) -> Result<i64, StoreError> {
         self.read_blocking(|c| {
-            Ok(c.query_row("SELECT COALESCE(MAX(seq), 0) FROM alert_outbox", [], |r| {
-                r.get(0)
-            })?)
+            Ok(
+                c.query_row("SELECT COALESCE(MAX(seq), 0) FROM alert_outbox", [], |r| {
+                    r.get(0)
+                })?,
+            )
         })
     }
 

@@ -69,7 +69,11 @@ async fn take(
     });
     (
         StatusCode::from_u16(status).expect("status"),
-        if status < 300 { "ok" } else { "receiver says no" },
+        if status < 300 {
+            "ok"
+        } else {
+            "receiver says no"
+        },
     )
 }
 
@@ -80,9 +84,7 @@ impl Receiver {
             default,
             ..Inner::default()
         }));
-        let app = Router::new()
-            .fallback(take)
-            .with_state(Arc::clone(&inner));
+        let app = Router::new().fallback(take).with_state(Arc::clone(&inner));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind receiver");
@@ -113,7 +115,11 @@ impl Receiver {
     }
 
     /// Waits until `pred` holds for the requests so far (15 s at most), and returns them.
-    pub async fn wait_until(&self, what: &str, pred: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        pred: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let got = self.received();

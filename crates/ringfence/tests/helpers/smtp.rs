@@ -45,7 +45,11 @@ impl Mail {
     /// The body, decoded from quoted-printable or base64 when the message says so.
     pub fn body(&self) -> String {
         let raw = self.data.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        match self.header("Content-Transfer-Encoding").to_ascii_lowercase().as_str() {
+        match self
+            .header("Content-Transfer-Encoding")
+            .to_ascii_lowercase()
+            .as_str()
+        {
             "quoted-printable" => decode_qp(raw),
             "base64" => {
                 use base64::Engine;
@@ -157,7 +161,11 @@ async fn session(stream: TcpStream, inner: Arc<Mutex<Inner>>) {
     let mut lines = BufReader::new(read);
     let mut from = String::new();
     let mut to = Vec::new();
-    if write.write_all(b"220 sink.test ESMTP ready\r\n").await.is_err() {
+    if write
+        .write_all(b"220 sink.test ESMTP ready\r\n")
+        .await
+        .is_err()
+    {
         return;
     }
     let mut line = String::new();
