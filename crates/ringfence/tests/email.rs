@@ -8,7 +8,7 @@ mod helpers;
 use std::path::Path;
 use std::time::Duration;
 
-use helpers::services::free_port;
+use helpers::services::{free_port, PostgresServer};
 use helpers::smtp::SmtpSink;
 use helpers::{spawn_app_with, TestApp};
 use serde_json::{json, Value};
@@ -33,6 +33,10 @@ reason = "the amount {tx.amount} is 500 or more"
 "#;
 
 async fn start(dir: &Path, port: u16, extra: &str) -> TestApp {
+    start_with(dir, port, extra, None).await
+}
+
+async fn start_with(dir: &Path, port: u16, extra: &str, postgres: Option<String>) -> TestApp {
     let rules = dir.join("rules.toml");
     std::fs::write(&rules, RULES).expect("rules");
     let config = dir.join("ringfence.toml");
@@ -46,6 +50,7 @@ async fn start(dir: &Path, port: u16, extra: &str) -> TestApp {
     spawn_app_with(&dir.join("data"), |a| {
         a.rules = Some(rules);
         a.config = Some(config);
+        a.postgres = postgres.map(ringfence::config::Secret::new);
     })
     .await
 }
@@ -268,5 +273,31 @@ async fn a_refused_mail_is_a_dead_letter_that_a_retry_sends() {
     assert_eq!(v["delivered"], true, "{v}");
     let mails = sink.wait_for(1).await;
     assert!(mails[0].header("Subject").contains("user-refused-1"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn in_production_mode_the_link_is_the_alert_every_node_shows() {
+    let pg = PostgresServer::start();
+    let sink = SmtpSink::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let app = start_with(dir.path(), sink.port, "interval_secs = 0", Some(pg.url())).await;
+    // Approvals first: PostgreSQL's alert id (the transaction's sequence number there) then
+    // differs from the id this node's buffer gave the alert (1).
+    for i in 0..3 {
+        pay(&app, &format!("pg-ok-{i}"), 10.0).await;
+    }
+    pay(&app, "pg-mail-1", 1500.0).await;
+    let mails = sink.wait_for(1).await;
+    // The id the dashboard lists (from PostgreSQL), not this node's buffer's.
+    let id = alert_id(&app, "pg-mail-1").await;
+    assert_ne!(id, 1, "the test cannot tell the two ids apart");
+    let body = mails[0].body();
+    assert!(
+        body.contains(&format!(
+            "Case:        https://rf.example/#/alerts/{id}\r\n"
+        )),
+        "{body}"
+    );
     app.stop().await;
 }

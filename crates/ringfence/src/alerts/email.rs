@@ -40,6 +40,8 @@ const BATCH: usize = 512;
 const MAX_ROUND: usize = 100_000;
 /// First wait after a failed send; doubled up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest a mail waits for its alerts to reach PostgreSQL (production mode) for their links.
+const LINK_WAIT: Duration = Duration::from_secs(3);
 /// Longest wait between two tries.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -168,9 +170,11 @@ impl Mailer {
         omitted: usize,
         by_decision: [usize; 4],
     ) -> Mail {
+        let deadline = Instant::now() + LINK_WAIT;
         let mut with_links: Vec<(AlertEvent, Option<String>)> = Vec::with_capacity(listed.len());
         for a in listed {
-            with_links.push((a.alert.clone(), self.link(&a.alert.transaction_id).await));
+            let link = self.link(&a.alert.transaction_id, deadline).await;
+            with_links.push((a.alert.clone(), link));
         }
         let subject = match (listed, omitted) {
             ([one], 0) => text::subject(&one.alert),
@@ -183,16 +187,25 @@ impl Mailer {
     }
 
     /// The dashboard address of the alert a transaction raised, when the dashboard's base
-    /// address is configured and the alert is found.
-    async fn link(&self, transaction_id: &str) -> Option<String> {
+    /// address is configured and the alert is found. In production mode the dashboard shows
+    /// PostgreSQL's alert ids, and the record may still be on its way there from this node's
+    /// buffer: the lookup is repeated until `deadline` (shared by a mail's alerts).
+    async fn link(&self, transaction_id: &str, deadline: Instant) -> Option<String> {
         let base = self.public_url.as_deref()?;
-        match self.records.alert_id_of(transaction_id).await {
-            Ok(Some(id)) => Some(format!("{base}/#/alerts/{id}")),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, "looking up an alert for its link failed; mailed without it");
-                None
+        loop {
+            match self.records.alert_id_of(transaction_id).await {
+                Ok(Some(id)) => return Some(format!("{base}/#/alerts/{id}")),
+                Ok(None) if matches!(self.records, Records::Postgres { .. }) => {}
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "looking up an alert for its link failed; mailed without it");
+                    return None;
+                }
             }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
