@@ -539,3 +539,27 @@ async fn delivery_resumes_after_a_restart_without_losing_an_alert() {
     assert!(dead_letters(&app, "?state=all").await.is_empty());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn https_goes_through_tls_and_a_failed_handshake_is_retried_then_dead_lettered() {
+    // A plain-HTTP receiver behind an https:// URL: the TLS handshake fails (no trusted
+    // certificate, not TLS at all), which is a failure worth retrying, never a crash.
+    let rx = Receiver::start(200).await;
+    let url = rx.url.replace("http://", "https://");
+    let dir = tempfile::tempdir().expect("dir");
+    let app = start(dir.path(), &hook("tls", &url, "attempts = 2")).await;
+    pay(&app, "t-1", 1500.0).await;
+    let dl = wait_dead_letters(&app, 1).await;
+    assert_eq!(dl[0]["attempts"], 2);
+    assert!(dl[0]["last_status"].is_null(), "{}", dl[0]);
+    let error = dl[0]["last_error"].as_str().unwrap_or("");
+    assert!(!error.is_empty());
+    assert!(
+        !error.contains("/hook"),
+        "the URL leaked into the error: {error}"
+    );
+    // It never reached the receiver as HTTP.
+    assert!(rx.received().is_empty());
+    eprintln!("tls failure: {error}");
+    app.stop().await;
+}

@@ -551,6 +551,24 @@ mod tests {
     }
 
     #[test]
+    fn the_flag_webhook_is_named_cli_and_nothing_secret_prints() {
+        let hooks = resolve_webhooks(
+            vec![],
+            Some(Secret::new("https://hooks.example/T0K3N-in-path")),
+            Some(Secret::new("hunter2-hunter2-hunter2")),
+        )
+        .expect("valid");
+        assert_eq!(hooks[0].name, "cli");
+        assert_eq!(hooks[0].format, WebhookFormat::Json);
+        let printed = format!("{hooks:?}");
+        assert!(
+            !printed.contains("T0K3N") && !printed.contains("hunter2"),
+            "{printed}"
+        );
+        assert!(resolve_webhooks(vec![], None, Some(Secret::new("x"))).is_err());
+    }
+
+    #[test]
     fn email_urls_and_addresses_are_checked() {
         let base = EmailFile {
             url: Some("smtp://127.0.0.1:2525".into()),
