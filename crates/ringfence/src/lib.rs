@@ -5,7 +5,8 @@
 //! - [`startup`]: [`startup::Application`]: build (bind, rebuild state), run, shut down.
 //! - [`host`]: [`host::EngineHost`]: the engine, the order of decisions and durable writes.
 //! - [`http`]: the API, one module per resource.
-//! - [`alerts`]: alerts out of the engine (Redis keys and channels).
+//! - [`alerts`]: alerts out of the engine: Redis keys and channels, signed webhooks (Slack
+//!   too) with retries and dead letters, e-mail digests over SMTP.
 //! - [`auth`]: who is calling: roles, sign-in, API keys.
 //! - [`shared`]: several nodes as one: the shared log in Redis and each node's replica.
 //! - [`sites`]: active-active sites: records replicated between stores' nodes, both ways.

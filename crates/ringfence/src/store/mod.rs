@@ -55,7 +55,7 @@ pub struct TxRecord {
     /// Its decision.
     pub decision: DecisionRecord,
     /// The alert it raises for external sinks (JSON), if any: written to the local outbox in
-    /// the same commit as the record, delivered from there (see `alerts::redis`).
+    /// the same commit as the record, delivered from there by every sink (see `alerts::outbox`).
     pub alert_event: Option<String>,
     /// Receipt lines its return put in conflict with a return accepted at another store:
     /// each is stored once (by its key) and raised as a `duplicate_return_across_sites` alert.
