@@ -151,11 +151,11 @@ async fn chosen_alerts_are_mailed_with_subject_body_and_a_link_to_the_case() {
 async fn a_burst_of_alerts_becomes_one_digest() {
     let sink = SmtpSink::start().await;
     let dir = tempfile::tempdir().expect("dir");
-    // Reviews too; a 3 s interval: the burst lands well within it.
+    // Reviews too; a 5 s interval: the burst lands well within it.
     let app = start(
         dir.path(),
         sink.port,
-        "interval_secs = 3\nmax_listed = 10\ndecisions = [\"review\", \"block\"]",
+        "interval_secs = 5\nmax_listed = 10\ndecisions = [\"review\", \"block\"]",
     )
     .await;
     pay(&app, "first", 1500.0).await;
