@@ -8,7 +8,7 @@
 //! restart rebuild exactly the same state. The queue place is reserved before scoring, so a
 //! full queue turns a request away before it changes any state.
 
-mod cases;
+pub mod cases;
 mod photos;
 mod reload;
 mod sites;
