@@ -99,7 +99,7 @@
     ctx.signal.addEventListener("abort", () => cy.destroy());
     let busy = false;
 
-    const layout = () => cy.layout({ name: "cose", animate: false, randomize: false, nodeRepulsion: () => 9000, idealEdgeLength: () => 70, fit: true, padding: 20 }).run();
+    const layout = () => cy.layout({ name: "cose", animate: false, randomize: false, nodeRepulsion: () => 400000, idealEdgeLength: () => 90, nodeOverlap: 20, numIter: 1500, fit: true, padding: 20 }).run();
     const show = () => {
       count.textContent = `${cy.nodes().length} node(s), ${cy.edges().length} link(s)${cy.nodes().length >= MAX_NODES ? " (cap reached)" : ""}`;
       container.dataset.nodes = String(cy.nodes().length);
@@ -113,6 +113,11 @@
         const g = await api.get(`/v1/graph/${encodeURIComponent(nodeType)}/${encodeURIComponent(nodeId)}?limit=${PER_EXPAND}`, ctx.signal);
         if (!ctx.live) return;
         const added = [];
+        // New nodes start on a ring around the node they came from, so the layout unfolds
+        // them from there instead of from one point.
+        const from = cy.getElementById(g.center);
+        const origin = from.nonempty() ? from.position() : { x: 0, y: 0 };
+        const spread = Math.max(g.nodes.length, 1);
         for (const n of g.nodes) {
           const existing = cy.getElementById(n.id);
           if (existing.nonempty()) {
@@ -120,7 +125,9 @@
             continue;
           }
           if (cy.nodes().length + added.length >= MAX_NODES) break;
-          added.push({ group: "nodes", data: { id: n.id, type: n.type, label: n.label, fraud: n.fraud, alerts: n.alerts } });
+          const angle = (2 * Math.PI * added.length) / spread;
+          added.push({ group: "nodes", data: { id: n.id, type: n.type, label: n.label, fraud: n.fraud, alerts: n.alerts },
+            position: { x: origin.x + 80 * Math.cos(angle), y: origin.y + 80 * Math.sin(angle) } });
         }
         const has = (nid) => cy.getElementById(nid).nonempty() || added.some((a) => a.data.id === nid);
         for (const e of g.edges) {
