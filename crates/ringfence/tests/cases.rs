@@ -57,26 +57,39 @@ async fn the_queue_puts_untaken_risky_work_first_and_pages_without_gaps() {
     let dir = tempfile::tempdir().expect("dir");
     let app = spawn_app_with(dir.path(), |_| {}).await;
     for i in 0..60 {
-        let (status, d) = app.post_json("/v1/transactions", &mixed_tx("q", 10, i)).await;
+        let (status, d) = app
+            .post_json("/v1/transactions", &mixed_tx("q", 10, i))
+            .await;
         assert_eq!(status, 200, "{d}");
     }
     let (_, all) = app.get("/v1/cases?limit=500").await;
     let all = all["cases"].as_array().expect("cases").clone();
-    assert!(all.len() >= 10, "the mixed stream raises alerts: {}", all.len());
-    let scores: std::collections::BTreeSet<i64> =
-        all.iter().map(|c| c["score"].as_f64().unwrap_or(0.0) as i64).collect();
+    assert!(
+        all.len() >= 10,
+        "the mixed stream raises alerts: {}",
+        all.len()
+    );
+    let scores: std::collections::BTreeSet<i64> = all
+        .iter()
+        .map(|c| c["score"].as_f64().unwrap_or(0.0) as i64)
+        .collect();
     assert!(scores.len() >= 2, "alerts of different scores: {scores:?}");
 
     // Take one case and close another: the closed one sinks to the bottom, the assigned one
     // comes after every open case.
     let low = all.last().expect("a case")["id"].as_i64().expect("id");
     let top = all[0]["id"].as_i64().expect("id");
-    let (status, body) = app.post_json(&format!("/v1/cases/{low}/assign"), &json!({})).await;
+    let (status, body) = app
+        .post_json(&format!("/v1/cases/{low}/assign"), &json!({}))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["case"]["status"], "assigned");
     assert_eq!(body["case"]["assignee"], "dev");
     let (status, body) = app
-        .post_json(&format!("/v1/cases/{top}/close"), &json!({"verdict": "false_positive"}))
+        .post_json(
+            &format!("/v1/cases/{top}/close"),
+            &json!({"verdict": "false_positive"}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
 
@@ -131,7 +144,10 @@ async fn the_queue_puts_untaken_risky_work_first_and_pages_without_gaps() {
     assert_eq!(open.len(), all.len() - 2);
     assert!(open.iter().all(|c| c["status"] == "open"));
     let (_, closed) = app.get("/v1/cases?status=closed").await;
-    assert_eq!(ids(closed["cases"].as_array().expect("cases")), vec![json!(top)]);
+    assert_eq!(
+        ids(closed["cases"].as_array().expect("cases")),
+        vec![json!(top)]
+    );
     let (_, newest) = app.get("/v1/cases?sort=newest&limit=500").await;
     let newest: Vec<i64> = newest["cases"]
         .as_array()
@@ -182,7 +198,10 @@ async fn closing_as_fraud_labels_the_transaction_feeds_the_ring_and_is_audited()
         .collect();
     assert!(hits.contains(&"shared_device"), "{case}");
     let entities = case["entities"].as_array().expect("entities");
-    assert!(entities.contains(&json!({"type": "device", "id": "cf-device"})), "{case}");
+    assert!(
+        entities.contains(&json!({"type": "device", "id": "cf-device"})),
+        "{case}"
+    );
 
     // Bad verdicts are refused, naming the field, and change nothing.
     for (body, field) in [
@@ -190,23 +209,34 @@ async fn closing_as_fraud_labels_the_transaction_feeds_the_ring_and_is_audited()
         (json!({}), "verdict"),
         (json!({"verdict": "fraud", "severity": 3}), "severity"),
         (json!({"verdict": "fraud", "note": 7}), "note"),
-        (json!({"verdict": "fraud", "note": "x".repeat(2001)}), "note"),
+        (
+            json!({"verdict": "fraud", "note": "x".repeat(2001)}),
+            "note",
+        ),
     ] {
         let (status, err) = app.post_json(&format!("/v1/cases/{id}/close"), &body).await;
         assert_eq!(status, 400, "{body}: {err}");
         assert_eq!(err["error"]["field"], field, "{err}");
     }
-    let bad = app.post(&format!("/v1/cases/{id}/close"), "{not json").await;
+    let bad = app
+        .post(&format!("/v1/cases/{id}/close"), "{not json")
+        .await;
     assert_eq!(bad.status, 400);
-    let (status, _) = app.post_json("/v1/cases/999999/close", &json!({"verdict": "fraud"})).await;
+    let (status, _) = app
+        .post_json("/v1/cases/999999/close", &json!({"verdict": "fraud"}))
+        .await;
     assert_eq!(status, 404);
-    let (status, err) = app.post_json("/v1/cases/abc/close", &json!({"verdict": "fraud"})).await;
+    let (status, err) = app
+        .post_json("/v1/cases/abc/close", &json!({"verdict": "fraud"}))
+        .await;
     assert_eq!(status, 400);
     assert_eq!(err["error"]["field"], "id");
     let (_, unchanged) = app.get(&format!("/v1/transactions/{tx}")).await;
     assert_eq!(unchanged["labels"], json!([]), "{unchanged}");
 
-    let (status, assigned) = app.post_json(&format!("/v1/cases/{id}/assign"), &json!({})).await;
+    let (status, assigned) = app
+        .post_json(&format!("/v1/cases/{id}/assign"), &json!({}))
+        .await;
     assert_eq!(status, 200, "{assigned}");
     let (status, closed) = app
         .post_json(
@@ -241,15 +271,23 @@ async fn closing_as_fraud_labels_the_transaction_feeds_the_ring_and_is_audited()
         )
         .await;
     assert_eq!(status, 200);
-    assert!(joined.to_string().contains("ring_with_confirmed_fraud"), "{joined}");
+    assert!(
+        joined.to_string().contains("ring_with_confirmed_fraud"),
+        "{joined}"
+    );
 
     // Closing again is a conflict, and stores no second label.
     let (status, again) = app
-        .post_json(&format!("/v1/cases/{id}/close"), &json!({"verdict": "false_positive"}))
+        .post_json(
+            &format!("/v1/cases/{id}/close"),
+            &json!({"verdict": "false_positive"}),
+        )
         .await;
     assert_eq!(status, 409, "{again}");
     assert_eq!(again["error"]["code"], "conflict");
-    let (status, _) = app.post_json(&format!("/v1/cases/{id}/assign"), &json!({})).await;
+    let (status, _) = app
+        .post_json(&format!("/v1/cases/{id}/assign"), &json!({}))
+        .await;
     assert_eq!(status, 409);
     let (_, stored) = app.get(&format!("/v1/transactions/{tx}")).await;
     assert_eq!(stored["labels"].as_array().map(Vec::len), Some(1));
@@ -274,7 +312,10 @@ async fn closing_as_fraud_labels_the_transaction_feeds_the_ring_and_is_audited()
     assert_eq!(rows[0]["action"], "case.close");
     assert_eq!(rows[0]["detail"]["verdict"], "fraud");
     assert_eq!(rows[0]["detail"]["transaction_id"], tx.as_str());
-    assert!(rows[0]["at"].as_str().is_some_and(|t| t.starts_with("20")), "{audit}");
+    assert!(
+        rows[0]["at"].as_str().is_some_and(|t| t.starts_with("20")),
+        "{audit}"
+    );
     let (_, by_actor) = app.get("/v1/audit?actor=dev&limit=1").await;
     assert_eq!(by_actor["audit"].as_array().map(Vec::len), Some(1));
     assert_eq!(by_actor["audit"][0]["id"], rows[0]["id"]);
@@ -289,18 +330,29 @@ async fn a_false_positive_after_reopening_replaces_the_fraud_label() {
     let app = spawn_app_with(dir.path(), |_| {}).await;
     let (tx, id) = ring(&app, "fp").await;
 
-    let (status, _) = app.post_json(&format!("/v1/cases/{id}/reopen"), &json!({})).await;
+    let (status, _) = app
+        .post_json(&format!("/v1/cases/{id}/reopen"), &json!({}))
+        .await;
     assert_eq!(status, 409, "an open case cannot be reopened");
     let (status, _) = app
-        .post_json(&format!("/v1/cases/{id}/close"), &json!({"verdict": "fraud"}))
+        .post_json(
+            &format!("/v1/cases/{id}/close"),
+            &json!({"verdict": "fraud"}),
+        )
         .await;
     assert_eq!(status, 200);
-    let (status, reopened) = app.post_json(&format!("/v1/cases/{id}/reopen"), &json!({})).await;
+    let (status, reopened) = app
+        .post_json(&format!("/v1/cases/{id}/reopen"), &json!({}))
+        .await;
     assert_eq!(status, 200, "{reopened}");
     assert_eq!(reopened["case"]["status"], "open");
     assert!(reopened["case"]["verdict"].is_null());
     let (_, queue) = app.get("/v1/cases?status=open").await;
-    assert!(queue["cases"].as_array().expect("cases").iter().any(|c| c["id"] == id));
+    assert!(queue["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .any(|c| c["id"] == id));
 
     let (status, closed) = app
         .post_json(
@@ -342,10 +394,22 @@ async fn of_concurrent_closes_exactly_one_wins() {
     let closes = bodies.iter().map(|body| app.post_json(&path, body));
     let results = futures_util::future::join_all(closes).await;
     let statuses: Vec<u16> = results.iter().map(|(s, _)| *s).collect();
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 409).count(), 5, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 409).count(),
+        5,
+        "{statuses:?}"
+    );
     let (_, stored) = app.get(&format!("/v1/transactions/{tx}")).await;
-    assert_eq!(stored["labels"].as_array().map(Vec::len), Some(1), "{stored}");
+    assert_eq!(
+        stored["labels"].as_array().map(Vec::len),
+        Some(1),
+        "{stored}"
+    );
     app.stop().await;
 }
 
@@ -369,12 +433,20 @@ async fn in_production_mode_a_case_closed_on_one_node_is_closed_on_every_node() 
     let url = server.url();
     let dir_a = tempfile::tempdir().expect("dir");
     let dir_b = tempfile::tempdir().expect("dir");
-    let a = spawn_app_with(dir_a.path(), |args| args.postgres = Some(Secret::new(url.clone()))).await;
-    let b = spawn_app_with(dir_b.path(), |args| args.postgres = Some(Secret::new(url.clone()))).await;
+    let a = spawn_app_with(dir_a.path(), |args| {
+        args.postgres = Some(Secret::new(url.clone()))
+    })
+    .await;
+    let b = spawn_app_with(dir_b.path(), |args| {
+        args.postgres = Some(Secret::new(url.clone()))
+    })
+    .await;
     let (tx, _) = ring(&a, "pg").await;
     // The alert's id is PostgreSQL's, the same on both nodes once shipped.
     let queue = eventually(&b, "/v1/cases", |q| {
-        q["cases"].as_array().is_some_and(|c| c.iter().any(|c| c["transaction_id"] == tx.as_str()))
+        q["cases"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["transaction_id"] == tx.as_str()))
     })
     .await;
     let id = queue["cases"]
@@ -384,7 +456,10 @@ async fn in_production_mode_a_case_closed_on_one_node_is_closed_on_every_node() 
         .expect("case id");
 
     let (status, closed) = a
-        .post_json(&format!("/v1/cases/{id}/close"), &json!({"verdict": "fraud", "note": "ring"}))
+        .post_json(
+            &format!("/v1/cases/{id}/close"),
+            &json!({"verdict": "fraud", "note": "ring"}),
+        )
         .await;
     assert_eq!(status, 200, "{closed}");
     let (status, seen) = b.get(&format!("/v1/cases/{id}")).await;
@@ -393,7 +468,10 @@ async fn in_production_mode_a_case_closed_on_one_node_is_closed_on_every_node() 
     assert_eq!(seen["case"]["verdict"], "fraud");
     assert_eq!(seen["audit"][0]["action"], "case.close");
     let (status, again) = b
-        .post_json(&format!("/v1/cases/{id}/close"), &json!({"verdict": "false_positive"}))
+        .post_json(
+            &format!("/v1/cases/{id}/close"),
+            &json!({"verdict": "false_positive"}),
+        )
         .await;
     assert_eq!(status, 409, "{again}");
     let labelled = eventually(&b, &format!("/v1/transactions/{tx}"), |t| {
@@ -404,7 +482,9 @@ async fn in_production_mode_a_case_closed_on_one_node_is_closed_on_every_node() 
     assert_eq!(labelled["labels"][0]["source"], "analyst:dev");
 
     // Reopened on B, closed concurrently on both: one wins.
-    let (status, _) = b.post_json(&format!("/v1/cases/{id}/reopen"), &json!({})).await;
+    let (status, _) = b
+        .post_json(&format!("/v1/cases/{id}/reopen"), &json!({}))
+        .await;
     assert_eq!(status, 200);
     let path = format!("/v1/cases/{id}/close");
     let body = json!({"verdict": "fraud"});

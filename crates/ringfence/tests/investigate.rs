@@ -72,7 +72,11 @@ async fn search_finds_each_kind_and_hashes_card_numbers() {
     ] {
         let (status, found) = app.get(&format!("/v1/search?q={q}")).await;
         assert_eq!(status, 200, "{q}: {found}");
-        assert_eq!(types_of(&found), vec![(kind.to_owned(), q.to_owned())], "{q}: {found}");
+        assert_eq!(
+            types_of(&found),
+            vec![(kind.to_owned(), q.to_owned())],
+            "{q}: {found}"
+        );
         assert_eq!(found["results"][0]["transactions"], 1, "{found}");
         assert!(found["results"][0]["last_seen"].is_string(), "{found}");
         assert_eq!(found["hashed"], false);
@@ -95,7 +99,10 @@ async fn search_finds_each_kind_and_hashes_card_numbers() {
         // The token is the card of the stored transaction, whose page it opens.
         let (status, stored) = app.get("/v1/transactions/s-3").await;
         assert_eq!(status, 200);
-        assert_eq!(stored["transaction"]["card_id"].as_str(), Some(hits[0].1.as_str()));
+        assert_eq!(
+            stored["transaction"]["card_id"].as_str(),
+            Some(hits[0].1.as_str())
+        );
     }
     let (status, card) = app.get(&format!("/v1/entities/card/{PAN}")).await;
     assert_eq!(status, 200, "{card}");
@@ -111,7 +118,11 @@ async fn search_finds_each_kind_and_hashes_card_numbers() {
         );
     }
 
-    for path in ["/v1/search", "/v1/search?q=", &format!("/v1/search?q={}", "x".repeat(200))] {
+    for path in [
+        "/v1/search",
+        "/v1/search?q=",
+        &format!("/v1/search?q={}", "x".repeat(200)),
+    ] {
         let (status, err) = app.get(path).await;
         assert_eq!(status, 400, "{path}: {err}");
         assert_eq!(err["error"]["field"], "q");
@@ -153,7 +164,10 @@ async fn the_graph_of_a_ring_links_users_through_shared_devices_and_cards() {
         assert_eq!(status, 200, "{d}");
     }
     let (status, label) = app
-        .post_json("/v1/labels", &json!({"transaction_id": "g-1", "label": "fraud"}))
+        .post_json(
+            "/v1/labels",
+            &json!({"transaction_id": "g-1", "label": "fraud"}),
+        )
         .await;
     assert_eq!(status, 201, "{label}");
 
@@ -169,7 +183,10 @@ async fn the_graph_of_a_ring_links_users_through_shared_devices_and_cards() {
     assert_eq!(nodes[0], "device:d-a");
     let mut sorted = nodes.clone();
     sorted.sort_unstable();
-    assert_eq!(sorted, ["card:c-1", "card:c-2", "device:d-a", "user:u1", "user:u2"]);
+    assert_eq!(
+        sorted,
+        ["card:c-1", "card:c-2", "device:d-a", "user:u1", "user:u2"]
+    );
     let node = |id: &str| -> Value {
         g["nodes"]
             .as_array()
@@ -182,7 +199,11 @@ async fn the_graph_of_a_ring_links_users_through_shared_devices_and_cards() {
     assert_eq!(node("user:u2")["fraud"], false);
     assert_eq!(node("user:u2")["type"], "user");
     assert_eq!(node("user:u2")["label"], "u2");
-    assert_eq!(node("user:u2")["alerts"], 1, "the second user on the device is alerted");
+    assert_eq!(
+        node("user:u2")["alerts"],
+        1,
+        "the second user on the device is alerted"
+    );
     let has_edge = |a: &str, b: &str| {
         g["edges"].as_array().expect("edges").iter().any(|e| {
             (e["source"] == a && e["target"] == b) || (e["source"] == b && e["target"] == a)
@@ -196,7 +217,10 @@ async fn the_graph_of_a_ring_links_users_through_shared_devices_and_cards() {
     // Expanding u2 reaches the shared card and, through it, nothing of u4.
     let (_, g2) = app.get("/v1/graph/user/u2").await;
     let ids = g2.to_string();
-    assert!(ids.contains("card:c-x") && ids.contains("device:d-b"), "{g2}");
+    assert!(
+        ids.contains("card:c-x") && ids.contains("device:d-b"),
+        "{g2}"
+    );
     assert!(!ids.contains("u4"));
     let (_, g3) = app.get("/v1/graph/card/c-x").await;
     assert!(g3.to_string().contains("user:u3"), "{g3}");

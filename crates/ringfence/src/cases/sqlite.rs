@@ -190,7 +190,12 @@ impl SqliteCases {
             let rows = stmt.query_map(params_from_iter(params.iter().map(to_sql)), |r| {
                 let status: String = r.get(9)?;
                 let verdict: Option<String> = r.get(11)?;
-                Ok((alert_row(r), status, r.get::<_, Option<String>>(10)?, verdict))
+                Ok((
+                    alert_row(r),
+                    status,
+                    r.get::<_, Option<String>>(10)?,
+                    verdict,
+                ))
             })?;
             let mut out = Vec::new();
             for row in rows {
@@ -218,7 +223,8 @@ impl SqliteCases {
     ) -> Result<bool, StoreError> {
         let case = case.clone();
         self.write(move |t| {
-            let changed = t.prepare_cached(&format!(
+            let changed = t
+                .prepare_cached(&format!(
                 "INSERT INTO cases ({CASE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT (alert_id) DO UPDATE SET
                     status = excluded.status, assignee = excluded.assignee,
@@ -227,19 +233,19 @@ impl SqliteCases {
                     updated_at = excluded.updated_at, version = excluded.version
                  WHERE cases.version = ?11"
             ))?
-            .execute(params![
-                case.id,
-                case.transaction_id,
-                case.status.as_str(),
-                case.assignee,
-                case.verdict.map(Verdict::as_str),
-                case.note,
-                case.closed_by,
-                case.closed_at.map(Timestamp::millis),
-                case.updated_at.map_or(0, Timestamp::millis),
-                case.version,
-                expected,
-            ])?;
+                .execute(params![
+                    case.id,
+                    case.transaction_id,
+                    case.status.as_str(),
+                    case.assignee,
+                    case.verdict.map(Verdict::as_str),
+                    case.note,
+                    case.closed_by,
+                    case.closed_at.map(Timestamp::millis),
+                    case.updated_at.map_or(0, Timestamp::millis),
+                    case.version,
+                    expected,
+                ])?;
             // A first write (expected 0) that met a row inserted meanwhile updates nothing:
             // stored versions start at 1.
             if changed != 1 {

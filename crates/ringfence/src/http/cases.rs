@@ -290,17 +290,23 @@ async fn close(
             "expected an object with `verdict` and optional `note`".into(),
         ));
     };
-    if let Some(unknown) = fields.keys().find(|k| !["verdict", "note"].contains(&k.as_str())) {
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !["verdict", "note"].contains(&k.as_str()))
+    {
         let name: String = unknown.chars().take(64).collect();
         return Err(FieldError::new(name, "is not a field of a verdict").into());
     }
     let verdict = match fields.get("verdict") {
         None | Some(Value::Null) => {
-            return Err(FieldError::new("verdict", "is required (`fraud` or `false_positive`)").into())
+            return Err(
+                FieldError::new("verdict", "is required (`fraud` or `false_positive`)").into(),
+            )
         }
-        Some(v) => v.as_str().and_then(Verdict::parse).ok_or_else(|| {
-            FieldError::new("verdict", "must be `fraud` or `false_positive`")
-        })?,
+        Some(v) => v
+            .as_str()
+            .and_then(Verdict::parse)
+            .ok_or_else(|| FieldError::new("verdict", "must be `fraud` or `false_positive`"))?,
     };
     let note = match fields.get("note") {
         None | Some(Value::Null) => None,

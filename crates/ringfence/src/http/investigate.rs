@@ -34,7 +34,10 @@ pub struct SearchQuery {
 
 /// The digits of `q` when it looks like a card number (spaces and dashes allowed).
 pub fn card_number(q: &str) -> Option<String> {
-    if !q.bytes().all(|b| b.is_ascii_digit() || b == b' ' || b == b'-') {
+    if !q
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b == b' ' || b == b'-')
+    {
         return None;
     }
     let digits: String = q.chars().filter(char::is_ascii_digit).collect();
@@ -71,7 +74,9 @@ async fn search(
         })));
     }
     let hits = investigate::search(records, q).await.map_err(map)?;
-    Ok(Json(json!({ "query": q, "hashed": false, "results": hits })))
+    Ok(Json(
+        json!({ "query": q, "hashed": false, "results": hits }),
+    ))
 }
 
 /// `limit` of the graph.

@@ -125,7 +125,10 @@ pub fn entities_of(tx: &Transaction) -> Vec<(&'static str, String)> {
 }
 
 /// When a transaction id was stored (its event time), if it was.
-pub async fn transaction_seen(records: &Records, id: &str) -> Result<Option<Timestamp>, StoreError> {
+pub async fn transaction_seen(
+    records: &Records,
+    id: &str,
+) -> Result<Option<Timestamp>, StoreError> {
     match records {
         Records::Sqlite(s) => sqlite::transaction_seen(s, id.to_owned()).await,
         Records::Postgres { local, shared } => {
@@ -139,7 +142,10 @@ pub async fn transaction_seen(records: &Records, id: &str) -> Result<Option<Time
 }
 
 /// How many transactions name `entity` (`kind:id`, capped) and when it was last seen.
-pub async fn entity_seen(records: &Records, entity: &str) -> Result<(i64, Option<Timestamp>), StoreError> {
+pub async fn entity_seen(
+    records: &Records,
+    entity: &str,
+) -> Result<(i64, Option<Timestamp>), StoreError> {
     match records {
         Records::Sqlite(s) => sqlite::entity_seen(s, entity.to_owned()).await,
         Records::Postgres { local, shared } => match postgres::entity_seen(shared, entity).await {
@@ -280,7 +286,10 @@ pub fn graph(
             let node = nodes.entry(key.clone()).or_insert_with(|| GraphNode {
                 id: key.clone(),
                 kind: (*k).to_owned(),
-                label: key.split_once(':').map_or(key.as_str(), |(_, i)| i).to_owned(),
+                label: key
+                    .split_once(':')
+                    .map_or(key.as_str(), |(_, i)| i)
+                    .to_owned(),
                 fraud: false,
                 alerts: 0,
                 transactions: 0,
@@ -361,8 +370,7 @@ pub(crate) const STATS_SQL: &str = "SELECT COUNT(*),
            JOIN transactions t ON t.seq = e.seq) x";
 
 /// The statement of an entity's newest transactions with their latest labels.
-pub(crate) const HISTORY_SQL: &str =
-    "SELECT t.id, t.ts, t.amount, t.action, t.score, t.event,
+pub(crate) const HISTORY_SQL: &str = "SELECT t.id, t.ts, t.amount, t.action, t.score, t.event,
             (SELECT l.fraud FROM labels l WHERE l.transaction_id = t.id
              ORDER BY l.seq DESC LIMIT 1)
      FROM tx_entities e JOIN transactions t ON t.seq = e.seq

@@ -68,8 +68,7 @@ pub async fn entity_history(
     limit: u32,
 ) -> Result<Vec<EntityTx>, StoreError> {
     let c = store.session().await?;
-    let rows =
-        Session::timed(c.query(&pg_sql(HISTORY_SQL), &[&entity, &i64::from(limit)])).await?;
+    let rows = Session::timed(c.query(&pg_sql(HISTORY_SQL), &[&entity, &i64::from(limit)])).await?;
     rows.iter()
         .map(|r| {
             let event: String = r.try_get(5).map_err(pg)?;

@@ -28,8 +28,13 @@ async fn an_analyst_opens_an_alert_from_the_queue_and_confirms_fraud() {
     let id = alerts["alerts"][0]["id"].as_i64().expect("an alert");
     assert_eq!(alerts["alerts"][0]["transaction_id"], "ui-1");
 
-    let out: Value =
-        browser::run("alerts.mjs", &app.base, ("admin", "unused"), &[&id.to_string()]).await;
+    let out: Value = browser::run(
+        "alerts.mjs",
+        &app.base,
+        ("admin", "unused"),
+        &[&id.to_string()],
+    )
+    .await;
     assert_eq!(out["status"], "closed", "{out}");
     assert!(out["hits"].to_string().contains("shared_device"), "{out}");
 
@@ -38,7 +43,10 @@ async fn an_analyst_opens_an_alert_from_the_queue_and_confirms_fraud() {
     let labels = stored["labels"].as_array().expect("labels");
     let verdicts: Vec<bool> = labels.iter().filter_map(|l| l["fraud"].as_bool()).collect();
     assert_eq!(verdicts, [true, false, true], "{stored}");
-    assert!(labels.iter().all(|l| l["source"] == "analyst:dev"), "{stored}");
+    assert!(
+        labels.iter().all(|l| l["source"] == "analyst:dev"),
+        "{stored}"
+    );
     assert_eq!(labels[2]["note"], "confirmed after a call");
     // And the audit trail has every action, with who and when.
     let (_, audit) = app.get(&format!("/v1/audit?target=case:{id}")).await;
@@ -46,9 +54,21 @@ async fn an_analyst_opens_an_alert_from_the_queue_and_confirms_fraud() {
     let actions: Vec<&str> = rows.iter().filter_map(|r| r["action"].as_str()).collect();
     assert_eq!(
         actions,
-        ["case.close", "case.reopen", "case.close", "case.reopen", "case.close", "case.assign"]
+        [
+            "case.close",
+            "case.reopen",
+            "case.close",
+            "case.reopen",
+            "case.close",
+            "case.assign"
+        ]
     );
-    assert!(rows.iter().all(|r| r["actor"] == "dev" && r["at"].is_string()));
-    assert_eq!(rows[4]["detail"]["note"], "cardholder confirms it was not them");
+    assert!(rows
+        .iter()
+        .all(|r| r["actor"] == "dev" && r["at"].is_string()));
+    assert_eq!(
+        rows[4]["detail"]["note"],
+        "cardholder confirms it was not them"
+    );
     app.stop().await;
 }

@@ -31,7 +31,10 @@ async fn an_analyst_expands_a_node_of_the_ring_graph() {
         assert_eq!(status, 200, "{d}");
     }
     let (status, _) = app
-        .post_json("/v1/labels", &json!({"transaction_id": "r-1", "label": "fraud"}))
+        .post_json(
+            "/v1/labels",
+            &json!({"transaction_id": "r-1", "label": "fraud"}),
+        )
         .await;
     assert_eq!(status, 201);
 
@@ -48,7 +51,10 @@ async fn an_analyst_expands_a_node_of_the_ring_graph() {
 
     // What the page drew is what the API gives for the two neighbourhoods.
     let mut expected = BTreeSet::new();
-    for path in ["/v1/graph/device/ring-dev?limit=60", "/v1/graph/user/ring-u2?limit=60"] {
+    for path in [
+        "/v1/graph/device/ring-dev?limit=60",
+        "/v1/graph/user/ring-u2?limit=60",
+    ] {
         let (status, g) = app.get(path).await;
         assert_eq!(status, 200, "{g}");
         for n in g["nodes"].as_array().expect("nodes") {
@@ -69,7 +75,10 @@ async fn an_analyst_expands_a_node_of_the_ring_graph() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert!(fraud.contains(&"user:ring-u1") && fraud.contains(&"card:ring-c1"), "{out}");
+    assert!(
+        fraud.contains(&"user:ring-u1") && fraud.contains(&"card:ring-c1"),
+        "{out}"
+    );
     assert!(!fraud.contains(&"user:ring-u2"), "{out}");
     app.stop().await;
 }
