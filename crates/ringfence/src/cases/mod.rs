@@ -371,7 +371,8 @@ pub fn target(id: i64) -> String {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum QueueSort {
     /// The default, what a fraud team works down: untaken cases first, then assigned, then
-    /// closed; within each, the riskiest (highest score) first, then the newest.
+    /// closed; within each, the riskiest (highest score) first, then the newest. Closed cases
+    /// alone (`status=closed`) are listed newest first.
     #[default]
     Priority,
     /// Newest alert first.
@@ -486,6 +487,18 @@ pub fn queue_sql(q: &QueueQuery, ph: fn(usize) -> String) -> (String, Vec<Param>
     let rank =
         "(CASE COALESCE(c.status, 'open') WHEN 'open' THEN 0 WHEN 'assigned' THEN 1 ELSE 2 END)";
     let mut wheres: Vec<String> = Vec::new();
+    // Closed cases pile up for as long as the team works: ranking them all by score would
+    // sort every one of them per page, and a rank within "closed" means nothing. Under the
+    // default order they are listed newest first (an index walk).
+    let sort = match (q.sort, q.status) {
+        (QueueSort::Priority, Some(CaseStatus::Closed)) => QueueSort::Newest,
+        (sort, _) => sort,
+    };
+    // The cases table's key orders the cases-table lists (its status index holds it).
+    let id_col = match q.status {
+        Some(CaseStatus::Assigned | CaseStatus::Closed) => "c.alert_id",
+        _ => "a.id",
+    };
     let from = match q.status {
         // Taken or decided cases are few next to alerts: list them from the cases table.
         Some(s @ (CaseStatus::Assigned | CaseStatus::Closed)) => {
@@ -499,7 +512,7 @@ pub fn queue_sql(q: &QueueQuery, ph: fn(usize) -> String) -> (String, Vec<Param>
             if q.status == Some(CaseStatus::Open) {
                 wheres.push("(c.status IS NULL OR c.status = 'open')".into());
             }
-            match q.sort {
+            match sort {
                 QueueSort::Newest => "alerts a LEFT JOIN cases c ON c.alert_id = a.id".to_owned(),
                 _ => format!(
                     "(SELECT * FROM alerts ORDER BY id DESC LIMIT {QUEUE_WINDOW}) a \
@@ -508,23 +521,23 @@ pub fn queue_sql(q: &QueueQuery, ph: fn(usize) -> String) -> (String, Vec<Param>
             }
         }
     };
-    let order = match q.sort {
-        QueueSort::Priority => format!("{rank}, a.score DESC, a.id DESC"),
-        QueueSort::Newest => "a.id DESC".to_owned(),
-        QueueSort::Risk => "a.score DESC, a.id DESC".to_owned(),
+    let order = match sort {
+        QueueSort::Priority => format!("{rank}, a.score DESC, {id_col} DESC"),
+        QueueSort::Newest => format!("{id_col} DESC"),
+        QueueSort::Risk => format!("a.score DESC, {id_col} DESC"),
     };
     if let Some(c) = q.before {
         let id = bind(Param::Int(c.id));
-        match q.sort {
-            QueueSort::Newest => wheres.push(format!("a.id < {id}")),
+        match sort {
+            QueueSort::Newest => wheres.push(format!("{id_col} < {id}")),
             QueueSort::Risk | QueueSort::Priority if c.score.is_infinite() => {
-                wheres.push(format!("a.id < {id}"))
+                wheres.push(format!("{id_col} < {id}"))
             }
             QueueSort::Risk => {
                 let s1 = bind(Param::Real(c.score));
                 let s2 = bind(Param::Real(c.score));
                 wheres.push(format!(
-                    "(a.score < {s1} OR (a.score = {s2} AND a.id < {id}))"
+                    "(a.score < {s1} OR (a.score = {s2} AND {id_col} < {id}))"
                 ));
             }
             QueueSort::Priority => {
@@ -533,7 +546,7 @@ pub fn queue_sql(q: &QueueQuery, ph: fn(usize) -> String) -> (String, Vec<Param>
                 // The rank is a parsed number (0..=2), written as a literal.
                 let r = c.rank;
                 wheres.push(format!(
-                    "({rank} > {r} OR ({rank} = {r} AND (a.score < {s1} OR (a.score = {s2} AND a.id < {id}))))"
+                    "({rank} > {r} OR ({rank} = {r} AND (a.score < {s1} OR (a.score = {s2} AND {id_col} < {id}))))"
                 ));
             }
         }

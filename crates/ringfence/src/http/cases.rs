@@ -4,7 +4,8 @@
 //! - `GET /v1/cases?status=&sort=&limit=&before=`: the queue. The default order
 //!   (`sort=priority`) is what a fraud team works down: cases nobody has taken first, then
 //!   assigned ones, then closed; within each the riskiest (highest score) first, then the
-//!   newest. `newest` and `risk` are the other orders. `before` takes the `next` cursor of the
+//!   newest (closed cases alone, `status=closed`, newest first). `newest` and `risk` are the
+//!   other orders. `before` takes the `next` cursor of the
 //!   previous page (or, for `newest`, an alert id).
 //! - `GET /v1/cases/{id}`: the alert, its transaction, the full decision (reasons, rule
 //!   hits, the model's contributions), the photo check, the current label, links to its
