@@ -8,6 +8,9 @@
 //! - [`alerts`]: alerts out of the engine: Redis keys and channels, signed webhooks (Slack
 //!   too) with retries and dead letters, e-mail digests over SMTP.
 //! - [`auth`]: who is calling: roles, sign-in, API keys.
+//! - [`cases`]: analysts' cases on alerts (assign, close with a verdict, reopen) and the
+//!   audit trail of what people did.
+//! - [`investigate`]: search, entity risk profiles and the link graph, from stored records.
 //! - [`shared`]: several nodes as one: the shared log in Redis and each node's replica.
 //! - [`sites`]: active-active sites: records replicated between stores' nodes, both ways.
 //! - [`store`]: records (transactions, decisions, alerts, labels); [`store::sqlite`] embedded.
@@ -25,6 +28,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod bench;
+pub mod cases;
 pub mod client;
 pub mod config;
 pub mod demo;
@@ -34,6 +38,7 @@ pub mod export;
 pub mod host;
 pub mod http;
 pub mod ingest;
+pub mod investigate;
 pub mod metrics;
 pub mod metrics_eval;
 pub mod models;

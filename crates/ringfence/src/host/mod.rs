@@ -8,6 +8,7 @@
 //! restart rebuild exactly the same state. The queue place is reserved before scoring, so a
 //! full queue turns a request away before it changes any state.
 
+pub mod cases;
 mod photos;
 mod reload;
 mod sites;
@@ -264,6 +265,8 @@ pub struct EngineHost {
     site: Option<Arc<crate::sites::Site>>,
     /// Fingerprint of the card-hash key (sites check they share the key).
     key_fingerprint: String,
+    /// Analysts' cases and the audit trail (beside the records, in the same database).
+    cases: crate::cases::CaseBook,
 }
 
 /// Wall-clock time now.
@@ -512,6 +515,7 @@ impl EngineHost {
             crate::photo::PhotoStore::open(&settings.data)
                 .map_err(|e| StartError::Photos(e.to_string()))?,
         );
+        let cases = crate::cases::CaseBook::open(&store)?;
         let latency = Histogram::new_with_bounds(1, 60_000_000, 3)
             .unwrap_or_else(|_| unreachable!("static histogram bounds are valid"));
         Ok(Arc::new(EngineHost {
@@ -567,6 +571,7 @@ impl EngineHost {
             ),
             site,
             key_fingerprint: key_fingerprint.as_str().to_owned(),
+            cases,
         }))
     }
 

@@ -92,6 +92,26 @@ pub struct LabelRecord {
     pub labeled_at: Timestamp,
 }
 
+/// The entity keys (`kind:id`) a transaction is indexed under, for entity pages, search and
+/// the link graph. Both stores write the same keys; a receipt is an entity too, so a search
+/// for a receipt finds its purchase and returns.
+pub fn entity_keys(tx: &Transaction) -> Vec<String> {
+    let receipt = tx.retail.as_ref().and_then(|r| r.receipt_id.as_ref());
+    [
+        ("card", tx.card_id.as_ref()),
+        ("user", tx.user_id.as_ref()),
+        ("device", tx.device_id.as_ref()),
+        ("ip", tx.ip.as_ref()),
+        ("merchant", tx.merchant.as_ref()),
+        ("terminal", tx.terminal_id.as_ref()),
+        ("store", tx.store_id.as_ref()),
+        ("receipt", receipt),
+    ]
+    .into_iter()
+    .filter_map(|(kind, id)| id.map(|id| format!("{kind}:{}", id.as_str())))
+    .collect()
+}
+
 /// One write, in engine order.
 #[derive(Debug)]
 pub enum WriteOp {

@@ -179,6 +179,11 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// The database file (modules with tables of their own, such as cases, open it too).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The write side.
     pub fn writer(&self) -> &Writer {
         &self.writer
@@ -805,18 +810,8 @@ fn write_group(
                         );
                         continue;
                     }
-                    for (kind, id) in [
-                        ("card", &tx.card_id),
-                        ("user", &tx.user_id),
-                        ("device", &tx.device_id),
-                        ("ip", &tx.ip),
-                        ("merchant", &tx.merchant),
-                        ("terminal", &tx.terminal_id),
-                        ("store", &tx.store_id),
-                    ] {
-                        if let Some(id) = id {
-                            ins_entity.execute(params![format!("{kind}:{}", id.as_str()), seq])?;
-                        }
+                    for entity in super::entity_keys(tx) {
+                        ins_entity.execute(params![entity, seq])?;
                     }
                     if let Some(event) = &rec.alert_event {
                         ins_outbox.execute(params![seq, event])?;

@@ -9,5 +9,7 @@
 #[path = "../helpers/mod.rs"]
 mod helpers;
 
+mod alerts;
 mod browser;
+mod investigate;
 mod shell;
