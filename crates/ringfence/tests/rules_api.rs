@@ -149,6 +149,19 @@ async fn an_activated_rule_fires_on_the_next_transaction_and_survives_a_restart(
     let (status, v) = put(&app, "/v1/rules", &json!({ "source": source })).await;
     assert_eq!((status, &v["changed"]), (200, &json!(false)), "{v}");
     assert_eq!(v["version"], version, "{v}");
+    // The audit trail has the activation, once, with who and what it changed.
+    let (status, trail) = app.get("/v1/audit?target=rules:in_force").await;
+    assert_eq!(status, 200, "{trail}");
+    let rows = trail["audit"].as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{trail}");
+    assert_eq!(
+        (&rows[0]["actor"], &rows[0]["action"]),
+        (&json!("dev"), &json!("rule.activate")),
+        "{trail}"
+    );
+    assert_eq!(rows[0]["detail"]["added"], json!(["huge"]), "{trail}");
+    assert_eq!(rows[0]["detail"]["removed"], json!([]), "{trail}");
+    assert_eq!(rows[0]["detail"]["version"], version, "{trail}");
     app.stop().await;
 
     // A restart on the same data directory starts from the activated rules.
@@ -180,6 +193,12 @@ async fn a_broken_source_is_refused_and_the_old_rules_stay() {
     assert_eq!(
         after, before,
         "the rules in force and their version are unchanged"
+    );
+    let (_, trail) = app.get("/v1/audit?target=rules:in_force").await;
+    assert_eq!(
+        trail["audit"],
+        json!([]),
+        "a refused change is not an action: {trail}"
     );
     assert!(
         !dir.path().join("rules.toml").exists(),
@@ -295,6 +314,17 @@ async fn a_rules_mode_flips_in_its_file_keeping_comments() {
         .post_json("/v1/rules/huge/mode", &json!({"mode": "active"}))
         .await;
     assert_eq!((status, &v["changed"]), (200, &json!(false)), "{v}");
+    // Both changes are in the audit trail under the rule, newest first.
+    let (_, trail) = app.get("/v1/audit?target=rule:huge").await;
+    let modes: Vec<&Value> = trail["audit"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| &r["detail"]["mode"])
+        .collect();
+    assert_eq!(modes, [&json!("active"), &json!("shadow")], "{trail}");
+    assert_eq!(trail["audit"][0]["action"], "rule.mode", "{trail}");
+    assert_eq!(trail["audit"][0]["actor"], "dev", "{trail}");
 
     let (status, v) = app
         .post_json("/v1/rules/nope/mode", &json!({"mode": "shadow"}))

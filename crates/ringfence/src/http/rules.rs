@@ -2,6 +2,9 @@
 //! backtests, activation and a rule's mode; reloads of the file; the feature catalog rules
 //! and models can use.
 //!
+//! Activations and mode changes are written to the audit trail (`rule.activate` on
+//! `rules:in_force` with the rules added, removed and edited; `rule.mode` on `rule:<name>`).
+//!
 //! Every rule error has one shape wherever it comes from (a reload, a validation, an
 //! activation): a 422 `invalid_rules` with `errors: [{rule, line, column, message}]`, lines
 //! and columns counted in the text that was sent (or the file that was read).
@@ -140,15 +143,65 @@ async fn activate(
     let source = body
         .source
         .ok_or_else(|| FieldError::new("source", "is required"))?;
+    let before = cx.host.active_rules();
     let activated = cx
         .host
         .activate_rules(source, new_rules_mode)
         .await
         .map_err(activate_error)?;
     tracing::info!(actor = %who.name, version = activated.version, rules = activated.rules, changed = activated.changed, "rules activated");
-    // audit: record `rules.activate` by `who` (name, role), target "rules", detail
-    // {version, rules, changed, new_rules_mode}, once the audit trail module lands.
+    if activated.changed {
+        let mut detail = changes(&before, &cx.host.active_rules());
+        detail["version"] = json!(activated.version);
+        detail["rules"] = json!(activated.rules);
+        detail["new_rules_mode"] = json!(new_rules_mode);
+        audit(&cx, &who, "rule.activate", RULES_TARGET, detail).await;
+    }
     Ok(Json(json!(activated)))
+}
+
+/// The audit trail's target for changes of the whole rule set (one rule's: `rule:<name>`).
+const RULES_TARGET: &str = "rules:in_force";
+
+/// Rules added, removed and edited (condition, score, action, mode, reason, category or
+/// description) between two rule sets, by name.
+fn changes(before: &RuleSet, after: &RuleSet) -> serde_json::Value {
+    let same = |a: &ringfence_core::rules::Rule, b: &ringfence_core::rules::Rule| {
+        a.when == b.when
+            && a.weight == b.weight
+            && a.action == b.action
+            && a.mode == b.mode
+            && a.reason == b.reason
+            && a.category == b.category
+            && a.description == b.description
+    };
+    let names =
+        |set: &RuleSet, pick: &dyn Fn(&ringfence_core::rules::Rule) -> bool| -> Vec<String> {
+            set.rules()
+                .iter()
+                .filter(|r| pick(r))
+                .map(|r| r.name.clone())
+                .collect()
+        };
+    json!({
+        "added": names(after, &|r| before.get(&r.name).is_none()),
+        "removed": names(before, &|r| after.get(&r.name).is_none()),
+        "edited": names(after, &|r| before.get(&r.name).is_some_and(|b| !same(b, r))),
+    })
+}
+
+/// Records a rules change in the audit trail. The change is in force whatever happens here,
+/// so a failure to record it is logged (loudly) rather than reported as a failed change.
+async fn audit(
+    cx: &ApiContext,
+    who: &Principal,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+) {
+    if let Err(e) = cx.host.audit(who, action, target, detail).await {
+        tracing::error!(error = %e, action, target, actor = %who.name, "the audit trail could not record a rules change that is in force");
+    }
 }
 
 /// `POST /v1/rules/{name}/mode` body.
@@ -181,8 +234,10 @@ async fn set_mode(
         .await
         .map_err(activate_error)?;
     tracing::info!(actor = %who.name, rule = %name, mode = mode.as_str(), version = activated.version, "rule mode set");
-    // audit: record `rules.mode` by `who` (name, role), target `rule:<name>`, detail
-    // {mode, version, changed}, once the audit trail module lands.
+    if activated.changed {
+        let detail = json!({ "mode": mode, "version": activated.version });
+        audit(&cx, &who, "rule.mode", &format!("rule:{name}"), detail).await;
+    }
     Ok(Json(json!({
         "name": name,
         "mode": mode,
