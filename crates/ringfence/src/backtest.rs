@@ -150,6 +150,10 @@ pub struct Report {
     pub rules: Vec<RuleResult>,
     /// Wall time the backtest took, reading included.
     pub elapsed_ms: u64,
+    /// True when the history read is this node's records only: with shared state in Redis
+    /// and records in each node's own SQLite, the other nodes' transactions (and so their
+    /// share of every feature) are missing. Records in PostgreSQL are every node's.
+    pub this_node_only: bool,
 }
 
 /// A backtest fed one history item at a time (the store streams them in apply order).
@@ -319,6 +323,7 @@ impl Backtest {
             labelled_in_window: labelled,
             rules,
             elapsed_ms,
+            this_node_only: false,
         }
     }
 }

@@ -483,6 +483,7 @@ async fn backtest_story(app: &TestApp) {
         .count();
     assert_eq!(r["fraud_labels_in_window"], fraud_in_window as u64, "{r}");
     assert!(r["elapsed_ms"].is_u64(), "{r}");
+    assert_eq!(r["this_node_only"], false, "{r}");
     let got = |v: &Value| Hand {
         hits: v["hits"].as_u64().unwrap_or(u64::MAX),
         fraud: v["confirmed_fraud"].as_u64().unwrap_or(u64::MAX),
@@ -654,6 +655,12 @@ async fn activation_reaches_every_node_through_the_shared_log() {
         source["source"], HUGE,
         "b shows the text in force: {source}"
     );
+    // Each node stores the transactions it decided: a backtest says it saw only those.
+    let (status, r) = b
+        .post_json("/v1/rules/backtest", &json!({ "source": HUGE }))
+        .await;
+    assert_eq!((status, &r["this_node_only"]), (200, &json!(true)), "{r}");
+    assert_eq!(r["history_transactions"], 1, "b decided n1 only: {r}");
 
     let (status, v) = b
         .post_json("/v1/rules/huge/mode", &json!({"mode": "shadow"}))

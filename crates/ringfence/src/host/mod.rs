@@ -1241,7 +1241,7 @@ impl EngineHost {
         candidate: ringfence_core::rules::RuleSet,
         hours: u32,
     ) -> Result<crate::backtest::Report, crate::backtest::BacktestError> {
-        crate::backtest::run(
+        let mut report = crate::backtest::run(
             &self.backtests,
             self.store.clone(),
             self.settings.engine,
@@ -1249,7 +1249,10 @@ impl EngineHost {
             self.active_rules(),
             hours,
         )
-        .await
+        .await?;
+        // Nodes sharing state in Redis each store only the transactions they decided.
+        report.this_node_only = self.shared.is_some() && matches!(self.store, Records::Sqlite(_));
+        Ok(report)
     }
 
     /// Engine-side statistics.

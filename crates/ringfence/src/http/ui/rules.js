@@ -181,7 +181,10 @@
           : el("td", { class: "muted num" }, "—"),
         el("td", {}, samples(rule.samples)));
     });
-    return el("div", { id: "rules-backtest-result" }, summary,
+    const partial = r.this_node_only
+      ? el("p", { class: "error" }, "Only this node's records were replayed: with shared state and records in each node's own store, the other nodes' transactions are missing, so features and hits are undercounted. Store records in PostgreSQL (--postgres) for a backtest over every node.")
+      : "";
+    return el("div", { id: "rules-backtest-result" }, summary, partial,
       el("div", { class: "scroll" }, el("table", {},
         el("thead", {}, el("tr", {},
           el("th", {}, "Rule"), el("th", {}, "Mode"), el("th", { class: "num" }, "Hits"),
