@@ -235,7 +235,10 @@
 
       /** Runs one action on the text with the buttons disabled; 422s become the error list. */
       async function act(label, fn) {
-        if (busy) return;
+        if (busy) {
+          say("Another action is still running; try again when it has finished.");
+          return;
+        }
         busy = true;
         for (const b of buttons) b.disabled = true;
         say(`${label}…`);
