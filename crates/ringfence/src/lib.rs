@@ -7,6 +7,7 @@
 //! - [`http`]: the API, one module per resource.
 //! - [`alerts`]: alerts out of the engine (Redis keys and channels).
 //! - [`auth`]: who is calling: roles, sign-in, API keys.
+//! - [`live`]: the dashboard's live feed and per-second statistics of what this node stores.
 //! - [`shared`]: several nodes as one: the shared log in Redis and each node's replica.
 //! - [`sites`]: active-active sites: records replicated between stores' nodes, both ways.
 //! - [`store`]: records (transactions, decisions, alerts, labels); [`store::sqlite`] embedded.
@@ -33,6 +34,7 @@ pub mod export;
 pub mod host;
 pub mod http;
 pub mod ingest;
+pub mod live;
 pub mod metrics;
 pub mod metrics_eval;
 pub mod models;

@@ -32,6 +32,7 @@ use serde::Serialize;
 use crate::alerts::redis::RedisAlerts;
 use crate::alerts::AlertEvent;
 use crate::config::Settings;
+use crate::live::{LiveHub, Observed};
 use crate::metrics::Metrics;
 use crate::shared::log::{LogEntry, LogError, LogId, SharedLog};
 use crate::shared::replica::{self, Applied, LogCursor, Prepared};
@@ -165,8 +166,11 @@ fn own_decision(
     }
 }
 
-/// Sends a decided transaction's record through its reserved place in the write queue.
+/// Sends a decided transaction's record through its reserved place in the write queue (and
+/// keeps what the live feed shows of it, fed to `live` once the record is durable).
+#[allow(clippy::too_many_arguments)]
 fn write_decision(
+    live: &LiveHub,
     permit: records::writer::WritePermit<'_>,
     tx: Transaction,
     decision: Decision,
@@ -186,6 +190,7 @@ fn write_decision(
     // strings and numbers); if it ever did, the record must still be written.
     let alert_event = alert.and_then(|a| serde_json::to_string(&a).ok());
     let raised = alert_event.is_some();
+    let observed = Box::new(live.observe(&tx, &record, None));
     let ack = records::send(
         permit,
         WriteOp::Tx(Box::new(TxRecord {
@@ -196,16 +201,18 @@ fn write_decision(
             origin: None,
         })),
     );
-    Outcome::Pending(ack, record, raised)
+    Outcome::Pending(ack, record, raised, observed)
 }
 
 /// What became of a transaction the engine decided (or another request or node did).
 enum Outcome {
-    /// Decided here; its record (and its alert, when `.2`) is being written.
+    /// Decided here; its record (and its alert, when `.2`) is being written; `.3` goes to
+    /// the live feed once it is durable.
     Pending(
         tokio::sync::oneshot::Receiver<Result<i64, String>>,
         DecisionRecord,
         bool,
+        Box<Observed>,
     ),
     /// Decided by another node or request: wait for that record.
     InFlight(String),
@@ -264,6 +271,8 @@ pub struct EngineHost {
     site: Option<Arc<crate::sites::Site>>,
     /// Fingerprint of the card-hash key (sites check they share the key).
     key_fingerprint: String,
+    /// The dashboard's live feed and statistics, fed with every stored decision and label.
+    live: Arc<LiveHub>,
 }
 
 /// Wall-clock time now.
@@ -565,6 +574,7 @@ impl EngineHost {
                 std::thread::available_parallelism()
                     .map_or(1, |n| n.get().saturating_sub(1).max(1)),
             ),
+            live: Arc::new(LiveHub::new(site.clone())),
             site,
             key_fingerprint: key_fingerprint.as_str().to_owned(),
         }))
@@ -594,6 +604,11 @@ impl EngineHost {
     /// The records store.
     pub fn store(&self) -> &Records {
         &self.store
+    }
+
+    /// The live feed and per-second statistics.
+    pub fn live(&self) -> &Arc<LiveHub> {
+        &self.live
     }
 
     /// The metrics.
@@ -746,7 +761,7 @@ impl EngineHost {
                     None
                 };
                 let decision = scored.decision;
-                let pending = write_decision(permit, p.tx, decision, us, false, alert, conflicts);
+                let pending = write_decision(&self.live, permit, p.tx, decision, us, false, alert, conflicts);
                 slots.push(Slot::Decided(pending));
             }
         }
@@ -761,12 +776,13 @@ impl EngineHost {
         for slot in slots {
             match slot {
                 Slot::Fresh => return Err(HostError::Overloaded),
-                Slot::Decided(Outcome::Pending(ack, record, raised)) => {
+                Slot::Decided(Outcome::Pending(ack, record, raised, observed)) => {
                     match ack.await {
                         Ok(Ok(seq)) => {
                             if let Some(site) = &self.site {
                                 site.advance(seq);
                             }
+                            self.live.stored(*observed);
                         }
                         Ok(Err(e)) => return Err(self.storage_failed(e)),
                         Err(_) => return Err(self.storage_failed("writer stopped".into())),
@@ -885,7 +901,7 @@ impl EngineHost {
                 let decision = scored.decision;
                 out.push((
                     index,
-                    write_decision(permit, p.tx, decision, us, true, alert, Vec::new()),
+                    write_decision(&self.live, permit, p.tx, decision, us, true, alert, Vec::new()),
                 ));
             }
             return Ok(out);
@@ -913,7 +929,7 @@ impl EngineHost {
             };
             out.push((
                 index,
-                write_decision(permit, p.tx, decision, us, false, alert, Vec::new()),
+                write_decision(&self.live, permit, p.tx, decision, us, false, alert, Vec::new()),
             ));
         }
         Ok(out)
@@ -1197,6 +1213,7 @@ impl EngineHost {
             Err(_) => return Err(self.storage_failed("writer stopped".into())),
         }
         self.metrics.labels.fetch_add(1, Ordering::Relaxed);
+        self.live.labelled(fraud);
         Ok(record)
     }
 
