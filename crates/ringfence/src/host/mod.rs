@@ -761,7 +761,9 @@ impl EngineHost {
                     None
                 };
                 let decision = scored.decision;
-                let pending = write_decision(&self.live, permit, p.tx, decision, us, false, alert, conflicts);
+                let pending = write_decision(
+                    &self.live, permit, p.tx, decision, us, false, alert, conflicts,
+                );
                 slots.push(Slot::Decided(pending));
             }
         }
@@ -901,7 +903,16 @@ impl EngineHost {
                 let decision = scored.decision;
                 out.push((
                     index,
-                    write_decision(&self.live, permit, p.tx, decision, us, true, alert, Vec::new()),
+                    write_decision(
+                        &self.live,
+                        permit,
+                        p.tx,
+                        decision,
+                        us,
+                        true,
+                        alert,
+                        Vec::new(),
+                    ),
                 ));
             }
             return Ok(out);
@@ -929,7 +940,16 @@ impl EngineHost {
             };
             out.push((
                 index,
-                write_decision(&self.live, permit, p.tx, decision, us, false, alert, Vec::new()),
+                write_decision(
+                    &self.live,
+                    permit,
+                    p.tx,
+                    decision,
+                    us,
+                    false,
+                    alert,
+                    Vec::new(),
+                ),
             ));
         }
         Ok(out)

@@ -132,7 +132,10 @@ impl EngineHost {
                     continue;
                 }
                 let d = &rec.decision.decision;
-                observed.push(self.live.observe(&rec.event, &rec.decision, Some(&origin.site)));
+                observed.push(
+                    self.live
+                        .observe(&rec.event, &rec.decision, Some(&origin.site)),
+                );
                 locked
                     .engine
                     .apply_recorded(&rec.event, d.alert, d.decision == Action::Block);

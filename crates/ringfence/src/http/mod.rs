@@ -14,6 +14,7 @@ pub mod rules;
 pub mod sites;
 pub mod stats;
 pub mod stores;
+pub mod stream;
 pub mod transactions;
 pub mod ui;
 
@@ -77,6 +78,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/"),
     ("get", "/ui/{file}"),
     ("get", "/v1/auth/me"),
+    ("get", "/v1/stores"),
+    ("get", "/v1/stream/transactions"),
+    ("get", "/v1/stream/alerts"),
+    ("get", "/v1/live/stats"),
 ];
 
 /// The OpenAPI document.
@@ -106,10 +111,12 @@ pub fn router(host: Arc<EngineHost>) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/v1/photos/{sha256}", get(photos::get))
         .route("/v1/stores/{store}/transactions", get(stores::transactions))
+        .route("/v1/stores", get(stores::list))
         .merge(pos::routes())
         .merge(ui::routes())
         .merge(crate::auth::routes())
         .merge(sites::routes())
+        .merge(stream::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

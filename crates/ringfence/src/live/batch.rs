@@ -83,7 +83,12 @@ impl Batch {
 fn message(rows: &[SentRow], matching: &[usize], unkept: u64) -> String {
     let chosen = sample(rows, matching, ROWS_PER_MESSAGE);
     let omitted = (matching.len() - chosen.len()) as u64 + unkept;
-    let mut out = String::with_capacity(48 + chosen.iter().map(|&i| rows[i].json.len() + 1).sum::<usize>());
+    let mut out = String::with_capacity(
+        48 + chosen
+            .iter()
+            .map(|&i| rows[i].json.len() + 1)
+            .sum::<usize>(),
+    );
     out.push_str(r#"{"type":"tx","items":["#);
     for (n, &i) in chosen.iter().enumerate() {
         if n > 0 {
@@ -157,7 +162,17 @@ mod tests {
     #[test]
     fn a_busy_tick_is_sampled_keeping_flagged_rows_and_counting_the_rest() {
         let rows: Vec<LiveRow> = (0..400)
-            .map(|i| row(i, if i % 100 == 7 { Action::Block } else { Action::Approve }, "a"))
+            .map(|i| {
+                row(
+                    i,
+                    if i % 100 == 7 {
+                        Action::Block
+                    } else {
+                        Action::Approve
+                    },
+                    "a",
+                )
+            })
             .collect();
         let b = Batch::new(rows, 25);
         let m = parse(&b.message_for(&LiveFilter::default()).expect("message"));
@@ -166,7 +181,10 @@ mod tests {
         assert_eq!(m["omitted"], 400 - ROWS_PER_MESSAGE as u64 + 25);
         let blocks = items.iter().filter(|r| r["decision"] == "block").count();
         assert_eq!(blocks, 4, "every block is kept");
-        let ids: Vec<f64> = items.iter().map(|r| r["amount"].as_f64().expect("amount")).collect();
+        let ids: Vec<f64> = items
+            .iter()
+            .map(|r| r["amount"].as_f64().expect("amount"))
+            .collect();
         assert!(ids.windows(2).all(|w| w[0] < w[1]), "in stored order");
     }
 

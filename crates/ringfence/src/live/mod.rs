@@ -90,7 +90,7 @@ struct Pending {
 /// The hub: fed by the host, read by the stream routes.
 pub struct LiveHub {
     pending: Mutex<Pending>,
-    history: Mutex<VecDeque<Arc<SecondStats>>>,
+    history: Mutex<VecDeque<SecondStats>>,
     frames: broadcast::Sender<Frame>,
     alerts: broadcast::Sender<Utf8Bytes>,
     site: Option<Arc<Site>>,
@@ -169,18 +169,13 @@ impl LiveHub {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn history_lock(&self) -> MutexGuard<'_, VecDeque<Arc<SecondStats>>> {
+    fn history_lock(&self) -> MutexGuard<'_, VecDeque<SecondStats>> {
         self.history.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// What the feed keeps of `tx` decided as `d`, taken before the record goes to the writer.
     /// `origin` is the deciding site for a replicated record (`None`: decided here).
-    pub fn observe(
-        &self,
-        tx: &Transaction,
-        d: &DecisionRecord,
-        origin: Option<&str>,
-    ) -> Observed {
+    pub fn observe(&self, tx: &Transaction, d: &DecisionRecord, origin: Option<&str>) -> Observed {
         let site = match origin {
             Some(o) => Some(Arc::<str>::from(o)),
             None => self.site_name.clone(),
@@ -270,7 +265,7 @@ impl LiveHub {
     }
 
     /// The last `n` finished seconds, oldest first.
-    pub fn history(&self, n: usize) -> Vec<Arc<SecondStats>> {
+    pub fn history(&self, n: usize) -> Vec<SecondStats> {
         let h = self.history_lock();
         h.iter().skip(h.len().saturating_sub(n)).cloned().collect()
     }
@@ -295,7 +290,7 @@ impl LiveHub {
         loop {
             tokio::select! {
                 _ = tick.tick() => self.tick(now_ms()),
-                _ = closing.wait_for(|c| *c) => return,
+                () = closed(&mut closing) => return,
             }
         }
     }
@@ -356,7 +351,7 @@ impl LiveHub {
         if h.len() == HISTORY_SECONDS {
             h.pop_front();
         }
-        h.push_back(Arc::new(stats));
+        h.push_back(stats);
     }
 
     /// Each replication link now (sites mode).
@@ -378,6 +373,12 @@ impl LiveHub {
             })
             .collect()
     }
+}
+
+/// Completes once `closing` (from [`LiveHub::closing`]) turns `true`, or its hub is gone.
+pub async fn closed(closing: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is dropped here, not held across a caller's await.
+    let _ = closing.wait_for(|c| *c).await;
 }
 
 /// The aggregate of `second`, created in order (the newest when the clock stepped back).

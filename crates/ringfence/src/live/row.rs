@@ -61,7 +61,10 @@ pub struct LiveRow {
     /// Engine time of the decision, microseconds (at the deciding site).
     pub processing_us: u64,
     /// The site that decided it (sites mode).
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "shared_text")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "shared_text"
+    )]
     pub site: Option<Arc<str>>,
     /// Decided at another site and replicated here.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
