@@ -10,4 +10,6 @@
 mod helpers;
 
 mod browser;
+mod live;
 mod shell;
+mod stores;
