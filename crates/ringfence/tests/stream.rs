@@ -459,3 +459,44 @@ async fn stores_lists_the_stores_of_the_latest_records() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_are_listed_from_postgresql_with_every_nodes_records() {
+    let server = helpers::services::PostgresServer::start();
+    let url = server.url();
+    let (dir_a, dir_b) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+    let mut nodes = Vec::new();
+    for dir in [dir_a.path(), dir_b.path()] {
+        let rules = dir.join("rules.toml");
+        std::fs::write(&rules, RULES).expect("rules");
+        let url = url.clone();
+        nodes.push(
+            spawn_app_with(dir, move |a| {
+                a.rules = Some(rules);
+                a.postgres = Some(ringfence::config::Secret::new(url));
+            })
+            .await,
+        );
+    }
+    let (b, a) = (nodes.pop().expect("b"), nodes.pop().expect("a"));
+    post_batch(&a, &[tx("pg-1", "north", 20.0), tx("pg-2", "north", 1500.0)]).await;
+    post_batch(&b, &[tx("pg-3", "south", 700.0)]).await;
+    // Each node ships its buffer to PostgreSQL; either node lists both stores.
+    let deadline = Instant::now() + PATIENCE;
+    let stores = loop {
+        let (status, v) = b.get("/v1/stores").await;
+        assert_eq!(status, 200, "{v}");
+        if v["stores"].as_array().map(Vec::len) == Some(2) {
+            break v["stores"].clone();
+        }
+        assert!(Instant::now() < deadline, "both stores listed: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(stores[0]["store_id"], "north");
+    assert_eq!(stores[0]["transactions"], 2);
+    assert_eq!(stores[0]["blocked"], 1);
+    assert_eq!(stores[1]["store_id"], "south");
+    assert_eq!(stores[1]["flagged"], 1);
+    a.stop().await;
+    b.stop().await;
+}
