@@ -20,11 +20,13 @@
 //! - [`replay`]: history files through the engine in event-time order, labels after a delay.
 //! - [`simulate`]: synthetic traffic with ground truth, the simulator CLI and the demo feed.
 //! - [`client`]: a small HTTP client (simulator, benchmarks, tests).
-//! - [`bench`]: the HTTP load generator; [`engine_bench`]: the engine-only benchmark.
+//! - [`bench`]: the HTTP load generator; [`engine_bench`]: the engine-only benchmark;
+//!   [`bench_feed`]: live-feed sockets held open during a benchmark.
 
 pub mod alerts;
 pub mod auth;
 pub mod bench;
+pub mod bench_feed;
 pub mod client;
 pub mod config;
 pub mod demo;
