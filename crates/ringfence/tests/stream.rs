@@ -500,3 +500,42 @@ async fn stores_are_listed_from_postgresql_with_every_nodes_records() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_shared_state_mode_a_nodes_feed_shows_the_other_nodes_decisions() {
+    let redis = helpers::services::RedisServer::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+    let mut nodes = Vec::new();
+    for dir in [dir_a.path(), dir_b.path()] {
+        let rules = dir.join("rules.toml");
+        std::fs::write(&rules, RULES).expect("rules");
+        let url = redis.url();
+        nodes.push(
+            spawn_app_with(dir, move |a| {
+                a.rules = Some(rules);
+                a.redis = Some(ringfence::config::Secret::new(url));
+            })
+            .await,
+        );
+    }
+    let (b, a) = (nodes.pop().expect("b"), nodes.pop().expect("a"));
+    let mut feed_b = connect(&b, "/v1/stream/transactions").await;
+    post_batch(&a, &[tx("ss-1", "s1", 20.0), tx("ss-2", "s1", 1500.0)]).await;
+    // B follows the shared log: A's transactions reach B's feed with A's decisions.
+    let (rows, _) = read_feed(&mut feed_b, |rows, _| rows.len() >= 2).await;
+    let decided: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["transaction_id"].as_str().unwrap_or(""),
+                r["decision"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(decided, [("ss-1", "approve"), ("ss-2", "block")]);
+    let (rows, stats) = read_feed(&mut feed_b, |_, s| sum(s, &["transactions"]) >= 2).await;
+    assert!(rows.is_empty(), "each once: {rows:?}");
+    assert_eq!(sum(&stats, &["replicated"]), 0, "not from another site");
+    a.stop().await;
+    b.stop().await;
+}

@@ -992,16 +992,19 @@ impl EngineHost {
         entries: &[(LogId, LogEntry)],
         mut prepared: Prepared,
     ) {
+        // Other nodes' transactions, for the live feed (fed once the lock is released).
+        let mut foreign = Vec::new();
         let reconfigured = {
             let mut guard = self.lock();
             let locked = &mut *guard;
-            let r = locked.cursor.apply(
+            let r = locked.cursor.apply_observing(
                 &mut locked.engine,
                 shared.node,
                 entries,
                 &mut prepared,
                 &mut locked.log_results,
                 own_decision(self.has_alert_sinks, Instant::now()),
+                |tx, decision| foreign.push(self.live.observe_other_node(tx, decision)),
             );
             // One shared state is one site: returns at its stores see each other at once,
             // so cross-site conflicts belong to sites mode; drop what accumulated.
@@ -1009,6 +1012,9 @@ impl EngineHost {
             locked.since_snapshot += r.applied;
             r
         };
+        for o in foreign {
+            self.live.stored(o);
+        }
         self.scored_total
             .fetch_add(reconfigured.applied, Ordering::Release);
         if reconfigured.rules {

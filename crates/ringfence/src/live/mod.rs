@@ -1,5 +1,6 @@
 //! The live view of what this node stores: the hub the host feeds with every stored decision
-//! (its own and those replicated from peer sites) and label, and the ticker that turns them
+//! (its own, those replicated from peer sites, and in shared-state mode those the other nodes
+//! appended to the shared log) and label, and the ticker that turns them
 //! into the dashboard's feed and per-second statistics.
 //!
 //! # Layout
@@ -29,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use ringfence_core::decision::Action;
+use ringfence_core::decision::{Action, Decision};
 use ringfence_core::event::Transaction;
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
@@ -195,6 +196,22 @@ impl LiveHub {
         }
     }
 
+    /// What the feed keeps of a transaction another node of the same shared state appended
+    /// and stored, as this node's engine decided it when applying the shared log (every node
+    /// decides alike). Its engine time was spent on that node: not counted here.
+    pub fn observe_other_node(&self, tx: &Transaction, decision: &Decision) -> Observed {
+        let record = DecisionRecord {
+            decision: decision.clone(),
+            processing_us: 0,
+            timestamp: tx.timestamp,
+            degraded: false,
+            decided_at: None,
+        };
+        let mut o = self.observe(tx, &record, None);
+        o.engine_us = None;
+        o
+    }
+
     /// Counts a decision now durable, keeps its row if this tick has room, and sends its alert.
     pub fn stored(&self, o: Observed) {
         self.stored_at(o, now_ms() / 1000);
@@ -213,6 +230,7 @@ impl LiveHub {
             o.row.amount,
             o.ladder,
             o.engine_us,
+            o.row.replicated,
         );
         let class = usize::from(o.row.decision > Action::Approve);
         let cap = [APPROVED_PER_TICK, FLAGGED_PER_TICK][class];

@@ -45,23 +45,28 @@ impl SecondAgg {
     }
 
     /// Counts one stored decision. `engine_us` is this node's engine time (`None` when the
-    /// record was decided elsewhere).
-    pub fn decision(&mut self, action: Action, amount: f64, ladder: bool, engine_us: Option<u64>) {
+    /// record was decided elsewhere); `replicated` when it was decided at another site.
+    pub fn decision(
+        &mut self,
+        action: Action,
+        amount: f64,
+        ladder: bool,
+        engine_us: Option<u64>,
+        replicated: bool,
+    ) {
         self.transactions += 1;
         self.decisions[action as usize] += 1;
         self.ladder_alerts += u64::from(ladder);
         if action == Action::Block {
             self.value_blocked += amount;
         }
-        match engine_us {
-            Some(us) => {
-                let h = self.latency.get_or_insert_with(|| {
-                    Histogram::new_with_bounds(1, MAX_LATENCY_US, 2)
-                        .unwrap_or_else(|_| unreachable!("static histogram bounds are valid"))
-                });
-                h.saturating_record(us.clamp(1, MAX_LATENCY_US));
-            }
-            None => self.replicated += 1,
+        self.replicated += u64::from(replicated);
+        if let Some(us) = engine_us {
+            let h = self.latency.get_or_insert_with(|| {
+                Histogram::new_with_bounds(1, MAX_LATENCY_US, 2)
+                    .unwrap_or_else(|_| unreachable!("static histogram bounds are valid"))
+            });
+            h.saturating_record(us.clamp(1, MAX_LATENCY_US));
         }
     }
 
@@ -154,7 +159,8 @@ pub struct SecondStats {
     pub second: u64,
     /// The same, as a time.
     pub at: Timestamp,
-    /// Decisions stored (this node's and replicated ones).
+    /// Decisions stored (this node's, replicated ones, and in shared-state mode those the
+    /// other nodes stored).
     pub transactions: u64,
     /// By kind.
     pub decisions: Decisions,
@@ -187,9 +193,9 @@ mod tests {
     #[test]
     fn a_second_counts_decisions_value_and_latency() {
         let mut s = SecondAgg::new(7);
-        s.decision(Action::Approve, 10.0, false, Some(40));
-        s.decision(Action::Block, 99.5, true, Some(400));
-        s.decision(Action::Review, 5.0, true, None);
+        s.decision(Action::Approve, 10.0, false, Some(40), false);
+        s.decision(Action::Block, 99.5, true, Some(400), false);
+        s.decision(Action::Review, 5.0, true, None, true);
         s.label(true);
         let done = s.finish(Vec::new());
         assert_eq!(done.transactions, 3);

@@ -59,7 +59,8 @@
     c.decision.replaceChildren(RF.fmt.decision(tx.decision));
     c.score.textContent = RF.fmt.score(tx.score);
     c.reason.textContent = tx.reason || "";
-    c.us.textContent = RF.fmt.us(tx.processing_us);
+    // 0: decided by another node of the shared state, whose engine time is not known here.
+    c.us.textContent = tx.processing_us ? RF.fmt.us(tx.processing_us) : "—";
     c.site.textContent = tx.site ? `${tx.site}${tx.replicated ? " ↩" : ""}` : "";
   }
 
