@@ -522,7 +522,10 @@ async fn in_shared_state_mode_a_nodes_feed_shows_the_other_nodes_decisions() {
     let mut feed_b = connect(&b, "/v1/stream/transactions").await;
     post_batch(&a, &[tx("ss-1", "s1", 20.0), tx("ss-2", "s1", 1500.0)]).await;
     // B follows the shared log: A's transactions reach B's feed with A's decisions.
-    let (rows, _) = read_feed(&mut feed_b, |rows, _| rows.len() >= 2).await;
+    let (rows, stats) = read_feed(&mut feed_b, |rows, s| {
+        rows.len() >= 2 && sum(s, &["transactions"]) >= 2
+    })
+    .await;
     let decided: Vec<(&str, &str)> = rows
         .iter()
         .map(|r| {
@@ -533,9 +536,60 @@ async fn in_shared_state_mode_a_nodes_feed_shows_the_other_nodes_decisions() {
         })
         .collect();
     assert_eq!(decided, [("ss-1", "approve"), ("ss-2", "block")]);
-    let (rows, stats) = read_feed(&mut feed_b, |_, s| sum(s, &["transactions"]) >= 2).await;
-    assert!(rows.is_empty(), "each once: {rows:?}");
+    assert_eq!(sum(&stats, &["transactions"]), 2, "each counted once");
+    assert_eq!(sum(&stats, &["decisions", "block"]), 1);
     assert_eq!(sum(&stats, &["replicated"]), 0, "not from another site");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sites_feed_shows_records_replicated_from_its_peer_and_the_links_lag() {
+    let ports = [
+        helpers::services::free_port(),
+        helpers::services::free_port(),
+    ];
+    let dirs = [tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir")];
+    let mut sites = Vec::new();
+    for (i, name) in ["store-a", "store-b"].into_iter().enumerate() {
+        let rules = dirs[i].path().join("rules.toml");
+        std::fs::write(&rules, RULES).expect("rules");
+        let (listen, peer) = (ports[i], ports[1 - i]);
+        sites.push(
+            spawn_app_with(dirs[i].path(), move |a| {
+                a.rules = Some(rules);
+                a.listen = Some(([127, 0, 0, 1], listen).into());
+                a.site = Some(name.into());
+                a.peers = vec![format!("http://127.0.0.1:{peer}")];
+            })
+            .await,
+        );
+    }
+    let (b, a) = (sites.pop().expect("b"), sites.pop().expect("a"));
+    let mut feed_b = connect(&b, "/v1/stream/transactions").await;
+    post_batch(&a, &[tx("site-1", "store-a", 1500.0)]).await;
+    post_batch(&b, &[tx("site-2", "store-b", 20.0)]).await;
+    let (rows, stats) = read_feed(&mut feed_b, |rows, s| {
+        rows.len() >= 2
+            && sum(s, &["transactions"]) >= 2
+            && s.last().is_some_and(|l| l["replication"][0]["lag_ms"].is_number())
+    })
+    .await;
+    let find = |id: &str| {
+        rows.iter()
+            .find(|r| r["transaction_id"] == id)
+            .unwrap_or_else(|| panic!("{id}: {rows:?}"))
+    };
+    let (remote, own) = (find("site-1"), find("site-2"));
+    assert_eq!(remote["site"], "store-a");
+    assert_eq!(remote["replicated"], true);
+    assert_eq!(remote["decision"], "block", "as store-a decided it");
+    assert_eq!(own["site"], "store-b");
+    assert!(own.get("replicated").is_none(), "{own}");
+    assert_eq!(sum(&stats, &["replicated"]), 1);
+    let link = &stats.last().expect("stats")["replication"][0];
+    assert_eq!(link["peer"], "store-a", "{link}");
+    assert_eq!(link["connected"], true, "{link}");
     a.stop().await;
     b.stop().await;
 }
