@@ -464,7 +464,10 @@ async fn stores_lists_the_stores_of_the_latest_records() {
 async fn stores_are_listed_from_postgresql_with_every_nodes_records() {
     let server = helpers::services::PostgresServer::start();
     let url = server.url();
-    let (dir_a, dir_b) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
     let mut nodes = Vec::new();
     for dir in [dir_a.path(), dir_b.path()] {
         let rules = dir.join("rules.toml");
@@ -479,7 +482,11 @@ async fn stores_are_listed_from_postgresql_with_every_nodes_records() {
         );
     }
     let (b, a) = (nodes.pop().expect("b"), nodes.pop().expect("a"));
-    post_batch(&a, &[tx("pg-1", "north", 20.0), tx("pg-2", "north", 1500.0)]).await;
+    post_batch(
+        &a,
+        &[tx("pg-1", "north", 20.0), tx("pg-2", "north", 1500.0)],
+    )
+    .await;
     post_batch(&b, &[tx("pg-3", "south", 700.0)]).await;
     // Each node ships its buffer to PostgreSQL; either node lists both stores.
     let deadline = Instant::now() + PATIENCE;
@@ -504,7 +511,10 @@ async fn stores_are_listed_from_postgresql_with_every_nodes_records() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_shared_state_mode_a_nodes_feed_shows_the_other_nodes_decisions() {
     let redis = helpers::services::RedisServer::start();
-    let (dir_a, dir_b) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+    let (dir_a, dir_b) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
     let mut nodes = Vec::new();
     for dir in [dir_a.path(), dir_b.path()] {
         let rules = dir.join("rules.toml");
@@ -549,7 +559,10 @@ async fn a_sites_feed_shows_records_replicated_from_its_peer_and_the_links_lag()
         helpers::services::free_port(),
         helpers::services::free_port(),
     ];
-    let dirs = [tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir")];
+    let dirs = [
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    ];
     let mut sites = Vec::new();
     for (i, name) in ["store-a", "store-b"].into_iter().enumerate() {
         let rules = dirs[i].path().join("rules.toml");
@@ -572,7 +585,8 @@ async fn a_sites_feed_shows_records_replicated_from_its_peer_and_the_links_lag()
     let (rows, stats) = read_feed(&mut feed_b, |rows, s| {
         rows.len() >= 2
             && sum(s, &["transactions"]) >= 2
-            && s.last().is_some_and(|l| l["replication"][0]["lag_ms"].is_number())
+            && s.last()
+                .is_some_and(|l| l["replication"][0]["lag_ms"].is_number())
     })
     .await;
     let find = |id: &str| {

@@ -91,6 +91,9 @@ async fn the_live_feed_moves_pauses_and_filters_in_chromium() {
         .iter()
         .filter_map(|s| s["transactions"].as_u64())
         .sum();
-    assert!(counted > 0 && counted <= posted as u64, "{counted} of {posted}");
+    assert!(
+        counted > 0 && counted <= posted as u64,
+        "{counted} of {posted}"
+    );
     app.stop().await;
 }
