@@ -329,7 +329,8 @@ impl LiveHub {
             p.open_from = p.open_from.max(second);
             (rows, overflow, ended, from)
         };
-        if !rows.is_empty() || overflow > 0 {
+        // Serialised only for someone to read.
+        if (!rows.is_empty() || overflow > 0) && self.frames.receiver_count() > 0 {
             let _ = self
                 .frames
                 .send(Frame::Tx(Arc::new(Batch::new(rows, overflow))));
