@@ -150,6 +150,18 @@ pub struct ServeArgs {
     /// variable takes a comma-separated list). Needs `--site`.
     #[arg(long = "peer", env = "RINGFENCE_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
+    /// The dashboard's address as people reach it (`https://ringfence.example`): alert mails
+    /// link to their cases there.
+    #[arg(long, env = "RINGFENCE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// A webhook every alert is POSTed to (JSON, signed with `--webhook-secret`); more
+    /// webhooks, Slack format and filters go in the config file's `[[webhook]]` tables. The
+    /// URL is never printed.
+    #[arg(long, env = "RINGFENCE_WEBHOOK_URL", hide_env_values = true)]
+    pub webhook_url: Option<Secret>,
+    /// Signing key of `--webhook-url`'s `Ringfence-Signature` header (at least 16 characters).
+    #[arg(long, env = "RINGFENCE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<Secret>,
 }
 
 /// The same keys as read from the config file.
@@ -186,6 +198,13 @@ struct FileConfig {
     snapshot_every: Option<u64>,
     site: Option<String>,
     peers: Option<Vec<String>>,
+    public_url: Option<String>,
+    webhook_url: Option<Secret>,
+    webhook_secret: Option<Secret>,
+    /// `[[webhook]]` tables.
+    webhook: Option<Vec<crate::alerts::settings::WebhookFile>>,
+    /// The `[email]` table.
+    email: Option<crate::alerts::settings::EmailFile>,
 }
 
 /// A configuration problem, named precisely.
@@ -255,6 +274,12 @@ pub struct Settings {
     pub site: Option<String>,
     /// Base URLs of the peer sites it replicates with.
     pub peers: Vec<String>,
+    /// The dashboard's address as people reach it, without a trailing `/`.
+    pub public_url: Option<String>,
+    /// Webhooks alerts are POSTed to.
+    pub webhooks: Vec<crate::alerts::settings::WebhookSettings>,
+    /// Alert mails, when configured.
+    pub email: Option<crate::alerts::settings::EmailSettings>,
 }
 
 /// Longest site name.
@@ -438,6 +463,27 @@ impl Settings {
             .filter(|p| !p.is_empty())
             .collect();
         check_sites(site.as_deref(), &peers, redis.is_some(), postgres.is_some())?;
+        let public_url = match args.public_url.clone().or(file.public_url) {
+            Some(u) => {
+                let u = u.trim().trim_end_matches('/').to_owned();
+                let host = u
+                    .strip_prefix("http://")
+                    .or_else(|| u.strip_prefix("https://"));
+                if host.is_none_or(str::is_empty) {
+                    return Err(ConfigError::Invalid(
+                        "public_url must be an http:// or https:// address".into(),
+                    ));
+                }
+                Some(u)
+            }
+            None => None,
+        };
+        let webhooks = crate::alerts::settings::resolve_webhooks(
+            file.webhook.unwrap_or_default(),
+            args.webhook_url.clone().or(file.webhook_url),
+            args.webhook_secret.clone().or(file.webhook_secret),
+        )?;
+        let email = crate::alerts::settings::resolve_email(file.email)?;
         Ok(Settings {
             listen: pick!(listen, SocketAddr::from(([127, 0, 0, 1], 8080))),
             data: pick!(data, PathBuf::from("./data")),
@@ -469,6 +515,9 @@ impl Settings {
             snapshot_every,
             site,
             peers,
+            public_url,
+            webhooks,
+            email,
         })
     }
 }

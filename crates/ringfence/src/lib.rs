@@ -5,8 +5,12 @@
 //! - [`startup`]: [`startup::Application`]: build (bind, rebuild state), run, shut down.
 //! - [`host`]: [`host::EngineHost`]: the engine, the order of decisions and durable writes.
 //! - [`http`]: the API, one module per resource.
-//! - [`alerts`]: alerts out of the engine (Redis keys and channels).
+//! - [`alerts`]: alerts out of the engine: Redis keys and channels, signed webhooks (Slack
+//!   too) with retries and dead letters, e-mail digests over SMTP.
 //! - [`auth`]: who is calling: roles, sign-in, API keys.
+//! - [`cases`]: analysts' cases on alerts (assign, close with a verdict, reopen) and the
+//!   audit trail of what people did.
+//! - [`investigate`]: search, entity risk profiles and the link graph, from stored records.
 //! - [`live`]: the dashboard's live feed and per-second statistics of what this node stores.
 //! - [`shared`]: several nodes as one: the shared log in Redis and each node's replica.
 //! - [`sites`]: active-active sites: records replicated between stores' nodes, both ways.
@@ -27,6 +31,7 @@ pub mod alerts;
 pub mod auth;
 pub mod bench;
 pub mod bench_feed;
+pub mod cases;
 pub mod client;
 pub mod config;
 pub mod demo;
@@ -36,6 +41,7 @@ pub mod export;
 pub mod host;
 pub mod http;
 pub mod ingest;
+pub mod investigate;
 pub mod live;
 pub mod metrics;
 pub mod metrics_eval;

@@ -8,6 +8,7 @@
 //! restart rebuild exactly the same state. The queue place is reserved before scoring, so a
 //! full queue turns a request away before it changes any state.
 
+pub mod cases;
 mod photos;
 mod reload;
 mod sites;
@@ -29,7 +30,7 @@ use ringfence_core::rules::RuleErrors;
 use ringfence_core::state::EntityKind;
 use serde::Serialize;
 
-use crate::alerts::redis::RedisAlerts;
+use crate::alerts::deliveries::AlertSinks;
 use crate::alerts::AlertEvent;
 use crate::config::Settings;
 use crate::live::{LiveHub, Observed};
@@ -249,8 +250,8 @@ pub struct EngineHost {
     labels: tokio::sync::Mutex<()>,
     started: Instant,
     settings: Settings,
-    /// Delivers alerts from the outbox to Redis, if configured.
-    redis_alerts: Option<RedisAlerts>,
+    /// Deliver alerts from the outbox (Redis, webhooks, e-mail), those configured.
+    sinks: AlertSinks,
     /// Whether any alert sink was configured (alerts are built only then).
     has_alert_sinks: bool,
     /// Shared-state mode (`--redis`), if on.
@@ -271,6 +272,8 @@ pub struct EngineHost {
     site: Option<Arc<crate::sites::Site>>,
     /// Fingerprint of the card-hash key (sites check they share the key).
     key_fingerprint: String,
+    /// Analysts' cases and the audit trail (beside the records, in the same database).
+    cases: crate::cases::CaseBook,
     /// The dashboard's live feed and statistics, fed with every stored decision and label.
     live: Arc<LiveHub>,
 }
@@ -398,7 +401,7 @@ impl EngineHost {
         settings: Settings,
         store: Records,
         metrics: Arc<Metrics>,
-        redis_alerts: Option<RedisAlerts>,
+        sinks: AlertSinks,
         shared: Option<SharedState>,
     ) -> Result<Arc<EngineHost>, StartError> {
         let hasher = CardHasher::new(&card_hash_key(&settings)?);
@@ -521,6 +524,7 @@ impl EngineHost {
             crate::photo::PhotoStore::open(&settings.data)
                 .map_err(|e| StartError::Photos(e.to_string()))?,
         );
+        let cases = crate::cases::CaseBook::open(&store)?;
         let latency = Histogram::new_with_bounds(1, 60_000_000, 3)
             .unwrap_or_else(|_| unreachable!("static histogram bounds are valid"));
         Ok(Arc::new(EngineHost {
@@ -562,8 +566,8 @@ impl EngineHost {
             labels: tokio::sync::Mutex::new(()),
             started: Instant::now(),
             settings,
-            has_alert_sinks: redis_alerts.is_some(),
-            redis_alerts,
+            has_alert_sinks: !sinks.is_empty(),
+            sinks,
             shared,
             owed,
             owed_hint: AtomicBool::new(true),
@@ -577,28 +581,30 @@ impl EngineHost {
             live: Arc::new(LiveHub::new(site.clone())),
             site,
             key_fingerprint: key_fingerprint.as_str().to_owned(),
+            cases,
         }))
     }
 
     /// Tells the sinks new alerts are durable in the outbox (never waits on them).
     fn alerts_written(&self) {
-        if let Some(redis) = &self.redis_alerts {
-            redis.notify();
-        }
+        self.sinks.notify();
     }
 
     /// Lets the sinks' writers deliver what the outbox holds and end (at shutdown, once no
     /// request is in flight and the store's writer is closed).
     pub fn close_alerts(&self) {
-        if let Some(redis) = &self.redis_alerts {
-            redis.close();
-        }
+        self.sinks.close();
     }
 
     fn lock(&self) -> MutexGuard<'_, Locked> {
         // A panic while holding the lock cannot leave the engine half-updated in a way that
         // matters more than losing the node, and scoring does not panic: recover the guard.
         self.locked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The alert sinks and their dead letters.
+    pub fn alert_sinks(&self) -> &AlertSinks {
+        &self.sinks
     }
 
     /// The records store.

@@ -33,6 +33,9 @@ pub enum ApiError {
     /// The thing asked for does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with the current state (e.g. closing a closed case).
+    #[error("{0}")]
+    Conflict(String),
     /// The server is at capacity.
     #[error("the server is at capacity; retry shortly")]
     Overloaded,
@@ -77,6 +80,7 @@ impl ApiError {
             }
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Overloaded | ApiError::StorageUnavailable | ApiError::SharedUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -101,6 +105,7 @@ impl ApiError {
                 json!({"code": "invalid_parameter", "field": field, "message": format!("{field}: {message}")})
             }
             ApiError::NotFound(m) => json!({"code": "not_found", "message": m}),
+            ApiError::Conflict(m) => json!({"code": "conflict", "message": m}),
             ApiError::Overloaded => json!({"code": "overloaded", "message": self.to_string()}),
             ApiError::SharedUnavailable => {
                 json!({"code": "shared_state_unavailable", "message": "the shared state (redis) is unreachable and this node fails closed; nothing was recorded"})

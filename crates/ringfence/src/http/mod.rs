@@ -4,8 +4,11 @@
 //! every request gets an `x-request-id` (the caller's, or a new one) that tags its log lines.
 
 pub mod alerts;
+pub mod cases;
+pub mod deliveries;
 pub mod entities;
 pub mod error;
+pub mod investigate;
 pub mod labels;
 pub mod models;
 pub mod photos;
@@ -78,6 +81,16 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/"),
     ("get", "/ui/{file}"),
     ("get", "/v1/auth/me"),
+    ("get", "/v1/cases"),
+    ("get", "/v1/cases/{id}"),
+    ("post", "/v1/cases/{id}/assign"),
+    ("post", "/v1/cases/{id}/close"),
+    ("post", "/v1/cases/{id}/reopen"),
+    ("get", "/v1/audit"),
+    ("get", "/v1/search"),
+    ("get", "/v1/graph/{type}/{id}"),
+    ("get", "/v1/deliveries/dead-letters"),
+    ("post", "/v1/deliveries/dead-letters/{id}/retry"),
     ("get", "/v1/stores"),
     ("get", "/v1/stream/transactions"),
     ("get", "/v1/stream/alerts"),
@@ -116,6 +129,9 @@ pub fn router(host: Arc<EngineHost>) -> Router {
         .merge(ui::routes())
         .merge(crate::auth::routes())
         .merge(sites::routes())
+        .merge(cases::routes())
+        .merge(investigate::routes())
+        .merge(deliveries::routes())
         .merge(stream::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -188,6 +188,15 @@ impl Records {
         }
     }
 
+    /// The id of the alert a transaction raised, as the dashboard knows it (on PostgreSQL,
+    /// once shipped there; `None` before).
+    pub async fn alert_id_of(&self, transaction_id: &str) -> Result<Option<i64>, StoreError> {
+        match self {
+            Records::Sqlite(s) => s.alert_id_of(transaction_id.to_owned()).await,
+            Records::Postgres { shared, .. } => Ok(shared.alert_id_of(transaction_id).await?),
+        }
+    }
+
     /// The stores of the latest `window` records with their counts (every node's in
     /// production mode; this node's buffer while PostgreSQL is unreachable).
     pub async fn recent_stores(&self, window: u32) -> Result<Vec<StoreSeen>, StoreError> {

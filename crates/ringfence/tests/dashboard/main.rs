@@ -9,7 +9,9 @@
 #[path = "../helpers/mod.rs"]
 mod helpers;
 
+mod alerts;
 mod browser;
+mod investigate;
 mod live;
 mod shell;
 mod stores;
