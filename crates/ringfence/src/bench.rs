@@ -64,6 +64,10 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Live-feed WebSockets (`/v1/stream/transactions`) kept open and read during the run, as
+    /// dashboards watching the traffic would.
+    #[arg(long, default_value_t = 0)]
+    pub feed_sockets: usize,
 }
 
 impl Default for BenchArgs {
@@ -79,6 +83,7 @@ impl Default for BenchArgs {
             model: None,
             warmup: 2.0,
             json: false,
+            feed_sockets: 0,
         }
     }
 }
@@ -115,6 +120,9 @@ pub enum BenchError {
     /// The server cannot be reached (checked once before the run) or the URL is unusable.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The feed sockets could not be opened.
+    #[error(transparent)]
+    Feed(#[from] crate::bench_feed::FeedError),
     /// A worker task panicked.
     #[error("a benchmark worker failed: {0}")]
     Worker(String),
@@ -247,6 +255,9 @@ pub struct BenchReport {
     pub latency_us: LatencySummary,
     /// Failures by status or kind (see [`Measurements::errors`]).
     pub errors: BTreeMap<String, u64>,
+    /// The live-feed sockets open during the run (`--feed-sockets`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feed: Option<crate::bench_feed::FeedReport>,
 }
 
 impl BenchReport {
@@ -273,6 +284,7 @@ impl BenchReport {
             tx_per_sec: per_sec(m.transactions),
             latency_us: LatencySummary::from_histogram(&m.latency_us),
             errors: m.errors.clone(),
+            feed: None,
         }
     }
 
@@ -320,6 +332,13 @@ impl BenchReport {
             let total: u64 = self.errors.values().sum();
             let _ = write!(out, "  errors       {total} ({})", parts.join(", "));
         }
+        if let Some(f) = &self.feed {
+            let _ = write!(
+                out,
+                "\n  feed         {} sockets open, {} bytes read, {} ended early",
+                f.sockets, f.bytes, f.ended_early
+            );
+        }
         out
     }
 }
@@ -344,6 +363,12 @@ fn check(args: &BenchArgs) -> Result<(), BenchError> {
             args.concurrency
         ));
     }
+    if args.feed_sockets > MAX_CONCURRENCY {
+        return invalid(format!(
+            "--feed-sockets must be at most {MAX_CONCURRENCY}, got {}",
+            args.feed_sockets
+        ));
+    }
     if args.batch > MAX_BATCH {
         return invalid(format!(
             "--batch must be at most {MAX_BATCH}, got {}",
@@ -366,6 +391,11 @@ pub async fn run_http(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     let client = HttpClient::new();
     // Fail fast, with the real reason, when nothing listens there.
     client.ping(base).await?;
+    let feed = if args.feed_sockets > 0 {
+        Some(crate::bench_feed::open(base, args.feed_sockets).await?)
+    } else {
+        None
+    };
 
     let now_ms = epoch_ms();
     let base_stream = Generator::new(GeneratorConfig {
@@ -400,7 +430,9 @@ pub async fn run_http(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         total.merge(&m);
     }
     total.elapsed = Instant::now().saturating_duration_since(measure_from);
-    Ok(BenchReport::from_measurements("http", args, &total))
+    let mut report = BenchReport::from_measurements("http", args, &total);
+    report.feed = feed.map(crate::bench_feed::FeedSockets::finish);
+    Ok(report)
 }
 
 fn epoch_ms() -> i64 {

@@ -11,6 +11,7 @@
 //! - [`cases`]: analysts' cases on alerts (assign, close with a verdict, reopen) and the
 //!   audit trail of what people did.
 //! - [`investigate`]: search, entity risk profiles and the link graph, from stored records.
+//! - [`live`]: the dashboard's live feed and per-second statistics of what this node stores.
 //! - [`shared`]: several nodes as one: the shared log in Redis and each node's replica.
 //! - [`sites`]: active-active sites: records replicated between stores' nodes, both ways.
 //! - [`store`]: records (transactions, decisions, alerts, labels); [`store::sqlite`] embedded.
@@ -25,12 +26,14 @@
 //!   from the start so their features are those the engine computed then.
 //! - [`simulate`]: synthetic traffic with ground truth, the simulator CLI and the demo feed.
 //! - [`client`]: a small HTTP client (simulator, benchmarks, tests).
-//! - [`bench`]: the HTTP load generator; [`engine_bench`]: the engine-only benchmark.
+//! - [`bench`]: the HTTP load generator; [`engine_bench`]: the engine-only benchmark;
+//!   [`bench_feed`]: live-feed sockets held open during a benchmark.
 
 pub mod alerts;
 pub mod auth;
 pub mod backtest;
 pub mod bench;
+pub mod bench_feed;
 pub mod cases;
 pub mod client;
 pub mod config;
@@ -42,6 +45,7 @@ pub mod host;
 pub mod http;
 pub mod ingest;
 pub mod investigate;
+pub mod live;
 pub mod metrics;
 pub mod metrics_eval;
 pub mod models;

@@ -188,6 +188,8 @@ impl Application {
         let worker_error = Arc::new(std::sync::Mutex::new(None::<String>));
         let recorded = Arc::clone(&worker_error);
         let site = self.host.site().cloned();
+        let live = Arc::clone(self.host.live());
+        let ticker = tokio::spawn(Arc::clone(&live).run());
         let shutdown = async move {
             tokio::select! {
                 _ = shutdown => {}
@@ -199,6 +201,8 @@ impl Application {
             if let Some(site) = site {
                 site.close();
             }
+            // So are open WebSocket streams, which never end by themselves.
+            live.close();
         };
         let follower = tokio::spawn(Arc::clone(&self.host).follow_shared_log());
         // Sites: one task pulling each peer's records.
@@ -224,6 +228,7 @@ impl Application {
             .map_err(AppError::Serve);
         watcher.abort();
         follower.abort();
+        ticker.abort();
         for link in links {
             link.abort();
         }

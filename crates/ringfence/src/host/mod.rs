@@ -34,6 +34,7 @@ use serde::Serialize;
 use crate::alerts::deliveries::AlertSinks;
 use crate::alerts::AlertEvent;
 use crate::config::Settings;
+use crate::live::{LiveHub, Observed};
 use crate::metrics::Metrics;
 use crate::shared::log::{LogEntry, LogError, LogId, SharedLog};
 use crate::shared::replica::{self, Applied, LogCursor, Prepared};
@@ -168,8 +169,11 @@ fn own_decision(
     }
 }
 
-/// Sends a decided transaction's record through its reserved place in the write queue.
+/// Sends a decided transaction's record through its reserved place in the write queue (and
+/// keeps what the live feed shows of it, fed to `live` once the record is durable).
+#[allow(clippy::too_many_arguments)]
 fn write_decision(
+    live: &LiveHub,
     permit: records::writer::WritePermit<'_>,
     tx: Transaction,
     decision: Decision,
@@ -189,6 +193,7 @@ fn write_decision(
     // strings and numbers); if it ever did, the record must still be written.
     let alert_event = alert.and_then(|a| serde_json::to_string(&a).ok());
     let raised = alert_event.is_some();
+    let observed = Box::new(live.observe(&tx, &record, None));
     let ack = records::send(
         permit,
         WriteOp::Tx(Box::new(TxRecord {
@@ -199,16 +204,18 @@ fn write_decision(
             origin: None,
         })),
     );
-    Outcome::Pending(ack, record, raised)
+    Outcome::Pending(ack, record, raised, observed)
 }
 
 /// What became of a transaction the engine decided (or another request or node did).
 enum Outcome {
-    /// Decided here; its record (and its alert, when `.2`) is being written.
+    /// Decided here; its record (and its alert, when `.2`) is being written; `.3` goes to
+    /// the live feed once it is durable.
     Pending(
         tokio::sync::oneshot::Receiver<Result<i64, String>>,
         DecisionRecord,
         bool,
+        Box<Observed>,
     ),
     /// Decided by another node or request: wait for that record.
     InFlight(String),
@@ -274,6 +281,8 @@ pub struct EngineHost {
     rules_edit: tokio::sync::Mutex<()>,
     /// One backtest at a time: each replays the whole history on a blocking thread.
     backtests: Arc<tokio::sync::Semaphore>,
+    /// The dashboard's live feed and statistics, fed with every stored decision and label.
+    live: Arc<LiveHub>,
 }
 
 /// Wall-clock time now.
@@ -579,6 +588,7 @@ impl EngineHost {
                 std::thread::available_parallelism()
                     .map_or(1, |n| n.get().saturating_sub(1).max(1)),
             ),
+            live: Arc::new(LiveHub::new(site.clone())),
             site,
             key_fingerprint: key_fingerprint.as_str().to_owned(),
             cases,
@@ -612,6 +622,11 @@ impl EngineHost {
     /// The records store.
     pub fn store(&self) -> &Records {
         &self.store
+    }
+
+    /// The live feed and per-second statistics.
+    pub fn live(&self) -> &Arc<LiveHub> {
+        &self.live
     }
 
     /// The metrics.
@@ -764,7 +779,9 @@ impl EngineHost {
                     None
                 };
                 let decision = scored.decision;
-                let pending = write_decision(permit, p.tx, decision, us, false, alert, conflicts);
+                let pending = write_decision(
+                    &self.live, permit, p.tx, decision, us, false, alert, conflicts,
+                );
                 slots.push(Slot::Decided(pending));
             }
         }
@@ -779,12 +796,13 @@ impl EngineHost {
         for slot in slots {
             match slot {
                 Slot::Fresh => return Err(HostError::Overloaded),
-                Slot::Decided(Outcome::Pending(ack, record, raised)) => {
+                Slot::Decided(Outcome::Pending(ack, record, raised, observed)) => {
                     match ack.await {
                         Ok(Ok(seq)) => {
                             if let Some(site) = &self.site {
                                 site.advance(seq);
                             }
+                            self.live.stored(*observed);
                         }
                         Ok(Err(e)) => return Err(self.storage_failed(e)),
                         Err(_) => return Err(self.storage_failed("writer stopped".into())),
@@ -903,7 +921,16 @@ impl EngineHost {
                 let decision = scored.decision;
                 out.push((
                     index,
-                    write_decision(permit, p.tx, decision, us, true, alert, Vec::new()),
+                    write_decision(
+                        &self.live,
+                        permit,
+                        p.tx,
+                        decision,
+                        us,
+                        true,
+                        alert,
+                        Vec::new(),
+                    ),
                 ));
             }
             return Ok(out);
@@ -931,7 +958,16 @@ impl EngineHost {
             };
             out.push((
                 index,
-                write_decision(permit, p.tx, decision, us, false, alert, Vec::new()),
+                write_decision(
+                    &self.live,
+                    permit,
+                    p.tx,
+                    decision,
+                    us,
+                    false,
+                    alert,
+                    Vec::new(),
+                ),
             ));
         }
         Ok(out)
@@ -974,16 +1010,19 @@ impl EngineHost {
         entries: &[(LogId, LogEntry)],
         mut prepared: Prepared,
     ) {
+        // Other nodes' transactions, for the live feed (fed once the lock is released).
+        let mut foreign = Vec::new();
         let reconfigured = {
             let mut guard = self.lock();
             let locked = &mut *guard;
-            let r = locked.cursor.apply(
+            let r = locked.cursor.apply_observing(
                 &mut locked.engine,
                 shared.node,
                 entries,
                 &mut prepared,
                 &mut locked.log_results,
                 own_decision(self.has_alert_sinks, Instant::now()),
+                |tx, decision| foreign.push(self.live.observe_other_node(tx, decision)),
             );
             // One shared state is one site: returns at its stores see each other at once,
             // so cross-site conflicts belong to sites mode; drop what accumulated.
@@ -991,6 +1030,9 @@ impl EngineHost {
             locked.since_snapshot += r.applied;
             r
         };
+        for o in foreign {
+            self.live.stored(o);
+        }
         self.scored_total
             .fetch_add(reconfigured.applied, Ordering::Release);
         if reconfigured.rules {
@@ -1215,6 +1257,7 @@ impl EngineHost {
             Err(_) => return Err(self.storage_failed("writer stopped".into())),
         }
         self.metrics.labels.fetch_add(1, Ordering::Relaxed);
+        self.live.labelled(fraud);
         Ok(record)
     }
 

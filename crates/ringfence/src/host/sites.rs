@@ -105,6 +105,7 @@ impl EngineHost {
         let stored = self.store.decisions_of(ids).await?;
         let mut applied = Applied::default();
         let mut acks = Vec::with_capacity(records.len());
+        let mut observed = Vec::with_capacity(records.len());
         {
             let Some(permits) = self.store.writer().try_reserve_many(records.len()) else {
                 return Err(HostError::Overloaded);
@@ -131,6 +132,10 @@ impl EngineHost {
                     continue;
                 }
                 let d = &rec.decision.decision;
+                observed.push(
+                    self.live
+                        .observe(&rec.event, &rec.decision, Some(&origin.site)),
+                );
                 locked
                     .engine
                     .apply_recorded(&rec.event, d.alert, d.decision == Action::Block);
@@ -160,6 +165,9 @@ impl EngineHost {
                 Ok(Err(e)) => return Err(self.storage_failed(e)),
                 Err(_) => return Err(self.storage_failed("writer stopped".into())),
             }
+        }
+        for o in observed {
+            self.live.stored(o);
         }
         self.metrics
             .replicated

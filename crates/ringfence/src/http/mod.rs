@@ -17,6 +17,7 @@ pub mod rules;
 pub mod sites;
 pub mod stats;
 pub mod stores;
+pub mod stream;
 pub mod transactions;
 pub mod ui;
 
@@ -95,6 +96,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/graph/{type}/{id}"),
     ("get", "/v1/deliveries/dead-letters"),
     ("post", "/v1/deliveries/dead-letters/{id}/retry"),
+    ("get", "/v1/stores"),
+    ("get", "/v1/stream/transactions"),
+    ("get", "/v1/stream/alerts"),
+    ("get", "/v1/live/stats"),
 ];
 
 /// The OpenAPI document.
@@ -125,6 +130,7 @@ pub fn router(host: Arc<EngineHost>) -> Router {
         .route("/v1/photos/{sha256}", get(photos::get))
         .route("/v1/stores/{store}/transactions", get(stores::transactions))
         .merge(rules::routes())
+        .route("/v1/stores", get(stores::list))
         .merge(pos::routes())
         .merge(ui::routes())
         .merge(crate::auth::routes())
@@ -132,6 +138,7 @@ pub fn router(host: Arc<EngineHost>) -> Router {
         .merge(cases::routes())
         .merge(investigate::routes())
         .merge(deliveries::routes())
+        .merge(stream::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

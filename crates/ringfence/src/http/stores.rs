@@ -1,5 +1,7 @@
 //! `GET /v1/stores/{store}/transactions`: a store's latest purchases and returns, or one
-//! till's, with their decisions and photo outcomes; what the till page lists.
+//! till's, with their decisions and photo outcomes; what the till page lists. `GET
+//! /v1/stores`: the stores of the latest records with their counts (the dashboard's Stores
+//! page).
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -18,6 +20,47 @@ pub struct StoreQuery {
     pub terminal: Option<String>,
     /// Most transactions to list (default 20, at most 100).
     pub limit: Option<u32>,
+}
+
+/// Records `GET /v1/stores` looks at unless asked otherwise.
+const STORES_WINDOW: u32 = 5000;
+/// Most records it may look at.
+const MAX_STORES_WINDOW: u32 = 50_000;
+
+/// Query of `GET /v1/stores`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoresQuery {
+    /// How many of the latest records to look at (default 5000, at most 50000).
+    pub window: Option<String>,
+}
+
+/// The stores seen in the latest records, by name, with their transactions, purchases,
+/// returns, flagged and blocked counts and the time of their newest transaction.
+pub async fn list(
+    State(cx): State<ApiContext>,
+    q: Result<Query<StoresQuery>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = q.map_err(super::query_error)?;
+    let window = match q.window.as_deref().map(str::trim).filter(|w| !w.is_empty()) {
+        None => STORES_WINDOW,
+        Some(w) => match w.parse::<u32>() {
+            Ok(n) if (1..=MAX_STORES_WINDOW).contains(&n) => n,
+            _ => {
+                return Err(ApiError::BadParam {
+                    field: "window",
+                    message: format!("expected a whole number within 1..={MAX_STORES_WINDOW}"),
+                })
+            }
+        },
+    };
+    let stores = cx
+        .host
+        .store()
+        .recent_stores(window)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(json!({ "window": window, "stores": stores })))
 }
 
 /// Newest first: id, time, kind, amount, decision, score, terminal, receipt, customer, items,

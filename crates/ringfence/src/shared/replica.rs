@@ -268,7 +268,24 @@ impl LogCursor {
         entries: &[(LogId, LogEntry)],
         prepared: &mut Prepared,
         results: &mut HashMap<LogId, Applied<R>>,
+        keep: impl FnMut(LogId, &Transaction, Scored<'_>) -> R,
+    ) -> Reconfigured {
+        self.apply_observing(engine, me, entries, prepared, results, keep, |_, _| {})
+    }
+
+    /// [`LogCursor::apply`], also showing `foreign` every transaction another node appended
+    /// with the decision this engine reached for it (the one its node stored: every node
+    /// decides alike), for the live feed.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply_observing<R>(
+        &mut self,
+        engine: &mut Engine,
+        me: u64,
+        entries: &[(LogId, LogEntry)],
+        prepared: &mut Prepared,
+        results: &mut HashMap<LogId, Applied<R>>,
         mut keep: impl FnMut(LogId, &Transaction, Scored<'_>) -> R,
+        mut foreign: impl FnMut(&Transaction, &Decision),
     ) -> Reconfigured {
         let mut reconfigured = Reconfigured::default();
         for (id, entry) in entries {
@@ -287,6 +304,7 @@ impl LogCursor {
                         let scored = engine.score(tx);
                         self.keep_decision(key, &scored.decision);
                         if *origin != me {
+                            foreign(tx, &scored.decision);
                             continue;
                         }
                         Applied::Decided(keep(*id, tx, scored))

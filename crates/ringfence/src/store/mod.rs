@@ -226,6 +226,25 @@ pub struct AlertQuery {
     pub decision: Option<String>,
 }
 
+/// A store seen in the latest records, with what happened there (`GET /v1/stores`).
+#[derive(Clone, Debug, Serialize)]
+pub struct StoreSeen {
+    /// The store.
+    pub store_id: String,
+    /// Its transactions among the latest records.
+    pub transactions: u64,
+    /// Of those, purchases.
+    pub purchases: u64,
+    /// Of those, returns.
+    pub returns: u64,
+    /// Of those, decided above approve.
+    pub flagged: u64,
+    /// Of those, blocked.
+    pub blocked: u64,
+    /// Event time of its newest transaction.
+    pub last_at: Timestamp,
+}
+
 /// Record counts.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct StoreCounts {

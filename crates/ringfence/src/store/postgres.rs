@@ -34,7 +34,9 @@ use ringfence_core::event::{Timestamp, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, Config, IsolationLevel, NoTls, Statement};
 
-use super::{AlertQuery, AlertRow, HistoryItem, LabelRecord, StoreCounts, TxSummary, WriteOp};
+use super::{
+    AlertQuery, AlertRow, HistoryItem, LabelRecord, StoreCounts, StoreSeen, TxSummary, WriteOp,
+};
 
 pub use super::writer::{send, QueuedWrite, WritePermit, Writer};
 
@@ -627,6 +629,38 @@ impl PostgresStore {
                     },
                     tx,
                 ))
+            })
+            .collect()
+    }
+
+    /// The stores of the latest `window` records of every node, by name, with their counts
+    /// (see [`crate::store::sqlite::SqliteStore::recent_stores`]).
+    pub async fn recent_stores(&self, window: u32) -> Result<Vec<StoreSeen>, PostgresError> {
+        let c = self.readers.get().await?;
+        let rows = read(c.client.query(
+            "SELECT store, COUNT(*), SUM(CASE WHEN kind = 'purchase' THEN 1 ELSE 0 END)::BIGINT,
+                    SUM(CASE WHEN kind = 'return' THEN 1 ELSE 0 END)::BIGINT,
+                    SUM(CASE WHEN action <> 'approve' THEN 1 ELSE 0 END)::BIGINT,
+                    SUM(CASE WHEN action = 'block' THEN 1 ELSE 0 END)::BIGINT, MAX(ts)
+             FROM (SELECT event::json ->> 'store_id' AS store, event::json ->> 'kind' AS kind,
+                          action, ts
+                   FROM transactions ORDER BY seq DESC LIMIT $1) recent
+             WHERE store IS NOT NULL GROUP BY store ORDER BY store",
+            &[&i64::from(window)],
+        ))
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let n = |i: usize| r.try_get::<_, i64>(i).map(|v| v.max(0) as u64);
+                Ok(StoreSeen {
+                    store_id: r.try_get(0)?,
+                    transactions: n(1)?,
+                    purchases: n(2)?,
+                    returns: n(3)?,
+                    flagged: n(4)?,
+                    blocked: n(5)?,
+                    last_at: Timestamp::from_millis(r.try_get(6)?),
+                })
             })
             .collect()
     }

@@ -15,7 +15,9 @@ use ringfence_core::event::Transaction;
 
 use super::postgres::{PostgresError, PostgresStore};
 use super::sqlite::SqliteStore;
-use super::{AlertQuery, AlertRow, HistoryItem, StoreCounts, StoreError, TxSummary, Writer};
+use super::{
+    AlertQuery, AlertRow, HistoryItem, StoreCounts, StoreError, StoreSeen, TxSummary, Writer,
+};
 
 /// The records store of a node.
 #[derive(Clone, Debug)]
@@ -201,6 +203,18 @@ impl Records {
         match self {
             Records::Sqlite(s) => s.alert_id_of(transaction_id.to_owned()).await,
             Records::Postgres { shared, .. } => Ok(shared.alert_id_of(transaction_id).await?),
+        }
+    }
+
+    /// The stores of the latest `window` records with their counts (every node's in
+    /// production mode; this node's buffer while PostgreSQL is unreachable).
+    pub async fn recent_stores(&self, window: u32) -> Result<Vec<StoreSeen>, StoreError> {
+        match self {
+            Records::Sqlite(s) => s.recent_stores(window).await,
+            Records::Postgres { local, shared } => match shared.recent_stores(window).await {
+                Ok(v) => Ok(v),
+                Err(_) => local.recent_stores(window).await,
+            },
         }
     }
 

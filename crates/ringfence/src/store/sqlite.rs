@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use super::writer::{send, QueuedWrite, WritePermit, Writer};
 use super::{
-    AlertQuery, AlertRow, HistoryItem, LabelRecord, StoreCounts, StoreError, TxRecord, TxSummary,
-    WriteOp,
+    AlertQuery, AlertRow, HistoryItem, LabelRecord, StoreCounts, StoreError, StoreSeen, TxRecord,
+    TxSummary, WriteOp,
 };
 use ringfence_core::retail::ReturnConflict;
 
@@ -396,6 +396,35 @@ impl SqliteStore {
                 ));
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// The stores of the latest `window` records, by name, with their counts. Reads the
+    /// newest records by sequence (the primary key) and their events' store and kind, so its
+    /// cost is bounded by `window` whatever the size of the history.
+    pub async fn recent_stores(&self, window: u32) -> Result<Vec<StoreSeen>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT store, COUNT(*), SUM(kind = 'purchase'), SUM(kind = 'return'),
+                        SUM(action <> 'approve'), SUM(action = 'block'), MAX(ts)
+                 FROM (SELECT json_extract(event, '$.store_id') AS store,
+                              json_extract(event, '$.kind') AS kind, action, ts
+                       FROM transactions ORDER BY seq DESC LIMIT ?1)
+                 WHERE store IS NOT NULL GROUP BY store ORDER BY store",
+            )?;
+            let rows = stmt.query_map(params![window], |r| {
+                Ok(StoreSeen {
+                    store_id: r.get(0)?,
+                    transactions: r.get::<_, i64>(1)? as u64,
+                    purchases: r.get::<_, i64>(2)? as u64,
+                    returns: r.get::<_, i64>(3)? as u64,
+                    flagged: r.get::<_, i64>(4)? as u64,
+                    blocked: r.get::<_, i64>(5)? as u64,
+                    last_at: ringfence_core::event::Timestamp::from_millis(r.get(6)?),
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }

@@ -12,5 +12,7 @@ mod helpers;
 mod alerts;
 mod browser;
 mod investigate;
+mod live;
 mod rules;
 mod shell;
+mod stores;

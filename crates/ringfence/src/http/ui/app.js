@@ -115,9 +115,10 @@ const RF = (() => {
       socket(path, onMessage, onState) {
         let ws = null;
         let backoff = 500;
-        const handle = { close() { if (ws) ws.close(1000); } };
+        let closed = false; // by the page: no reconnecting
+        const handle = { close() { closed = true; if (ws) ws.close(1000); } };
         const open = () => {
-          if (!live) return;
+          if (!live || closed) return;
           const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${path}`;
           ws = new WebSocket(url);
           sockets.add(ws);
@@ -130,7 +131,7 @@ const RF = (() => {
           ws.onclose = () => {
             sockets.delete(ws);
             if (onState) onState("closed");
-            if (live) this.after(backoff, open);
+            if (live && !closed) this.after(backoff, open);
             backoff = Math.min(backoff * 2, 10000);
           };
         };
