@@ -150,6 +150,26 @@ pub struct ServeArgs {
     /// variable takes a comma-separated list). Needs `--site`.
     #[arg(long = "peer", env = "RINGFENCE_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
+    /// An API key this site sends to its `--peer` sites when it pulls their records (a key
+    /// with the `analyst` role there). Needed once the peers check access, which they do.
+    #[arg(long, env = "RINGFENCE_PEER_KEY", hide_env_values = true)]
+    pub peer_key: Option<Secret>,
+    /// An administrator's API key for automation and tests (at least 24 characters), accepted
+    /// besides the keys stored by `POST /v1/keys`. Never printed.
+    #[arg(long, env = "RINGFENCE_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<Secret>,
+    /// The password of the `admin` user created at the first start (when no user exists);
+    /// a random one is made and printed once otherwise. At least 12 characters.
+    #[arg(long, env = "RINGFENCE_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<Secret>,
+    /// The address people reach this server at (e.g. `https://fraud.example.com`): with
+    /// `https://` the sign-in cookie is marked Secure, and that origin is accepted for
+    /// signed-in changes besides the request's own host.
+    #[arg(long, env = "RINGFENCE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Hours a dashboard session may stay unused before it ends (default 12).
+    #[arg(long, env = "RINGFENCE_SESSION_IDLE_HOURS")]
+    pub session_idle_hours: Option<u64>,
 }
 
 /// The same keys as read from the config file.
@@ -186,6 +206,11 @@ struct FileConfig {
     snapshot_every: Option<u64>,
     site: Option<String>,
     peers: Option<Vec<String>>,
+    peer_key: Option<Secret>,
+    admin_key: Option<Secret>,
+    admin_password: Option<Secret>,
+    public_url: Option<String>,
+    session_idle_hours: Option<u64>,
 }
 
 /// A configuration problem, named precisely.
@@ -255,6 +280,81 @@ pub struct Settings {
     pub site: Option<String>,
     /// Base URLs of the peer sites it replicates with.
     pub peers: Vec<String>,
+    /// The API key sent to peer sites.
+    pub peer_key: Option<Secret>,
+    /// Access: the bootstrap administrator key, the first admin's password, the public
+    /// address and how long sessions last.
+    pub access: AccessSettings,
+}
+
+/// What access control needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct AccessSettings {
+    /// An administrator's API key (at least 24 characters), compared in constant time.
+    pub admin_key: Option<Secret>,
+    /// The first `admin` user's password (random when absent).
+    pub admin_password: Option<Secret>,
+    /// The public base URL, if set (no trailing slash).
+    pub public_url: Option<String>,
+    /// How long a session may stay unused.
+    pub session_idle: std::time::Duration,
+}
+
+/// Shortest accepted `--admin-key`.
+pub const MIN_ADMIN_KEY_LEN: usize = 24;
+/// Shortest accepted password.
+pub const MIN_PASSWORD_LEN: usize = 12;
+
+/// Checks and resolves the access settings.
+fn access_settings(
+    admin_key: Option<Secret>,
+    admin_password: Option<Secret>,
+    public_url: Option<String>,
+    session_idle_hours: u64,
+) -> Result<AccessSettings, ConfigError> {
+    if admin_key
+        .as_ref()
+        .is_some_and(|k| k.expose().chars().count() < MIN_ADMIN_KEY_LEN)
+    {
+        return Err(ConfigError::Invalid(format!(
+            "admin_key must be at least {MIN_ADMIN_KEY_LEN} characters"
+        )));
+    }
+    if admin_password
+        .as_ref()
+        .is_some_and(|p| p.expose().chars().count() < MIN_PASSWORD_LEN)
+    {
+        return Err(ConfigError::Invalid(format!(
+            "admin_password must be at least {MIN_PASSWORD_LEN} characters"
+        )));
+    }
+    let public_url = match public_url.map(|u| u.trim().trim_end_matches('/').to_owned()) {
+        Some(u) if u.is_empty() => None,
+        Some(u) => {
+            let rest = u
+                .strip_prefix("https://")
+                .or_else(|| u.strip_prefix("http://"))
+                .unwrap_or("");
+            if rest.is_empty() || rest.contains('/') {
+                return Err(ConfigError::Invalid(format!(
+                    "public_url `{u}` must be an http:// or https:// origin such as https://fraud.example.com (no path)"
+                )));
+            }
+            Some(u)
+        }
+        None => None,
+    };
+    if !(1..=24 * 30).contains(&session_idle_hours) {
+        return Err(ConfigError::Invalid(
+            "session_idle_hours must be within 1..=720".into(),
+        ));
+    }
+    Ok(AccessSettings {
+        admin_key,
+        admin_password,
+        public_url,
+        session_idle: std::time::Duration::from_secs(session_idle_hours * 3600),
+    })
 }
 
 /// Longest site name.
@@ -438,6 +538,12 @@ impl Settings {
             .filter(|p| !p.is_empty())
             .collect();
         check_sites(site.as_deref(), &peers, redis.is_some(), postgres.is_some())?;
+        let access = access_settings(
+            args.admin_key.clone().or(file.admin_key),
+            args.admin_password.clone().or(file.admin_password),
+            args.public_url.clone().or(file.public_url),
+            pick!(session_idle_hours, 12),
+        )?;
         Ok(Settings {
             listen: pick!(listen, SocketAddr::from(([127, 0, 0, 1], 8080))),
             data: pick!(data, PathBuf::from("./data")),
@@ -469,6 +575,8 @@ impl Settings {
             snapshot_every,
             site,
             peers,
+            peer_key: args.peer_key.clone().or(file.peer_key),
+            access,
         })
     }
 }

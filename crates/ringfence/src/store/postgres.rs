@@ -453,6 +453,12 @@ impl PostgresStore {
         &self.writer
     }
 
+    /// A new session with the store's settings, its connection driven by a task of its own:
+    /// for a module that keeps tables of its own (access control) and its own statements.
+    pub async fn open_client(&self) -> Result<Client, PostgresError> {
+        self.readers.connector.connect().await
+    }
+
     /// A value from the `meta` table (settings the data was written under).
     pub async fn meta(&self, key: &str) -> Result<Option<String>, PostgresError> {
         let c = self.readers.get().await?;

@@ -184,6 +184,12 @@ impl SqliteStore {
         &self.writer
     }
 
+    /// The database file: for a module that keeps tables of its own beside the records
+    /// (access control) on a connection of its own.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Runs `f` with a read connection on a blocking thread.
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
