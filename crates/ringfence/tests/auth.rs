@@ -83,7 +83,11 @@ async fn every_route_that_is_not_public_answers_401_without_credentials() {
     let app = spawn_app_with(dir.path(), |_| {}).await;
     let mut checked = 0;
     for (method, path) in ringfence::http::ROUTES {
-        let pattern = if *path == "/ui/{file}" { "/ui/{*file}" } else { path };
+        let pattern = if *path == "/ui/{file}" {
+            "/ui/{*file}"
+        } else {
+            path
+        };
         let url = concrete(path);
         let r = send(&app, &method.to_uppercase(), &url, &[], Some(&json!({}))).await;
         match policy::required(method, pattern) {
@@ -99,11 +103,20 @@ async fn every_route_that_is_not_public_answers_401_without_credentials() {
     }
     assert!(checked >= 25, "only {checked} routes checked");
     // A route nobody wrote yet is closed too, and so is a wrong method on a public one.
-    assert_eq!(send(&app, "GET", "/v1/not-yet", &[], None).await.status, 401);
-    assert_eq!(send(&app, "DELETE", "/healthz", &[], None).await.status, 401);
+    assert_eq!(
+        send(&app, "GET", "/v1/not-yet", &[], None).await.status,
+        401
+    );
+    assert_eq!(
+        send(&app, "DELETE", "/healthz", &[], None).await.status,
+        401
+    );
     // A made-up key, a malformed header and an unknown scheme are refused alike.
     for header in [
-        ("authorization", "Bearer rf_0123456789abcdef_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+        (
+            "authorization",
+            "Bearer rf_0123456789abcdef_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        ),
         ("authorization", "Basic YWRtaW46YWRtaW4="),
         ("x-api-key", "not-a-key"),
         ("cookie", "rf_session=forged"),
@@ -123,30 +136,82 @@ async fn roles_open_what_they_should_and_nothing_more() {
     let bearer = |k: &str| format!("Bearer {k}");
 
     let tx = json!({"transaction_id": "t-1", "user_id": "u", "amount": 10});
-    let r = send(&app, "POST", "/v1/transactions", &[("authorization", &bearer(&ingest))], Some(&tx)).await;
+    let r = send(
+        &app,
+        "POST",
+        "/v1/transactions",
+        &[("authorization", &bearer(&ingest))],
+        Some(&tx),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     // x-api-key works the same.
-    let r = send(&app, "GET", "/v1/transactions/t-1", &[("x-api-key", &ingest)], None).await;
+    let r = send(
+        &app,
+        "GET",
+        "/v1/transactions/t-1",
+        &[("x-api-key", &ingest)],
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let r = send(&app, "GET", "/v1/alerts", &[("x-api-key", &ingest)], None).await;
     assert_eq!(r.status, 403, "{}", r.text());
     let body = json_of(&r);
     assert_eq!(body["error"]["field"], "authorization");
     assert_eq!(body["error"]["code"], "forbidden");
-    assert!(body["error"]["message"].as_str().unwrap_or("").contains("analyst"), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("analyst"),
+        "{body}"
+    );
 
     // An analyst reads and labels, and may send transactions too, but not change rules or keys.
-    for path in ["/v1/alerts", "/v1/stats", "/metrics", "/v1/rules", "/v1/features"] {
+    for path in [
+        "/v1/alerts",
+        "/v1/stats",
+        "/metrics",
+        "/v1/rules",
+        "/v1/features",
+    ] {
         let r = send(&app, "GET", path, &[("x-api-key", &analyst)], None).await;
         assert_eq!(r.status, 200, "{path}: {}", r.text());
     }
-    let r = send(&app, "POST", "/v1/labels", &[("x-api-key", &analyst)], Some(&json!({"transaction_id": "t-1", "fraud": true}))).await;
+    let r = send(
+        &app,
+        "POST",
+        "/v1/labels",
+        &[("x-api-key", &analyst)],
+        Some(&json!({"transaction_id": "t-1", "fraud": true})),
+    )
+    .await;
     assert_eq!(r.status, 201, "{}", r.text());
     let tx2 = json!({"transaction_id": "t-2", "user_id": "u", "amount": 10});
-    let r = send(&app, "POST", "/v1/transactions", &[("x-api-key", &analyst)], Some(&tx2)).await;
+    let r = send(
+        &app,
+        "POST",
+        "/v1/transactions",
+        &[("x-api-key", &analyst)],
+        Some(&tx2),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    for (method, path) in [("POST", "/v1/rules/reload"), ("POST", "/v1/models/reload"), ("GET", "/v1/keys"), ("GET", "/v1/users")] {
-        let r = send(&app, method, path, &[("x-api-key", &analyst)], Some(&json!({}))).await;
+    for (method, path) in [
+        ("POST", "/v1/rules/reload"),
+        ("POST", "/v1/models/reload"),
+        ("GET", "/v1/keys"),
+        ("GET", "/v1/users"),
+    ] {
+        let r = send(
+            &app,
+            method,
+            path,
+            &[("x-api-key", &analyst)],
+            Some(&json!({})),
+        )
+        .await;
         assert_eq!(r.status, 403, "{method} {path}: {}", r.text());
     }
     // The admin may do everything.
@@ -157,7 +222,10 @@ async fn roles_open_what_they_should_and_nothing_more() {
     assert_eq!(me, json!({"name": "admin-key", "role": "admin"}));
     let r = send(&app, "GET", "/v1/auth/me", &[("x-api-key", &ingest)], None).await;
     assert_eq!(json_of(&r)["role"], "ingest");
-    assert!(json_of(&r)["name"].as_str().unwrap_or("").starts_with("key:"));
+    assert!(json_of(&r)["name"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("key:"));
     app.stop().await;
 }
 
@@ -176,10 +244,24 @@ async fn sign_in_sets_a_strict_cookie_that_works_until_sign_out() {
     assert_eq!(json_of(&wrong)["error"]["code"], "invalid_credentials");
     assert!(wrong.header("set-cookie").is_none());
     // Bad input names its field.
-    let r = send(&app, "POST", "/v1/auth/login", &[], Some(&json!({"username": "ana"}))).await;
+    let r = send(
+        &app,
+        "POST",
+        "/v1/auth/login",
+        &[],
+        Some(&json!({"username": "ana"})),
+    )
+    .await;
     assert_eq!(r.status, 400);
     assert_eq!(json_of(&r)["error"]["field"], "password");
-    let r = send(&app, "POST", "/v1/auth/login", &[], Some(&json!({"username": 5, "password": "x"}))).await;
+    let r = send(
+        &app,
+        "POST",
+        "/v1/auth/login",
+        &[],
+        Some(&json!({"username": 5, "password": "x"})),
+    )
+    .await;
     assert_eq!(r.status, 400);
     assert_eq!(json_of(&r)["error"]["field"], "username");
 
@@ -201,7 +283,14 @@ async fn sign_in_sets_a_strict_cookie_that_works_until_sign_out() {
     assert_eq!(keys.status, 403, "an analyst is no admin");
 
     let origin = app.base.clone();
-    let out = send(&app, "POST", "/v1/auth/logout", &[("cookie", &cookie), ("origin", &origin)], None).await;
+    let out = send(
+        &app,
+        "POST",
+        "/v1/auth/logout",
+        &[("cookie", &cookie), ("origin", &origin)],
+        None,
+    )
+    .await;
     assert_eq!(out.status, 204, "{}", out.text());
     assert!(out.header("set-cookie").unwrap_or("").contains("Max-Age=0"));
     let after = send(&app, "GET", "/v1/auth/me", &[("cookie", &cookie)], None).await;
@@ -210,7 +299,10 @@ async fn sign_in_sets_a_strict_cookie_that_works_until_sign_out() {
 
     // Behind HTTPS (a --public-url, or a proxy saying so) the cookie is Secure.
     let dir = tempfile::tempdir().expect("tempdir");
-    let app = spawn_app_with(dir.path(), |a| a.public_url = Some("https://fraud.example.com".into())).await;
+    let app = spawn_app_with(dir.path(), |a| {
+        a.public_url = Some("https://fraud.example.com".into())
+    })
+    .await;
     let password = app.create_user("ana", "analyst").await;
     let (_, ok) = login(&app, "ana", &password).await;
     assert!(ok.header("set-cookie").unwrap_or("").contains("; Secure"));
@@ -257,7 +349,12 @@ async fn signed_in_changes_and_websockets_must_come_from_this_origin() {
         &app,
         "GET",
         "/v1/alerts",
-        &[("cookie", &cookie), ("origin", "http://evil.example"), ("upgrade", "websocket"), ("connection", "upgrade")],
+        &[
+            ("cookie", &cookie),
+            ("origin", "http://evil.example"),
+            ("upgrade", "websocket"),
+            ("connection", "upgrade"),
+        ],
         None,
     )
     .await;
@@ -265,11 +362,25 @@ async fn signed_in_changes_and_websockets_must_come_from_this_origin() {
     // Reads need no origin; this server's own page may change things.
     let r = send(&app, "GET", "/v1/alerts", &[("cookie", &cookie)], None).await;
     assert_eq!(r.status, 200);
-    let r = send(&app, "POST", "/v1/labels", &[("cookie", &cookie), ("origin", &own)], Some(&label)).await;
+    let r = send(
+        &app,
+        "POST",
+        "/v1/labels",
+        &[("cookie", &cookie), ("origin", &own)],
+        Some(&label),
+    )
+    .await;
     assert_eq!(r.status, 201, "{}", r.text());
     // API keys are exempt: no browser sends them on another site's behalf.
     let key = app.create_key("labeller", "analyst").await;
-    let r = send(&app, "POST", "/v1/labels", &[("x-api-key", &key)], Some(&label)).await;
+    let r = send(
+        &app,
+        "POST",
+        "/v1/labels",
+        &[("x-api-key", &key)],
+        Some(&label),
+    )
+    .await;
     assert_eq!(r.status, 201, "{}", r.text());
     // Another site's page cannot sign a browser in either.
     let r = send(
@@ -289,7 +400,10 @@ async fn keys_are_created_once_listed_without_secrets_and_revoked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let app = spawn_app_with(dir.path(), |_| {}).await;
     let (status, created) = app
-        .post_json("/v1/keys", &json!({"name": "gateway eu-1", "role": "ingest"}))
+        .post_json(
+            "/v1/keys",
+            &json!({"name": "gateway eu-1", "role": "ingest"}),
+        )
         .await;
     assert_eq!(status, 201, "{created}");
     let key = created["key"].as_str().expect("key").to_owned();
@@ -300,17 +414,30 @@ async fn keys_are_created_once_listed_without_secrets_and_revoked() {
 
     let tx = |i: u32| json!({"transaction_id": format!("k-{i}"), "user_id": "u", "amount": 10});
     for i in 0..3 {
-        let r = send(&app, "POST", "/v1/transactions", &[("x-api-key", &key)], Some(&tx(i))).await;
+        let r = send(
+            &app,
+            "POST",
+            "/v1/transactions",
+            &[("x-api-key", &key)],
+            Some(&tx(i)),
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
     let (_, list) = app.get("/v1/keys").await;
     let text = list.to_string();
-    assert!(!text.contains(&key[20..]), "the secret is shown only once: {text}");
+    assert!(
+        !text.contains(&key[20..]),
+        "the secret is shown only once: {text}"
+    );
     assert!(!text.contains("argon2"), "{text}");
     let listed = &list["keys"][0];
     assert_eq!(listed["id"], id.as_str());
     assert_eq!(listed["name"], "gateway eu-1");
-    assert!(listed["last_used"].is_string(), "first use recorded: {listed}");
+    assert!(
+        listed["last_used"].is_string(),
+        "first use recorded: {listed}"
+    );
     assert!(listed.get("revoked_at").is_none());
 
     // Bad requests name the field.
@@ -318,7 +445,10 @@ async fn keys_are_created_once_listed_without_secrets_and_revoked() {
         (json!({"role": "ingest"}), "name"),
         (json!({"name": "x", "role": "root"}), "role"),
         (json!({"name": "x"}), "role"),
-        (json!({"name": "x", "role": "ingest", "admin": true}), "admin"),
+        (
+            json!({"name": "x", "role": "ingest", "admin": true}),
+            "admin",
+        ),
     ] {
         let (status, err) = app.post_json("/v1/keys", &body).await;
         assert_eq!(status, 400, "{body}: {err}");
@@ -327,17 +457,37 @@ async fn keys_are_created_once_listed_without_secrets_and_revoked() {
 
     let r = app
         .client
-        .send(Request::delete(app.url(&format!("/v1/keys/{id}"))).body(Bytes::new()).expect("req"))
+        .send(
+            Request::delete(app.url(&format!("/v1/keys/{id}")))
+                .body(Bytes::new())
+                .expect("req"),
+        )
         .await
         .expect("delete");
     assert_eq!(r.status, 204);
-    let r = send(&app, "POST", "/v1/transactions", &[("x-api-key", &key)], Some(&tx(9))).await;
-    assert_eq!(r.status, 401, "a revoked key stops at once on its node: {}", r.text());
+    let r = send(
+        &app,
+        "POST",
+        "/v1/transactions",
+        &[("x-api-key", &key)],
+        Some(&tx(9)),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        401,
+        "a revoked key stops at once on its node: {}",
+        r.text()
+    );
     let (_, list) = app.get("/v1/keys").await;
     assert!(list["keys"][0]["revoked_at"].is_string(), "{list}");
     let r = app
         .client
-        .send(Request::delete(app.url("/v1/keys/0000000000000000")).body(Bytes::new()).expect("req"))
+        .send(
+            Request::delete(app.url("/v1/keys/0000000000000000"))
+                .body(Bytes::new())
+                .expect("req"),
+        )
         .await
         .expect("delete");
     assert_eq!(r.status, 404);
@@ -367,14 +517,25 @@ async fn the_tables_hold_only_hashes() {
     let sessions = dump("SELECT token_hash || ' ' || user_name FROM auth_sessions");
     let everything = [&users[..], &keys[..], &sessions[..]].concat().join("\n");
     for secret in [&password, &key, &token] {
-        assert!(!everything.contains(secret.as_str()), "plaintext stored:\n{everything}");
+        assert!(
+            !everything.contains(secret.as_str()),
+            "plaintext stored:\n{everything}"
+        );
     }
     assert!(!everything.contains(&key[20..]));
     let ana = users.iter().find(|u| u.starts_with("ana ")).expect("ana");
     assert!(ana.contains(" $argon2id$v=19$m=19456,t=2,p=1$"), "{ana}");
-    assert!(users.iter().any(|u| u.starts_with("admin admin $argon2id$")), "{users:?}");
+    assert!(
+        users
+            .iter()
+            .any(|u| u.starts_with("admin admin $argon2id$")),
+        "{users:?}"
+    );
     assert!(keys[0].contains(" $argon2id$"), "{keys:?}");
-    let expected: String = Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    let expected: String = Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(sessions, vec![format!("{expected} ana")]);
 }
 
@@ -390,7 +551,10 @@ async fn repeated_wrong_passwords_are_slowed_per_user_and_address() {
     }
     let (_, r) = login(&app, "ana", &password).await;
     assert_eq!(r.status, 429, "{}", r.text());
-    let wait: u64 = r.header("retry-after").and_then(|v| v.parse().ok()).expect("retry-after");
+    let wait: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("retry-after");
     assert!((1..=5).contains(&wait), "{wait}");
     let body = json_of(&r);
     assert_eq!(body["error"]["code"], "too_many_attempts");
@@ -405,10 +569,22 @@ async fn users_are_managed_by_admins_and_deleting_one_ends_their_sessions() {
     let dir = tempfile::tempdir().expect("tempdir");
     let app = spawn_app_with(dir.path(), |_| {}).await;
     for (body, field) in [
-        (json!({"password": "long enough password", "role": "analyst"}), "name"),
-        (json!({"name": "bad name!", "password": "long enough password", "role": "analyst"}), "name"),
-        (json!({"name": "ana", "password": "short", "role": "analyst"}), "password"),
-        (json!({"name": "ana", "password": "long enough password", "role": "boss"}), "role"),
+        (
+            json!({"password": "long enough password", "role": "analyst"}),
+            "name",
+        ),
+        (
+            json!({"name": "bad name!", "password": "long enough password", "role": "analyst"}),
+            "name",
+        ),
+        (
+            json!({"name": "ana", "password": "short", "role": "analyst"}),
+            "password",
+        ),
+        (
+            json!({"name": "ana", "password": "long enough password", "role": "boss"}),
+            "role",
+        ),
     ] {
         let (status, err) = app.post_json("/v1/users", &body).await;
         assert_eq!(status, 400, "{body}: {err}");
@@ -416,12 +592,20 @@ async fn users_are_managed_by_admins_and_deleting_one_ends_their_sessions() {
     }
     let password = app.create_user("ana", "analyst").await;
     let (status, err) = app
-        .post_json("/v1/users", &json!({"name": "ana", "password": "another long password", "role": "admin"}))
+        .post_json(
+            "/v1/users",
+            &json!({"name": "ana", "password": "another long password", "role": "admin"}),
+        )
         .await;
     assert_eq!(status, 409, "{err}");
     assert_eq!(err["error"]["field"], "name");
     let (_, users) = app.get("/v1/users").await;
-    let names: Vec<&str> = users["users"].as_array().expect("users").iter().filter_map(|u| u["name"].as_str()).collect();
+    let names: Vec<&str> = users["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .filter_map(|u| u["name"].as_str())
+        .collect();
     assert_eq!(names, ["admin", "ana"]);
     assert!(!users.to_string().contains("argon2"));
 
@@ -432,13 +616,20 @@ async fn users_are_managed_by_admins_and_deleting_one_ends_their_sessions() {
         .send(
             Request::put(app.url("/v1/users/ana/password"))
                 .header("content-type", "application/json")
-                .body(Bytes::from(json!({"password": "a brand new password"}).to_string()))
+                .body(Bytes::from(
+                    json!({"password": "a brand new password"}).to_string(),
+                ))
                 .expect("req"),
         )
         .await
         .expect("put");
     assert_eq!(r.status, 204, "{}", r.text());
-    assert_eq!(send(&app, "GET", "/v1/auth/me", &[("cookie", &cookie)], None).await.status, 401);
+    assert_eq!(
+        send(&app, "GET", "/v1/auth/me", &[("cookie", &cookie)], None)
+            .await
+            .status,
+        401
+    );
     let (_, old) = login(&app, "ana", &password).await;
     assert_eq!(old.status, 401);
     let (cookie, new) = login(&app, "ana", "a brand new password").await;
@@ -446,14 +637,27 @@ async fn users_are_managed_by_admins_and_deleting_one_ends_their_sessions() {
 
     let r = app
         .client
-        .send(Request::delete(app.url("/v1/users/ana")).body(Bytes::new()).expect("req"))
+        .send(
+            Request::delete(app.url("/v1/users/ana"))
+                .body(Bytes::new())
+                .expect("req"),
+        )
         .await
         .expect("delete");
     assert_eq!(r.status, 204);
-    assert_eq!(send(&app, "GET", "/v1/auth/me", &[("cookie", &cookie)], None).await.status, 401);
+    assert_eq!(
+        send(&app, "GET", "/v1/auth/me", &[("cookie", &cookie)], None)
+            .await
+            .status,
+        401
+    );
     let r = app
         .client
-        .send(Request::delete(app.url("/v1/users/ana")).body(Bytes::new()).expect("req"))
+        .send(
+            Request::delete(app.url("/v1/users/ana"))
+                .body(Bytes::new())
+                .expect("req"),
+        )
         .await
         .expect("delete");
     assert_eq!(r.status, 404);
@@ -475,14 +679,20 @@ async fn the_first_start_creates_the_admin_once_and_idle_sessions_end() {
     // The session was last used two days ago: past the 12 h idle limit.
     let db = rusqlite::Connection::open(dir.path().join("ringfence.db")).expect("db");
     let two_days_ago = ringfence::host::now().millis() - 48 * 3_600_000;
-    db.execute("UPDATE auth_sessions SET last_seen = ?1", [two_days_ago]).expect("age");
+    db.execute("UPDATE auth_sessions SET last_seen = ?1", [two_days_ago])
+        .expect("age");
     drop(db);
     // A second start keeps the users it has (another password does not replace the first).
     let app = spawn_app_with(dir.path(), |a| {
         a.admin_password = Some(Secret::new("some other password"))
     })
     .await;
-    assert_eq!(send(&app, "GET", "/v1/auth/me", &[("cookie", &cookie)], None).await.status, 401);
+    assert_eq!(
+        send(&app, "GET", "/v1/auth/me", &[("cookie", &cookie)], None)
+            .await
+            .status,
+        401
+    );
     let (_, r) = login(&app, "admin", "some other password").await;
     assert_eq!(r.status, 401);
     let (_, r) = login(&app, "admin", "first admin password").await;
@@ -512,13 +722,26 @@ async fn nodes_on_one_postgres_share_keys_users_and_sessions_and_revocation() {
     let url = server.url();
     let dir_a = tempfile::tempdir().expect("dir");
     let dir_b = tempfile::tempdir().expect("dir");
-    let a = spawn_app_with(dir_a.path(), |args| args.postgres = Some(Secret::new(url.clone()))).await;
-    let b = spawn_app_with(dir_b.path(), |args| args.postgres = Some(Secret::new(url.clone()))).await;
+    let a = spawn_app_with(dir_a.path(), |args| {
+        args.postgres = Some(Secret::new(url.clone()))
+    })
+    .await;
+    let b = spawn_app_with(dir_b.path(), |args| {
+        args.postgres = Some(Secret::new(url.clone()))
+    })
+    .await;
 
     // A key created through A works on B.
     let key = a.create_key("gateway", "ingest").await;
     let tx = |id: &str| json!({"transaction_id": id, "user_id": "u", "amount": 10});
-    let r = send(&b, "POST", "/v1/transactions", &[("x-api-key", &key)], Some(&tx("pg-1"))).await;
+    let r = send(
+        &b,
+        "POST",
+        "/v1/transactions",
+        &[("x-api-key", &key)],
+        Some(&tx("pg-1")),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     // A user created through A signs in on B, and that session works on A.
     let password = a.create_user("ana", "analyst").await;
@@ -528,7 +751,12 @@ async fn nodes_on_one_postgres_share_keys_users_and_sessions_and_revocation() {
     assert_eq!(json_of(&me)["name"], "ana", "{}", me.text());
     // One first administrator for both nodes.
     let (_, users) = b.get("/v1/users").await;
-    let admins = users["users"].as_array().expect("users").iter().filter(|u| u["name"] == "admin").count();
+    let admins = users["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .filter(|u| u["name"] == "admin")
+        .count();
     assert_eq!(admins, 1, "{users}");
 
     // Revoked through A: B stops accepting it within its re-check time.
@@ -536,7 +764,11 @@ async fn nodes_on_one_postgres_share_keys_users_and_sessions_and_revocation() {
     let id = keys["keys"][0]["id"].as_str().expect("id").to_owned();
     let r = a
         .client
-        .send(Request::delete(a.url(&format!("/v1/keys/{id}"))).body(Bytes::new()).expect("req"))
+        .send(
+            Request::delete(a.url(&format!("/v1/keys/{id}")))
+                .body(Bytes::new())
+                .expect("req"),
+        )
         .await
         .expect("delete");
     assert_eq!(r.status, 204);
@@ -545,12 +777,23 @@ async fn nodes_on_one_postgres_share_keys_users_and_sessions_and_revocation() {
     let mut i = 0;
     loop {
         i += 1;
-        let r = send(&b, "POST", "/v1/transactions", &[("x-api-key", &key)], Some(&tx(&format!("pg-r{i}")))).await;
+        let r = send(
+            &b,
+            "POST",
+            "/v1/transactions",
+            &[("x-api-key", &key)],
+            Some(&tx(&format!("pg-r{i}"))),
+        )
+        .await;
         if r.status == 401 {
             break;
         }
         assert_eq!(r.status, 200, "{}", r.text());
-        assert!(started.elapsed() < bound, "B still accepts a key revoked {:?} ago", started.elapsed());
+        assert!(
+            started.elapsed() < bound,
+            "B still accepts a key revoked {:?} ago",
+            started.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     a.stop().await;

@@ -172,7 +172,10 @@ async fn serve_reads_flags_env_and_config_file_and_stops_on_sigterm() {
     // The password is shown once, outside the log lines (which carry a level).
     let shown: Vec<&str> = log.lines().filter(|l| l.contains(&password)).collect();
     assert_eq!(shown.len(), 1, "{log}");
-    assert!(!shown[0].contains("INFO") && !shown[0].contains("WARN"), "{log}");
+    assert!(
+        !shown[0].contains("INFO") && !shown[0].contains("WARN"),
+        "{log}"
+    );
 }
 
 #[test]

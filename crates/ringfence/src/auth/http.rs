@@ -176,7 +176,11 @@ async fn login(
     }
     let user = auth.store.user(&username).await.map_err(store_error)?;
     let ok = match &user {
-        Some(u) => auth.hasher.verify(password, u.password_hash.clone()).await?,
+        Some(u) => {
+            auth.hasher
+                .verify(password, u.password_hash.clone())
+                .await?
+        }
         None => {
             // The same work as a wrong password, so timing does not tell which names exist.
             let decoy = auth
@@ -222,10 +226,7 @@ async fn login(
 }
 
 /// `POST /v1/auth/logout`: ends the session of the cookie (if any) and clears the cookie.
-async fn logout(
-    State(cx): State<ApiContext>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+async fn logout(State(cx): State<ApiContext>, headers: HeaderMap) -> Result<Response, ApiError> {
     if let Some(token) = sessions::token_from(&headers) {
         let hash = sessions::token_hash(token);
         cx.auth
@@ -313,8 +314,8 @@ async fn create_key(
     let role = role(&req.role)?;
     let (row, key) = cx.auth.create_key(name, role, &who.name).await?;
     tracing::info!(key = %row.id, role = role.as_str(), by = %who.name, "API key created");
-    let mut view = serde_json::to_value(KeyView::from(row))
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let mut view =
+        serde_json::to_value(KeyView::from(row)).map_err(|e| ApiError::Internal(e.to_string()))?;
     view["key"] = serde_json::Value::String(key.expose().to_owned());
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -394,7 +395,14 @@ async fn create_user(
     let name = user_name(&req.name, "name")?;
     let password = new_password(&req.password)?;
     let role = role(&req.role)?;
-    if cx.auth.store.user(&name).await.map_err(store_error)?.is_some() {
+    if cx
+        .auth
+        .store
+        .user(&name)
+        .await
+        .map_err(store_error)?
+        .is_some()
+    {
         return Err(ApiError::Conflict {
             field: "name",
             message: format!("a user `{name}` exists already"),
@@ -459,7 +467,14 @@ async fn set_password(
 ) -> Result<StatusCode, ApiError> {
     let req: NewPassword = parse(body)?;
     let password = new_password(&req.password)?;
-    if cx.auth.store.user(&name).await.map_err(store_error)?.is_none() {
+    if cx
+        .auth
+        .store
+        .user(&name)
+        .await
+        .map_err(store_error)?
+        .is_none()
+    {
         return Err(ApiError::NotFound(format!("no user `{name}`")));
     }
     let hash = cx.auth.hasher.hash(password).await?;

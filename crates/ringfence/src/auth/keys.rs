@@ -70,7 +70,9 @@ impl ApiKey {
     pub fn parse(text: &str) -> Option<ApiKey> {
         let (id, secret) = text.strip_prefix("rf_")?.split_once('_')?;
         let id_ok = id.len() == ID_BYTES * 2
-            && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         let secret_ok = (43..=128).contains(&secret.len())
             && secret
                 .bytes()
@@ -274,10 +276,7 @@ impl KeyCache {
         store: &AuthStore,
     ) -> Result<Option<Principal>, CheckError> {
         let touch = hit.touched.elapsed() >= TOUCH_EVERY;
-        match store
-            .key_status(&hit.id, touch.then(now_ms))
-            .await
-        {
+        match store.key_status(&hit.id, touch.then(now_ms)).await {
             Ok(Some((role, false))) => {
                 let v = Verified {
                     id: hit.id.clone(),
@@ -332,7 +331,10 @@ mod tests {
         assert!(text.len() >= 3 + 16 + 1 + 43, "{text}");
         let back = ApiKey::parse(&text).expect("parses");
         assert_eq!(back.id(), k.id());
-        assert!(!format!("{k:?}").contains(&text[20..]), "debug hides the secret");
+        assert!(
+            !format!("{k:?}").contains(&text[20..]),
+            "debug hides the secret"
+        );
         for bad in [
             "",
             "rf_",

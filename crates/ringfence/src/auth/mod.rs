@@ -144,7 +144,9 @@ pub struct Auth {
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Auth").field("store", &self.store).finish_non_exhaustive()
+        f.debug_struct("Auth")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
     }
 }
 

@@ -53,10 +53,22 @@ mod tests {
 
     #[test]
     fn only_this_servers_pages_pass() {
-        assert!(is_same_origin(&headers(Some("http://127.0.0.1:8080"), "127.0.0.1:8080"), None));
-        assert!(!is_same_origin(&headers(Some("http://evil.example"), "127.0.0.1:8080"), None));
-        assert!(!is_same_origin(&headers(Some("http://127.0.0.1:9999"), "127.0.0.1:8080"), None));
-        assert!(!is_same_origin(&headers(Some("null"), "127.0.0.1:8080"), None));
+        assert!(is_same_origin(
+            &headers(Some("http://127.0.0.1:8080"), "127.0.0.1:8080"),
+            None
+        ));
+        assert!(!is_same_origin(
+            &headers(Some("http://evil.example"), "127.0.0.1:8080"),
+            None
+        ));
+        assert!(!is_same_origin(
+            &headers(Some("http://127.0.0.1:9999"), "127.0.0.1:8080"),
+            None
+        ));
+        assert!(!is_same_origin(
+            &headers(Some("null"), "127.0.0.1:8080"),
+            None
+        ));
         assert!(!is_same_origin(&headers(None, "127.0.0.1:8080"), None));
         let proxied = headers(Some("https://fraud.example.com"), "10.0.0.5:8080");
         assert!(is_same_origin(&proxied, Some("https://fraud.example.com")));

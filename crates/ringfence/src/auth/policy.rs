@@ -119,7 +119,11 @@ mod tests {
     fn every_route_has_a_line() {
         // The router's wildcard is written `{*file}`; ROUTES documents it as `{file}`.
         for (method, path) in crate::http::ROUTES {
-            let path = if *path == "/ui/{file}" { "/ui/{*file}" } else { path };
+            let path = if *path == "/ui/{file}" {
+                "/ui/{*file}"
+            } else {
+                path
+            };
             assert!(
                 POLICY
                     .iter()

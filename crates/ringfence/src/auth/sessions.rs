@@ -166,7 +166,10 @@ mod tests {
     #[test]
     fn the_cookie_is_found_among_others_and_its_attributes_are_strict() {
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1; rf_session=tok-en_1; b=2"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; rf_session=tok-en_1; b=2"),
+        );
         assert_eq!(token_from(&h), Some("tok-en_1"));
         let mut h = HeaderMap::new();
         h.append(header::COOKIE, HeaderValue::from_static("rf_session="));

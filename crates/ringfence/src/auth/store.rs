@@ -63,7 +63,8 @@ const PG_TIMEOUT: Duration = Duration::from_secs(10);
 // Statements shared by both backends. Parameters are `$n` and appear in increasing order:
 // SQLite reads `$1` as a named parameter and numbers parameters by first appearance.
 const USER_COUNT: &str = "SELECT COUNT(*) FROM auth_users";
-const INSERT_USER: &str = "INSERT INTO auth_users (name, role, password_hash, created_by, created_at)
+const INSERT_USER: &str =
+    "INSERT INTO auth_users (name, role, password_hash, created_by, created_at)
      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING";
 const USER: &str =
     "SELECT name, role, password_hash, created_by, created_at FROM auth_users WHERE name = $1";
@@ -84,8 +85,7 @@ const KEY: &str = "SELECT id, name, role, key_hash, created_by, created_at, revo
      FROM auth_keys WHERE id = $1";
 const KEYS: &str = "SELECT id, name, role, key_hash, created_by, created_at, revoked_at, last_used
      FROM auth_keys ORDER BY created_at, id";
-const REVOKE_KEY: &str =
-    "UPDATE auth_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2";
+const REVOKE_KEY: &str = "UPDATE auth_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2";
 const TOUCH_KEY: &str = "UPDATE auth_keys SET last_used = $1 WHERE id = $2";
 const KEY_STATUS: &str = "SELECT role, revoked_at FROM auth_keys WHERE id = $1";
 const INSERT_SESSION: &str =
@@ -196,12 +196,20 @@ fn role_of(text: &str) -> Result<Role, StoreError> {
     Role::parse(text).ok_or_else(|| StoreError::Corrupt(format!("unknown role `{text}`")))
 }
 
-fn user_of_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String, Option<String>, i64)> {
+fn user_of_sqlite(
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(String, String, String, Option<String>, i64)> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
 }
 
 fn user_row(
-    (name, role, password_hash, created_by, created_at): (String, String, String, Option<String>, i64),
+    (name, role, password_hash, created_by, created_at): (
+        String,
+        String,
+        String,
+        Option<String>,
+        i64,
+    ),
 ) -> Result<UserRow, StoreError> {
     Ok(UserRow {
         name,
@@ -212,7 +220,16 @@ fn user_row(
     })
 }
 
-type KeyTuple = (String, String, String, String, String, i64, Option<i64>, Option<i64>);
+type KeyTuple = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+);
 
 fn key_of_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyTuple> {
     Ok((
@@ -265,14 +282,15 @@ impl AuthStore {
         match records {
             Records::Sqlite(local) => {
                 let path = local.path().to_owned();
-                let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
-                    let conn = Connection::open(path)?;
-                    conn.busy_timeout(Duration::from_secs(5))?;
-                    conn.execute_batch(SCHEMA)?;
-                    Ok(conn)
-                })
-                .await
-                .map_err(|_| StoreError::Closed)??;
+                let conn =
+                    tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+                        let conn = Connection::open(path)?;
+                        conn.busy_timeout(Duration::from_secs(5))?;
+                        conn.execute_batch(SCHEMA)?;
+                        Ok(conn)
+                    })
+                    .await
+                    .map_err(|_| StoreError::Closed)??;
                 Ok(AuthStore::Sqlite(Arc::new(Mutex::new(conn))))
             }
             Records::Postgres { shared, .. } => {
@@ -309,8 +327,10 @@ impl AuthStore {
     pub async fn user_count(&self) -> Result<u64, StoreError> {
         match self {
             AuthStore::Sqlite(c) => {
-                Self::sqlite(c, |c| Ok(c.query_row(USER_COUNT, [], |r| r.get::<_, i64>(0))? as u64))
-                    .await
+                Self::sqlite(c, |c| {
+                    Ok(c.query_row(USER_COUNT, [], |r| r.get::<_, i64>(0))? as u64)
+                })
+                .await
             }
             AuthStore::Postgres(p) => {
                 let c = p.client().await?;
@@ -327,7 +347,13 @@ impl AuthStore {
                 Self::sqlite(c, move |c| {
                     Ok(c.execute(
                         INSERT_USER,
-                        params![u.name, u.role.as_str(), u.password_hash, u.created_by, u.created_at],
+                        params![
+                            u.name,
+                            u.role.as_str(),
+                            u.password_hash,
+                            u.created_by,
+                            u.created_at
+                        ],
                     )? == 1)
                 })
                 .await
@@ -336,7 +362,13 @@ impl AuthStore {
                 let c = p.client().await?;
                 let n = pg(c.execute(
                     INSERT_USER,
-                    &[&u.name, &u.role.as_str(), &u.password_hash, &u.created_by, &u.created_at],
+                    &[
+                        &u.name,
+                        &u.role.as_str(),
+                        &u.password_hash,
+                        &u.created_by,
+                        &u.created_at,
+                    ],
                 ))
                 .await?;
                 Ok(n == 1)
@@ -363,7 +395,13 @@ impl AuthStore {
                     return Ok(None);
                 };
                 let t = (|| -> Result<_, tokio_postgres::Error> {
-                    Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?))
+                    Ok((
+                        r.try_get(0)?,
+                        r.try_get(1)?,
+                        r.try_get(2)?,
+                        r.try_get(3)?,
+                        r.try_get(4)?,
+                    ))
                 })()
                 .map_err(pg_err)?;
                 user_row(t).map(Some)
@@ -389,7 +427,13 @@ impl AuthStore {
                     .iter()
                     .map(|r| {
                         let t = (|| -> Result<_, tokio_postgres::Error> {
-                            Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?))
+                            Ok((
+                                r.try_get(0)?,
+                                r.try_get(1)?,
+                                r.try_get(2)?,
+                                r.try_get(3)?,
+                                r.try_get(4)?,
+                            ))
                         })()
                         .map_err(pg_err)?;
                         user_row(t)
@@ -448,7 +492,14 @@ impl AuthStore {
                 Self::sqlite(c, move |c| {
                     c.execute(
                         INSERT_KEY,
-                        params![k.id, k.name, k.role.as_str(), k.key_hash, k.created_by, k.created_at],
+                        params![
+                            k.id,
+                            k.name,
+                            k.role.as_str(),
+                            k.key_hash,
+                            k.created_by,
+                            k.created_at
+                        ],
                     )?;
                     Ok(())
                 })
@@ -458,7 +509,14 @@ impl AuthStore {
                 let c = p.client().await?;
                 pg(c.execute(
                     INSERT_KEY,
-                    &[&k.id, &k.name, &k.role.as_str(), &k.key_hash, &k.created_by, &k.created_at],
+                    &[
+                        &k.id,
+                        &k.name,
+                        &k.role.as_str(),
+                        &k.key_hash,
+                        &k.created_by,
+                        &k.created_at,
+                    ],
                 ))
                 .await?;
                 Ok(())
@@ -516,7 +574,11 @@ impl AuthStore {
         let id = id.to_owned();
         match self {
             AuthStore::Sqlite(c) => {
-                Self::sqlite(c, move |c| Ok(c.execute(REVOKE_KEY, params![now, id])? == 1)).await
+                Self::sqlite(
+                    c,
+                    move |c| Ok(c.execute(REVOKE_KEY, params![now, id])? == 1),
+                )
+                .await
             }
             AuthStore::Postgres(p) => {
                 let c = p.client().await?;

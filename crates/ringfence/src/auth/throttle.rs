@@ -41,7 +41,10 @@ impl LoginThrottle {
     /// `Err(wait)` when this pair must wait before trying again.
     pub fn check(&self, user: &str, ip: IpAddr) -> Result<(), Duration> {
         let pairs = self.pairs.lock().unwrap_or_else(|p| p.into_inner());
-        match pairs.get(&(user.to_lowercase(), ip)).and_then(|f| f.wait_until) {
+        match pairs
+            .get(&(user.to_lowercase(), ip))
+            .and_then(|f| f.wait_until)
+        {
             Some(until) if until > Instant::now() => Err(until - Instant::now()),
             _ => Ok(()),
         }
@@ -58,13 +61,11 @@ impl LoginThrottle {
             }
         }
         let now = Instant::now();
-        let f = pairs
-            .entry((user.to_lowercase(), ip))
-            .or_insert(Failures {
-                count: 0,
-                last: now,
-                wait_until: None,
-            });
+        let f = pairs.entry((user.to_lowercase(), ip)).or_insert(Failures {
+            count: 0,
+            last: now,
+            wait_until: None,
+        });
         if f.last.elapsed() >= FORGET_AFTER {
             f.count = 0;
         }
@@ -102,8 +103,14 @@ mod tests {
             assert!(t.check("ana", ip).is_ok());
         }
         assert_eq!(t.failed("ana", ip), Some(Duration::from_secs(5)));
-        assert!(t.check("ANA", ip).is_err(), "names are compared without case");
-        assert!(t.check("ana", other).is_ok(), "another address is not held up");
+        assert!(
+            t.check("ANA", ip).is_err(),
+            "names are compared without case"
+        );
+        assert!(
+            t.check("ana", other).is_ok(),
+            "another address is not held up"
+        );
         assert!(t.check("bob", ip).is_ok(), "another user is not held up");
         assert_eq!(t.failed("ana", ip), Some(Duration::from_secs(10)));
         t.succeeded("ana", ip);

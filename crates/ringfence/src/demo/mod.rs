@@ -70,8 +70,9 @@ fn sign_in_line(login: Option<crate::auth::OneTimeLogin>) -> String {
             l.password.expose()
         ),
         Some(l) => format!("sign in as `{}` with RINGFENCE_ADMIN_PASSWORD", l.user),
-        None => "sign in with an account of this data directory (its users were created before)"
-            .into(),
+        None => {
+            "sign in with an account of this data directory (its users were created before)".into()
+        }
     }
 }
 
@@ -147,14 +148,8 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         let _ = stop_rx.await;
     }));
     let duration = args.duration.map(Duration::from_secs);
-    let feed = crate::simulate::run_demo_feed(
-        base,
-        Some(&key),
-        args.seed,
-        tps,
-        args.fraud_rate,
-        duration,
-    );
+    let feed =
+        crate::simulate::run_demo_feed(base, Some(&key), args.seed, tps, args.fraud_rate, duration);
     let result = tokio::select! {
         r = feed => r.map_err(|e| DemoError::Feed(e.to_string())),
         _ = shutdown_signal() => Ok(()),

@@ -124,7 +124,10 @@ pub fn router(host: Arc<EngineHost>, auth: Arc<crate::auth::Auth>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(cx.clone(), crate::auth::layer))
+        .layer(middleware::from_fn_with_state(
+            cx.clone(),
+            crate::auth::layer,
+        ))
         .layer(middleware::from_fn_with_state(cx.clone(), observe))
         .with_state(cx)
 }

@@ -482,9 +482,16 @@ mod tests {
     async fn demo_feed_stops_on_shutdown() {
         let (base, _seen) = stub::spawn(0).await;
         let shutdown = tokio::time::sleep(Duration::from_millis(300));
-        let totals = feed::feed(&base, GeneratorConfig::default(), None, None, shutdown, |_| {})
-            .await
-            .unwrap();
+        let totals = feed::feed(
+            &base,
+            GeneratorConfig::default(),
+            None,
+            None,
+            shutdown,
+            |_| {},
+        )
+        .await
+        .unwrap();
         assert!(totals.sent > 0);
     }
 }

@@ -16,9 +16,16 @@ async fn the_shell_serves_its_files_with_etags_and_every_page_mounts_in_chromium
     assert!(policy.contains("script-src 'self'"), "{policy}");
     assert!(shell.text().contains("/ui/app.js"));
 
-    let js = app.client.get(&app.url("/ui/app.js")).await.expect("app.js");
+    let js = app
+        .client
+        .get(&app.url("/ui/app.js"))
+        .await
+        .expect("app.js");
     assert_eq!(js.status, 200);
-    assert_eq!(js.header("content-type"), Some("text/javascript; charset=utf-8"));
+    assert_eq!(
+        js.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
     let etag = js.header("etag").expect("etag").to_owned();
     let again = app
         .client

@@ -13,7 +13,11 @@ async fn a_wrong_password_is_shown_the_right_one_signs_in_and_sign_out_ends_the_
     let password = app.create_user("ana", "analyst").await;
 
     let out: Value = browser::run("signin.mjs", &app.base, ("ana", &password), &[]).await;
-    assert_eq!(out["shown"], json!({"name": "ana", "role": "analyst"}), "{out}");
+    assert_eq!(
+        out["shown"],
+        json!({"name": "ana", "role": "analyst"}),
+        "{out}"
+    );
     assert!(
         out["cookieAfterSignOut"].is_null() || out["cookieAfterSignOut"] == "",
         "the browser dropped the cookie: {out}"
