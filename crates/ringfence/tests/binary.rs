@@ -227,6 +227,13 @@ fn demo_serves_and_prints_a_line_a_second() {
     let dir = tempfile::tempdir().expect("tempdir");
     let lines = run_demo(&["--tps", "100"], 4, dir.path());
     assert!(lines.iter().any(|l| l.contains("/v1/stats")), "{lines:?}");
+    // The dashboard's address with the one-time login of the first administrator.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("dashboard") && l.contains("one-time password")),
+        "{lines:?}"
+    );
     let ticks: Vec<&String> = lines.iter().filter(|l| l.contains("tx/s |")).collect();
     assert!(ticks.len() >= 2, "{lines:?}");
     assert!(
