@@ -63,6 +63,18 @@ try {
   const afterSignOut = (await context.cookies()).find((c) => c.name === 'rf_session');
   await shot(page, shots, 'signin-form');
 
+  step('a sign-in link that would send the browser to another site after signing in');
+  await page.goto('/#/login?next=%2F%2Fevil.example%2F');
+  await page.locator('#sign-in').waitFor({ state: 'visible' });
+  await page.fill('#sign-in-user', user);
+  await page.fill('#sign-in-password', password);
+  await page.click('#sign-in button[type=submit]');
+  await page.locator('#nav').waitFor({ state: 'visible' });
+  const landed = new URL(page.url());
+  step(`landed on ${landed.host}${landed.pathname}${landed.hash}`);
+  assert.equal(landed.origin, new URL(base).origin, 'stayed on this server');
+  assert.equal(landed.hash, '#/live');
+
   if (errors.length) throw new Error(errors.join('\n'));
   result({ shown, session: session.value, cookieAfterSignOut: afterSignOut ? afterSignOut.value : null });
 } finally {
