@@ -109,9 +109,33 @@ impl Engine {
         &self.rules
     }
 
-    /// Replaces the rule set (hit counts start again from zero).
+    /// Replaces the rule set. A rule keeps its hit count when the old set had a rule of the
+    /// same name, condition and mode (editing one rule must not wipe what the others showed);
+    /// any other rule starts from zero, so a count always belongs to one condition in one mode.
     pub fn set_rules(&mut self, rules: Arc<RuleSet>) {
-        self.rule_hits = vec![0; rules.len()];
+        let old: std::collections::HashMap<&str, usize> = self
+            .rules
+            .rules()
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name.as_str(), i))
+            .collect();
+        let hits = rules
+            .rules()
+            .iter()
+            .map(|r| match old.get(r.name.as_str()) {
+                Some(&i) => {
+                    let was = &self.rules.rules()[i];
+                    if was.when == r.when && was.mode == r.mode {
+                        self.rule_hits.get(i).copied().unwrap_or(0)
+                    } else {
+                        0
+                    }
+                }
+                None => 0,
+            })
+            .collect();
+        self.rule_hits = hits;
         self.rules = rules;
     }
 
@@ -542,6 +566,40 @@ mode = "shadow"
             Action::Approve,
             "shadow weight ignored"
         );
+    }
+
+    #[test]
+    fn a_new_rule_set_keeps_the_counts_of_unchanged_rules_only() {
+        let mut e = engine();
+        for i in 0..3 {
+            e.score(&tx(&format!(
+                r#"{{"transaction_id":"h{i}","amount":5000}}"#
+            )));
+        }
+        assert_eq!(e.rule_hits(), [0, 0, 3, 3]);
+        // `big` unchanged but moved, `shadowy` now active, a new rule: only `big` keeps its 3.
+        let edited = RuleSet::from_toml(
+            r#"
+[[rule]]
+name = "fresh"
+when = "tx.amount > 0"
+score = 1
+
+[[rule]]
+name = "shadowy"
+when = "tx.amount > 0"
+score = 100
+
+[[rule]]
+name = "big"
+when = "tx.amount > 1000"
+score = 20
+action = "block"
+"#,
+        )
+        .expect("rules");
+        e.set_rules(Arc::new(edited));
+        assert_eq!(e.rule_hits(), [0, 0, 3]);
     }
 
     #[test]

@@ -162,14 +162,22 @@ pub struct ServeArgs {
     /// a random one is made and printed once otherwise. At least 12 characters.
     #[arg(long, env = "RINGFENCE_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<Secret>,
-    /// The address people reach this server at (e.g. `https://fraud.example.com`): with
-    /// `https://` the sign-in cookie is marked Secure, and that origin is accepted for
-    /// signed-in changes besides the request's own host.
-    #[arg(long, env = "RINGFENCE_PUBLIC_URL")]
-    pub public_url: Option<String>,
     /// Hours a dashboard session may stay unused before it ends (default 12).
     #[arg(long, env = "RINGFENCE_SESSION_IDLE_HOURS")]
     pub session_idle_hours: Option<u64>,
+    /// The dashboard's address as people reach it (`https://ringfence.example`): alert mails
+    /// link to their cases there; with `https://` the sign-in cookie is marked Secure, and its
+    /// origin is accepted for signed-in changes besides the request's own host.
+    #[arg(long, env = "RINGFENCE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// A webhook every alert is POSTed to (JSON, signed with `--webhook-secret`); more
+    /// webhooks, Slack format and filters go in the config file's `[[webhook]]` tables. The
+    /// URL is never printed.
+    #[arg(long, env = "RINGFENCE_WEBHOOK_URL", hide_env_values = true)]
+    pub webhook_url: Option<Secret>,
+    /// Signing key of `--webhook-url`'s `Ringfence-Signature` header (at least 16 characters).
+    #[arg(long, env = "RINGFENCE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<Secret>,
 }
 
 /// The same keys as read from the config file.
@@ -209,8 +217,14 @@ struct FileConfig {
     peer_key: Option<Secret>,
     admin_key: Option<Secret>,
     admin_password: Option<Secret>,
-    public_url: Option<String>,
     session_idle_hours: Option<u64>,
+    public_url: Option<String>,
+    webhook_url: Option<Secret>,
+    webhook_secret: Option<Secret>,
+    /// `[[webhook]]` tables.
+    webhook: Option<Vec<crate::alerts::settings::WebhookFile>>,
+    /// The `[email]` table.
+    email: Option<crate::alerts::settings::EmailFile>,
 }
 
 /// A configuration problem, named precisely.
@@ -282,9 +296,15 @@ pub struct Settings {
     pub peers: Vec<String>,
     /// The API key sent to peer sites.
     pub peer_key: Option<Secret>,
-    /// Access: the bootstrap administrator key, the first admin's password, the public
-    /// address and how long sessions last.
+    /// Access: the bootstrap administrator key, the first admin's password and how long
+    /// sessions last.
     pub access: AccessSettings,
+    /// The dashboard's address as people reach it, without a trailing `/`.
+    pub public_url: Option<String>,
+    /// Webhooks alerts are POSTed to.
+    pub webhooks: Vec<crate::alerts::settings::WebhookSettings>,
+    /// Alert mails, when configured.
+    pub email: Option<crate::alerts::settings::EmailSettings>,
 }
 
 /// What access control needs from the configuration.
@@ -294,8 +314,6 @@ pub struct AccessSettings {
     pub admin_key: Option<Secret>,
     /// The first `admin` user's password (random when absent).
     pub admin_password: Option<Secret>,
-    /// The public base URL, if set (no trailing slash).
-    pub public_url: Option<String>,
     /// How long a session may stay unused.
     pub session_idle: std::time::Duration,
 }
@@ -309,7 +327,6 @@ pub const MIN_PASSWORD_LEN: usize = 12;
 fn access_settings(
     admin_key: Option<Secret>,
     admin_password: Option<Secret>,
-    public_url: Option<String>,
     session_idle_hours: u64,
 ) -> Result<AccessSettings, ConfigError> {
     if admin_key
@@ -328,22 +345,6 @@ fn access_settings(
             "admin_password must be at least {MIN_PASSWORD_LEN} characters"
         )));
     }
-    let public_url = match public_url.map(|u| u.trim().trim_end_matches('/').to_owned()) {
-        Some(u) if u.is_empty() => None,
-        Some(u) => {
-            let rest = u
-                .strip_prefix("https://")
-                .or_else(|| u.strip_prefix("http://"))
-                .unwrap_or("");
-            if rest.is_empty() || rest.contains('/') {
-                return Err(ConfigError::Invalid(format!(
-                    "public_url `{u}` must be an http:// or https:// origin such as https://fraud.example.com (no path)"
-                )));
-            }
-            Some(u)
-        }
-        None => None,
-    };
     if !(1..=24 * 30).contains(&session_idle_hours) {
         return Err(ConfigError::Invalid(
             "session_idle_hours must be within 1..=720".into(),
@@ -352,7 +353,6 @@ fn access_settings(
     Ok(AccessSettings {
         admin_key,
         admin_password,
-        public_url,
         session_idle: std::time::Duration::from_secs(session_idle_hours * 3600),
     })
 }
@@ -541,9 +541,29 @@ impl Settings {
         let access = access_settings(
             args.admin_key.clone().or(file.admin_key),
             args.admin_password.clone().or(file.admin_password),
-            args.public_url.clone().or(file.public_url),
             pick!(session_idle_hours, 12),
         )?;
+        let public_url = match args.public_url.clone().or(file.public_url) {
+            Some(u) => {
+                let u = u.trim().trim_end_matches('/').to_owned();
+                let host = u
+                    .strip_prefix("http://")
+                    .or_else(|| u.strip_prefix("https://"));
+                if host.is_none_or(str::is_empty) {
+                    return Err(ConfigError::Invalid(
+                        "public_url must be an http:// or https:// address".into(),
+                    ));
+                }
+                Some(u)
+            }
+            None => None,
+        };
+        let webhooks = crate::alerts::settings::resolve_webhooks(
+            file.webhook.unwrap_or_default(),
+            args.webhook_url.clone().or(file.webhook_url),
+            args.webhook_secret.clone().or(file.webhook_secret),
+        )?;
+        let email = crate::alerts::settings::resolve_email(file.email)?;
         Ok(Settings {
             listen: pick!(listen, SocketAddr::from(([127, 0, 0, 1], 8080))),
             data: pick!(data, PathBuf::from("./data")),
@@ -577,6 +597,9 @@ impl Settings {
             peers,
             peer_key: args.peer_key.clone().or(file.peer_key),
             access,
+            public_url,
+            webhooks,
+            email,
         })
     }
 }

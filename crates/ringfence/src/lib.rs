@@ -5,8 +5,12 @@
 //! - [`startup`]: [`startup::Application`]: build (bind, rebuild state), run, shut down.
 //! - [`host`]: [`host::EngineHost`]: the engine, the order of decisions and durable writes.
 //! - [`http`]: the API, one module per resource.
-//! - [`alerts`]: alerts out of the engine (Redis keys and channels).
+//! - [`alerts`]: alerts out of the engine: Redis keys and channels, signed webhooks (Slack
+//!   too) with retries and dead letters, e-mail digests over SMTP.
 //! - [`auth`]: who is calling: roles, sign-in, API keys.
+//! - [`cases`]: analysts' cases on alerts (assign, close with a verdict, reopen) and the
+//!   audit trail of what people did.
+//! - [`investigate`]: search, entity risk profiles and the link graph, from stored records.
 //! - [`shared`]: several nodes as one: the shared log in Redis and each node's replica.
 //! - [`sites`]: active-active sites: records replicated between stores' nodes, both ways.
 //! - [`store`]: records (transactions, decisions, alerts, labels); [`store::sqlite`] embedded.
@@ -17,13 +21,17 @@
 //! - [`models`]: model files (own format or XGBoost JSON) for serving and replay.
 //! - [`export`]: stored records in a time range out as NDJSON or CSV, for warehouse loads.
 //! - [`replay`]: history files through the engine in event-time order, labels after a delay.
+//! - [`backtest`]: candidate rules tried over the last hours of stored history, replayed
+//!   from the start so their features are those the engine computed then.
 //! - [`simulate`]: synthetic traffic with ground truth, the simulator CLI and the demo feed.
 //! - [`client`]: a small HTTP client (simulator, benchmarks, tests).
 //! - [`bench`]: the HTTP load generator; [`engine_bench`]: the engine-only benchmark.
 
 pub mod alerts;
 pub mod auth;
+pub mod backtest;
 pub mod bench;
+pub mod cases;
 pub mod client;
 pub mod config;
 pub mod demo;
@@ -33,6 +41,7 @@ pub mod export;
 pub mod host;
 pub mod http;
 pub mod ingest;
+pub mod investigate;
 pub mod metrics;
 pub mod metrics_eval;
 pub mod models;

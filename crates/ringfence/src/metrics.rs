@@ -83,6 +83,8 @@ pub struct Metrics {
     pub replicated: AtomicU64,
     /// Receipt lines found over-claimed by returns accepted at two stores.
     pub site_conflicts: AtomicU64,
+    /// Alert deliveries by sink (webhooks, e-mail) and outcome.
+    pub deliveries: crate::alerts::counters::DeliveryCounters,
     /// Engine time per transaction.
     pub engine_latency: LatencyHistogram,
     /// Time from request parsed to decision durable.
@@ -172,6 +174,7 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
         }
+        self.deliveries.render(&mut out);
         self.engine_latency.render(
             &mut out,
             "ringfence_engine_seconds",

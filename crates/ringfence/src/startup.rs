@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::alerts::redis::RedisAlerts;
+use crate::alerts::deliveries::{AlertSinks, SinkError};
 use crate::auth::{Auth, AuthError, OneTimeLogin};
 use crate::config::Settings;
 use crate::host::{EngineHost, SharedState, StartError};
@@ -33,8 +33,8 @@ pub struct Application {
     auth: Arc<Auth>,
     /// The first administrator's login, when this start created it.
     first_login: Option<OneTimeLogin>,
-    /// The Redis alert writer, when `--redis` is set.
-    alert_writer: Option<tokio::task::JoinHandle<()>>,
+    /// The alert sinks' tasks (Redis, webhooks, e-mail).
+    alert_writers: Vec<tokio::task::JoinHandle<()>>,
     /// The Redis stream consumer, for `ringfence worker`.
     worker: Option<(redis::Client, StreamConfig)>,
     /// Production mode: the task shipping the local buffer to PostgreSQL.
@@ -44,7 +44,7 @@ pub struct Application {
 /// How long shutdown tries to ship what is buffered (the rest ships at the next start).
 const SHIP_DRAIN: Duration = Duration::from_secs(10);
 
-/// How long shutdown waits for queued alerts to reach Redis.
+/// How long shutdown waits for queued alerts to reach their sinks.
 const ALERT_DRAIN: Duration = Duration::from_secs(5);
 
 /// Why the application could not start.
@@ -67,6 +67,9 @@ pub enum AppError {
     /// The Redis URL is unusable (the message never repeats it).
     #[error("{0}")]
     Redis(String),
+    /// An alert sink could not start.
+    #[error("alert sinks: {0}")]
+    Sinks(#[from] SinkError),
     /// The stream worker stopped on an error it cannot retry.
     #[error("stream worker: {0}")]
     Worker(String),
@@ -84,21 +87,6 @@ impl Application {
             .map_err(|source| AppError::Bind { addr, source })?;
         let metrics = Arc::new(Metrics::default());
         let local = SqliteStore::open(&settings.data).map_err(|e| AppError::Start(e.into()))?;
-        let (redis_alerts, alert_writer) = match &settings.redis {
-            Some(url) => {
-                let client = crate::alerts::redis::client(url, settings.redis_ca_cert.as_deref())
-                    .map_err(|e| AppError::Redis(e.to_string()))?;
-                let (alerts, task) = RedisAlerts::start(
-                    client,
-                    Arc::clone(&metrics),
-                    settings.engine.escalation.window_ms,
-                    local.clone(),
-                    &settings.data,
-                );
-                (Some(alerts), Some(task))
-            }
-            None => (None, None),
-        };
         let (store, shipper) = match &settings.postgres {
             Some(url) => {
                 let shared = PostgresStore::connect(url.expose())
@@ -136,14 +124,16 @@ impl Application {
             None => None,
         };
         let (auth, first_login) = Auth::start(&settings, &store).await?;
-        let host = EngineHost::start(settings, store, metrics, redis_alerts, shared).await?;
+        // Every sink reads this node's local outbox, from its own position.
+        let (sinks, alert_writers) = AlertSinks::start(&settings, &store, &metrics)?;
+        let host = EngineHost::start(settings, store, metrics, sinks, shared).await?;
         let shipper_task = shipper.clone().map(|s| tokio::spawn(s.run()));
         Ok(Application {
             listener,
             host,
             auth,
             first_login,
-            alert_writer,
+            alert_writers,
             worker: None,
             shipper: shipper.zip(shipper_task),
         })
@@ -285,13 +275,12 @@ impl Application {
             }
         }
         self.host.store().writer().close().await;
-        // Alerts in the outbox not yet in Redis get a few seconds to leave; what stays goes
-        // at the next start.
+        // Alerts in the outbox not yet delivered get a few seconds to leave (together: the
+        // sinks drain side by side); what stays goes at the next start.
         self.host.close_alerts();
-        if let Some(writer) = self.alert_writer {
-            if tokio::time::timeout(ALERT_DRAIN, writer).await.is_err() {
-                tracing::warn!("redis unreachable at shutdown: undelivered alerts stay in the outbox for the next start");
-            }
+        let writers = wait_all(self.alert_writers);
+        if tokio::time::timeout(ALERT_DRAIN, writers).await.is_err() {
+            tracing::warn!("a sink is unreachable at shutdown: its undelivered alerts stay in the outbox for the next start");
         }
         result
     }
@@ -299,6 +288,13 @@ impl Application {
     /// Serves until Ctrl-C or SIGTERM.
     pub async fn run_until_stopped(self) -> Result<(), AppError> {
         self.run_until(shutdown_signal()).await
+    }
+}
+
+/// Waits for every task in turn (the caller bounds the total time).
+async fn wait_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
     }
 }
 

@@ -10,6 +10,8 @@
 //! - `typecheck.rs`: names resolved against the catalog, types checked, typed trees built.
 //! - `compile.rs`: constant folding and the allocation-free evaluator behind [`Rule::matches`].
 //! - `template.rs`: reason templates (`{feature.name}` placeholders) and their rendering.
+//! - `edit.rs`: changes to a rule file's text that keep its comments and layout (a rule's
+//!   mode flipped from the dashboard).
 //!
 //! # Rule file
 //! ```toml
@@ -63,11 +65,13 @@
 //! name) is used verbatim.
 
 mod compile;
+mod edit;
 mod file;
 mod lexer;
 mod parser;
 mod template;
 
+pub use edit::{set_mode, EditError};
 pub use template::format_number;
 mod typecheck;
 
@@ -119,6 +123,11 @@ impl RuleSet {
     /// Whether the set has no rules.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    /// The rule of this name, if the set has one.
+    pub fn get(&self, name: &str) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.name == name)
     }
 }
 

@@ -1,12 +1,32 @@
-//! Alerts leaving the engine: what an alert says ([`AlertEvent`]) and the sinks that carry it
-//! (today [`redis`]: the key layout and channels the fraud team's `redis-cli` already reads).
+//! Alerts leaving the engine: what an alert says ([`AlertEvent`]) and the sinks that carry it.
 //!
 //! An alert is written to the local store's outbox in the same commit as its decision, and
 //! sinks deliver it from there: a sink never shows an alert the records do not have, and an
 //! alert is not lost when the node stops (or crashes) before delivering it. Sinks run off the
-//! request path: a slow or unreachable Redis delays the alert, never the decision.
+//! request path, each from its own position in the outbox: a slow or unreachable receiver
+//! delays its own alerts, never the decision or another sink.
+//!
+//! # Layout
+//! - [`outbox`]: reading the outbox from a sink's durable position (shared by every sink).
+//! - [`redis`]: the key layout and channels the fraud team's `redis-cli` already reads.
+//! - [`webhook`]: POSTs to configured URLs, signed ([`sign`]), retried, dead-lettered.
+//! - [`email`]: mails over SMTP, one per alert or one digest per interval.
+//! - [`text`]: an alert in words (Slack text, mail subject and body).
+//! - [`dead_letters`]: what could not be delivered, kept for a retry.
+//! - [`deliveries`]: [`deliveries::AlertSinks`], every sink of a node together.
+//! - [`settings`]: how webhooks and e-mail are configured.
+//! - [`counters`]: delivery counters for `/metrics`.
 
+pub mod counters;
+pub mod dead_letters;
+pub mod deliveries;
+pub mod email;
+pub mod outbox;
 pub mod redis;
+pub mod settings;
+pub mod sign;
+pub mod text;
+pub mod webhook;
 
 use ringfence_core::decision::{Action, Decision};
 use ringfence_core::event::Transaction;
@@ -124,4 +144,18 @@ impl AlertEvent {
             t
         }
     }
+}
+
+/// An error with its causes, one after the other (`client error (Connect): tcp connect
+/// error: Connection refused`). Neither hyper's nor lettre's errors carry URLs or
+/// credentials, so this is safe to log and store.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
 }

@@ -25,26 +25,21 @@
 //! channels may see such an alert twice). The URL's password never reaches a log or an error.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use super::outbox::OutboxFeed;
 use super::AlertEvent;
 use crate::config::Secret;
 use crate::metrics::Metrics;
-use crate::store::cursor::SeqCursor;
-use crate::store::sqlite::SqliteStore;
 
 /// Most alerts in one pipeline.
 const BATCH: usize = 512;
 /// Longest wait between two attempts while Redis is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// How often the outbox is read when no new alert was signalled (a missed signal costs at
-/// most this much delay).
-const IDLE_POLL: Duration = Duration::from_millis(500);
 
 /// Set of accounts with alerts.
 pub const ACCOUNTS_KEY: &str = "fraud:alerts:accounts";
@@ -95,52 +90,23 @@ pub fn client(url: &Secret, ca_cert: Option<&Path>) -> Result<redis::Client, Red
     }
 }
 
-/// The handle the host keeps: wakes the background writer when new alerts are durable.
-#[derive(Clone)]
-pub struct RedisAlerts {
-    wake: Arc<Notify>,
-    closing: Arc<AtomicBool>,
-}
-
-impl RedisAlerts {
-    /// Starts the writer task (on the current Tokio runtime), delivering the alerts of
-    /// `outbox` (the node's local store) from the position saved in `data_dir`. It connects
-    /// lazily and ends after [`RedisAlerts::close`] once the outbox is delivered.
-    /// `window_ms` is the escalation window (how long a count key lives).
-    pub fn start(
-        client: redis::Client,
-        metrics: Arc<Metrics>,
-        window_ms: i64,
-        outbox: SqliteStore,
-        data_dir: &Path,
-    ) -> (RedisAlerts, JoinHandle<()>) {
-        let handle = RedisAlerts {
-            wake: Arc::new(Notify::new()),
-            closing: Arc::new(AtomicBool::new(false)),
-        };
-        let writer = Writer {
-            client,
-            metrics,
-            window_ms: window_ms.max(1),
-            outbox,
-            cursor: SeqCursor::new(data_dir, "redis-alerts-delivered-seq"),
-            wake: Arc::clone(&handle.wake),
-            closing: Arc::clone(&handle.closing),
-        };
-        let task = tokio::spawn(writer.run());
-        (handle, task)
-    }
-
-    /// New alerts are in the outbox: deliver them now. Never waits.
-    pub fn notify(&self) {
-        self.wake.notify_one();
-    }
-
-    /// Delivers what the outbox holds, then ends the writer task.
-    pub fn close(&self) {
-        self.closing.store(true, Ordering::Release);
-        self.wake.notify_one();
-    }
+/// Starts the writer task (on the current Tokio runtime), delivering the alerts of `feed`
+/// (the node's outbox from this sink's saved position). It connects lazily and ends after
+/// the feed's [`super::outbox::SinkHandle::close`] once the outbox is delivered. `window_ms`
+/// is the escalation window (how long a count key lives).
+pub fn start(
+    client: redis::Client,
+    metrics: Arc<Metrics>,
+    window_ms: i64,
+    feed: OutboxFeed,
+) -> JoinHandle<()> {
+    let writer = Writer {
+        client,
+        metrics,
+        window_ms: window_ms.max(1),
+        feed,
+    };
+    tokio::spawn(writer.run())
 }
 
 /// The background writer: outbox to Redis, in sequence order.
@@ -148,23 +114,18 @@ struct Writer {
     client: redis::Client,
     metrics: Arc<Metrics>,
     window_ms: i64,
-    outbox: SqliteStore,
-    cursor: SeqCursor,
-    wake: Arc<Notify>,
-    closing: Arc<AtomicBool>,
+    feed: OutboxFeed,
 }
 
 impl Writer {
-    async fn run(self) {
+    async fn run(mut self) {
         let script = redis::Script::new(WRITE_ALERT);
         let mut con: Option<redis::aio::MultiplexedConnection> = None;
-        let mut delivered = self.cursor.load();
         loop {
-            let closing = self.closing.load(Ordering::Acquire);
-            let batch = match self.outbox.outbox_after(delivered, BATCH).await {
+            let batch = match self.feed.read(BATCH).await {
                 Ok(b) => b,
                 Err(e) => {
-                    if closing {
+                    if self.feed.closing() {
                         return; // the store is closed: what is left goes at the next start
                     }
                     tracing::warn!(error = %e, "reading the alert outbox failed; retrying");
@@ -172,27 +133,23 @@ impl Writer {
                     continue;
                 }
             };
-            let Some(&(last, _)) = batch.last() else {
-                if closing {
+            let Some(last) = batch.last().map(|a| a.seq) else {
+                // Nothing (or only alerts that do not parse, now passed over).
+                self.feed.skip_to_read();
+                if self.feed.closing() {
                     return;
                 }
-                let _ = tokio::time::timeout(IDLE_POLL, self.wake.notified()).await;
+                self.feed.flush();
+                self.feed.wait().await;
                 continue;
             };
             let alerts: Vec<(AlertEvent, &str)> = batch
                 .iter()
-                .filter_map(|(seq, json)| match serde_json::from_str(json) {
-                    Ok(a) => Some((a, json.as_str())),
-                    Err(e) => {
-                        tracing::error!(seq, error = %e, "an outbox alert does not parse; skipped");
-                        None
-                    }
-                })
+                .map(|a| (a.alert.clone(), a.json.as_str()))
                 .collect();
             let pipe = pipeline(&script, &alerts, self.window_ms);
             self.deliver(&script, &pipe, &mut con, alerts.len()).await;
-            delivered = last;
-            self.cursor.save(delivered);
+            self.feed.delivered(last);
         }
     }
 

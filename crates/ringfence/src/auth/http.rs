@@ -160,7 +160,7 @@ async fn login(
     let auth = &cx.auth;
     // A page of another site must not sign a browser in as someone else (login CSRF).
     if headers.contains_key(header::ORIGIN)
-        && !origin::is_same_origin(&headers, auth.settings.public_url.as_deref())
+        && !origin::is_same_origin(&headers, auth.public_origin.as_deref())
     {
         return Err(ApiError::Forbidden {
             code: "cross_origin",
@@ -403,7 +403,7 @@ async fn create_user(
         .map_err(store_error)?
         .is_some()
     {
-        return Err(ApiError::Conflict {
+        return Err(ApiError::AlreadyExists {
             field: "name",
             message: format!("a user `{name}` exists already"),
         });
@@ -422,7 +422,7 @@ async fn create_user(
         .await
         .map_err(store_error)?
     {
-        return Err(ApiError::Conflict {
+        return Err(ApiError::AlreadyExists {
             field: "name",
             message: format!("a user `{name}` exists already"),
         });

@@ -137,6 +137,11 @@ pub struct Auth {
     /// SHA-256 of `--admin-key`.
     admin_key: Option<[u8; 32]>,
     settings: AccessSettings,
+    /// The origin (`scheme://host[:port]`) of `--public-url`, accepted for signed-in changes
+    /// besides the request's own host (behind a proxy that rewrites `Host`).
+    public_origin: Option<String>,
+    /// `--public-url` is `https://`: cookies are Secure.
+    public_https: bool,
     /// A hash to verify unknown users' passwords against, so that a sign-in with an unknown
     /// name takes as long as one with a wrong password.
     decoy: tokio::sync::OnceCell<String>,
@@ -218,6 +223,11 @@ impl Auth {
                 .as_ref()
                 .map(|k| digest(k.expose())),
             settings: settings.access.clone(),
+            public_origin: settings.public_url.as_deref().map(origin_of),
+            public_https: settings
+                .public_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://")),
             decoy: tokio::sync::OnceCell::new(),
         };
         let first = auth.create_first_admin().await?;
@@ -346,14 +356,20 @@ impl Auth {
 
     /// Whether cookies should be `Secure` for this request.
     fn secure(&self, headers: &HeaderMap) -> bool {
-        self.settings
-            .public_url
-            .as_deref()
-            .is_some_and(|u| u.starts_with("https://"))
+        self.public_https
             || headers
                 .get("x-forwarded-proto")
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.eq_ignore_ascii_case("https"))
+    }
+}
+
+/// `scheme://authority` of a URL (what a browser sends as `Origin`), without its path.
+fn origin_of(url: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(slash) => url[..after_scheme + slash].to_owned(),
+        None => url.to_owned(),
     }
 }
 
@@ -402,7 +418,7 @@ pub async fn layer(State(cx): State<ApiContext>, mut req: Request, next: Next) -
     };
     if caller.by_cookie
         && origin::needs_check(req.method(), req.headers())
-        && !origin::is_same_origin(req.headers(), auth.settings.public_url.as_deref())
+        && !origin::is_same_origin(req.headers(), auth.public_origin.as_deref())
     {
         return ApiError::Forbidden {
             code: "cross_origin",

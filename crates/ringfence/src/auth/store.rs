@@ -9,7 +9,8 @@
 //! small (a login, a new key), they must not wait behind a group commit of ten thousand
 //! transactions, and a key check must never queue behind ingest. On SQLite one mutex-guarded
 //! connection on a blocking thread is plenty (WAL lets it share the file with the records'
-//! writer); on PostgreSQL one client, reopened when the server dropped it.
+//! writer); on PostgreSQL the store's pooled connections, one statement at a time (a change
+//! that must be atomic is one statement, a data-modifying `WITH`).
 //!
 //! Why the tables are created here with `IF NOT EXISTS` and not as a records migration step:
 //! they belong to access control, which may be switched to another store later, and nodes of
@@ -20,10 +21,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use tokio_postgres::Client;
 
 use super::Role;
-use crate::store::postgres::{PostgresError, PostgresStore};
+use crate::store::postgres::{PostgresError, PostgresStore, Session};
 use crate::store::{Records, StoreError};
 
 /// The three tables (the same text works on SQLite and PostgreSQL).
@@ -73,7 +73,7 @@ const USERS: &str =
 const DELETE_USER_SESSIONS: &str = "DELETE FROM auth_sessions WHERE user_name = $1";
 const DELETE_USER: &str = "DELETE FROM auth_users WHERE name = $1";
 const SET_PASSWORD: &str = "UPDATE auth_users SET password_hash = $1 WHERE name = $2";
-// PostgreSQL: one statement each (the client is shared by concurrent callers, so a
+// PostgreSQL: one statement each (the connection is shared by concurrent callers, so a
 // BEGIN ... COMMIT on it could take in their statements); SQLite runs the two in a transaction.
 const PG_DELETE_USER: &str = "WITH ended AS (DELETE FROM auth_sessions WHERE user_name = $1)
      DELETE FROM auth_users WHERE name = $1";
@@ -162,23 +162,14 @@ impl std::fmt::Debug for AuthStore {
     }
 }
 
-/// PostgreSQL backend: one client, reopened when the server dropped it.
+/// PostgreSQL backend: statements on the store's pooled, pipelined connections.
 pub struct PgAuth {
     store: PostgresStore,
-    client: tokio::sync::Mutex<Option<Arc<Client>>>,
 }
 
 impl PgAuth {
-    async fn client(&self) -> Result<Arc<Client>, StoreError> {
-        let mut slot = self.client.lock().await;
-        if let Some(c) = slot.as_ref() {
-            if !c.is_closed() {
-                return Ok(Arc::clone(c));
-            }
-        }
-        let c = Arc::new(self.store.open_client().await?);
-        *slot = Some(Arc::clone(&c));
-        Ok(c)
+    async fn client(&self) -> Result<Session, StoreError> {
+        Ok(self.store.session().await?)
     }
 }
 
@@ -296,7 +287,6 @@ impl AuthStore {
             Records::Postgres { shared, .. } => {
                 let auth = PgAuth {
                     store: shared.clone(),
-                    client: tokio::sync::Mutex::new(None),
                 };
                 let client = auth.client().await?;
                 pg(client.batch_execute(&format!(

@@ -38,6 +38,10 @@ pub struct DemoArgs {
     /// returns with photos, and return-fraud attempts), instead of card traffic.
     #[arg(long)]
     pub stores: bool,
+    /// The password of the first administrator (`admin`), when this start creates it (a
+    /// fresh data directory); a random one is made and printed otherwise.
+    #[arg(long, env = "RINGFENCE_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<crate::config::Secret>,
 }
 
 /// Errors of the demo.
@@ -109,6 +113,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         listen: Some(args.listen),
         data: Some(data.clone()),
         rules: Some(rules.clone()),
+        admin_password: args.admin_password.clone(),
         ..ServeArgs::default()
     };
     let mut app = match Application::build(Settings::resolve(&serve)?).await {

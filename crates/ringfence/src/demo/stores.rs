@@ -75,6 +75,7 @@ fn port_near(ip: std::net::IpAddr, preferred: u16) -> Result<SocketAddr, DemoErr
 }
 
 async fn build_site(
+    args: &DemoArgs,
     name: &str,
     listen: SocketAddr,
     peer: SocketAddr,
@@ -84,6 +85,7 @@ async fn build_site(
 ) -> Result<Application, DemoError> {
     let serve = ServeArgs {
         peer_key: Some(crate::config::Secret::new(peer_key.expose())),
+        admin_password: args.admin_password.clone(),
         listen: Some(listen),
         data: Some(data.join(name)),
         rules: Some(rules.to_owned()),
@@ -106,8 +108,8 @@ pub async fn run(args: DemoArgs, data: &Path, rules: &Path) -> Result<(), DemoEr
     let random = |e: getrandom::Error| DemoError::Access(e.to_string());
     let peer_key = ApiKey::generate().map_err(random)?;
     let tills_key = ApiKey::generate().map_err(random)?;
-    let mut site_a = build_site(STORES[0], addr_a, addr_b, &peer_key, data, rules).await?;
-    let mut site_b = build_site(STORES[1], addr_b, addr_a, &peer_key, data, rules).await?;
+    let mut site_a = build_site(&args, STORES[0], addr_a, addr_b, &peer_key, data, rules).await?;
+    let mut site_b = build_site(&args, STORES[1], addr_b, addr_a, &peer_key, data, rules).await?;
     let mut logins = Vec::new();
     for site in [&mut site_a, &mut site_b] {
         for (key, name) in [(&peer_key, "demo peer site"), (&tills_key, "demo tills")] {

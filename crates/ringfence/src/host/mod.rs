@@ -8,8 +8,10 @@
 //! restart rebuild exactly the same state. The queue place is reserved before scoring, so a
 //! full queue turns a request away before it changes any state.
 
+pub mod cases;
 mod photos;
 mod reload;
+mod rules_edit;
 mod sites;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -29,7 +31,7 @@ use ringfence_core::rules::RuleErrors;
 use ringfence_core::state::EntityKind;
 use serde::Serialize;
 
-use crate::alerts::redis::RedisAlerts;
+use crate::alerts::deliveries::AlertSinks;
 use crate::alerts::AlertEvent;
 use crate::config::Settings;
 use crate::metrics::Metrics;
@@ -44,6 +46,7 @@ use crate::store::{DecisionRecord, HistoryItem, LabelRecord, StoreError, TxRecor
 pub const DEFAULT_RULES: &str = include_str!("../../rules/default.toml");
 
 pub use reload::{ModelsStatus, RulesStatus};
+pub use rules_edit::{ActivateError, Activated};
 
 /// Degraded transactions appended to the log in one go.
 const OWED_CHUNK: usize = 1000;
@@ -242,8 +245,8 @@ pub struct EngineHost {
     labels: tokio::sync::Mutex<()>,
     started: Instant,
     settings: Settings,
-    /// Delivers alerts from the outbox to Redis, if configured.
-    redis_alerts: Option<RedisAlerts>,
+    /// Deliver alerts from the outbox (Redis, webhooks, e-mail), those configured.
+    sinks: AlertSinks,
     /// Whether any alert sink was configured (alerts are built only then).
     has_alert_sinks: bool,
     /// Shared-state mode (`--redis`), if on.
@@ -264,6 +267,13 @@ pub struct EngineHost {
     site: Option<Arc<crate::sites::Site>>,
     /// Fingerprint of the card-hash key (sites check they share the key).
     key_fingerprint: String,
+    /// Analysts' cases and the audit trail (beside the records, in the same database).
+    cases: crate::cases::CaseBook,
+    /// Held while the rules change (a reload, an activation, a mode flip): one at a time, so
+    /// the file written, the rules in force and the status always agree.
+    rules_edit: tokio::sync::Mutex<()>,
+    /// One backtest at a time: each replays the whole history on a blocking thread.
+    backtests: Arc<tokio::sync::Semaphore>,
 }
 
 /// Wall-clock time now.
@@ -389,7 +399,7 @@ impl EngineHost {
         settings: Settings,
         store: Records,
         metrics: Arc<Metrics>,
-        redis_alerts: Option<RedisAlerts>,
+        sinks: AlertSinks,
         shared: Option<SharedState>,
     ) -> Result<Arc<EngineHost>, StartError> {
         let hasher = CardHasher::new(&card_hash_key(&settings)?);
@@ -421,7 +431,9 @@ impl EngineHost {
             Some(_) => {}
             None => store.set_meta("state_config", &state_config).await?,
         }
-        let (rules, rules_source) = reload::load_rules(settings.rules.as_deref())?;
+        let rules_path = reload::rules_path(settings.rules.as_deref(), &settings.data);
+        let (rules, rules_source) = reload::load_rules(rules_path.as_deref())?;
+        let rules_text: Arc<str> = rules_source.as_str().into();
         let mut engine = Engine::new(settings.engine, Arc::new(rules));
         let (models, model_texts) =
             reload::load_models(settings.model.as_deref(), settings.challenger.as_deref())
@@ -512,6 +524,7 @@ impl EngineHost {
             crate::photo::PhotoStore::open(&settings.data)
                 .map_err(|e| StartError::Photos(e.to_string()))?,
         );
+        let cases = crate::cases::CaseBook::open(&store)?;
         let latency = Histogram::new_with_bounds(1, 60_000_000, 3)
             .unwrap_or_else(|_| unreachable!("static histogram bounds are valid"));
         Ok(Arc::new(EngineHost {
@@ -533,11 +546,12 @@ impl EngineHost {
             id_counter: AtomicU64::new(0),
             id_salt: random_u64() as u32,
             rules: Mutex::new(RulesStatus {
-                fingerprint: settings.rules.as_deref().and_then(reload::fingerprint),
-                path: settings.rules.clone(),
+                fingerprint: rules_path.as_deref().and_then(reload::fingerprint),
+                path: rules_path,
                 version: 1,
                 loaded_at: now(),
                 last_error: None,
+                source: rules_text,
             }),
             models: Mutex::new(ModelsStatus {
                 fingerprints: [
@@ -553,8 +567,8 @@ impl EngineHost {
             labels: tokio::sync::Mutex::new(()),
             started: Instant::now(),
             settings,
-            has_alert_sinks: redis_alerts.is_some(),
-            redis_alerts,
+            has_alert_sinks: !sinks.is_empty(),
+            sinks,
             shared,
             owed,
             owed_hint: AtomicBool::new(true),
@@ -567,28 +581,32 @@ impl EngineHost {
             ),
             site,
             key_fingerprint: key_fingerprint.as_str().to_owned(),
+            cases,
+            rules_edit: tokio::sync::Mutex::new(()),
+            backtests: Arc::new(tokio::sync::Semaphore::new(1)),
         }))
     }
 
     /// Tells the sinks new alerts are durable in the outbox (never waits on them).
     fn alerts_written(&self) {
-        if let Some(redis) = &self.redis_alerts {
-            redis.notify();
-        }
+        self.sinks.notify();
     }
 
     /// Lets the sinks' writers deliver what the outbox holds and end (at shutdown, once no
     /// request is in flight and the store's writer is closed).
     pub fn close_alerts(&self) {
-        if let Some(redis) = &self.redis_alerts {
-            redis.close();
-        }
+        self.sinks.close();
     }
 
     fn lock(&self) -> MutexGuard<'_, Locked> {
         // A panic while holding the lock cannot leave the engine half-updated in a way that
         // matters more than losing the node, and scoring does not panic: recover the guard.
         self.locked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The alert sinks and their dead letters.
+    pub fn alert_sinks(&self) -> &AlertSinks {
+        &self.sinks
     }
 
     /// The records store.
@@ -1214,6 +1232,27 @@ impl EngineHost {
         let locked = self.lock();
         let at = locked.engine.watermark().map_or(now(), |w| w.max(now()));
         locked.engine.entity_features(kind, id, at)
+    }
+
+    /// Tries `candidate` over the last `hours` of stored history (see [`crate::backtest`]),
+    /// next to the rules in force; one at a time on this node.
+    pub async fn backtest(
+        &self,
+        candidate: ringfence_core::rules::RuleSet,
+        hours: u32,
+    ) -> Result<crate::backtest::Report, crate::backtest::BacktestError> {
+        let mut report = crate::backtest::run(
+            &self.backtests,
+            self.store.clone(),
+            self.settings.engine,
+            Arc::new(candidate),
+            self.active_rules(),
+            hours,
+        )
+        .await?;
+        // Nodes sharing state in Redis each store only the transactions they decided.
+        report.this_node_only = self.shared.is_some() && matches!(self.store, Records::Sqlite(_));
+        Ok(report)
     }
 
     /// Engine-side statistics.

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use ringfence_core::engine::{Engine, Models};
 use ringfence_core::event::Timestamp;
-use ringfence_core::rules::{RuleError, RuleErrors, RuleSet};
+use ringfence_core::rules::{RuleError, RuleErrors, RuleMode, RuleSet};
 use serde::Serialize;
 
 use super::{now, EngineHost, HostError, SharedState, StartError, DEFAULT_RULES};
@@ -39,6 +39,9 @@ pub struct RulesStatus {
     pub last_error: Option<RuleErrors>,
     #[serde(skip)]
     pub(super) fingerprint: Option<(SystemTime, u64)>,
+    /// The text of the rules in force on this node (with shared state, the log's is used).
+    #[serde(skip)]
+    pub(super) source: Arc<str>,
 }
 
 /// The state of the models: which files, how the last load went.
@@ -87,6 +90,20 @@ pub(super) fn load_models(
 pub(super) fn fingerprint(path: &Path) -> Option<(SystemTime, u64)> {
     let m = std::fs::metadata(path).ok()?;
     Some((m.modified().ok()?, m.len()))
+}
+
+/// Where a node without `--rules` keeps the rules activated through the API: in its data
+/// directory, read at the next start instead of the built-in defaults.
+pub(super) fn saved_rules_path(data: &Path) -> PathBuf {
+    data.join("rules.toml")
+}
+
+/// The rules file a node starts from: `--rules`, else the one saved in the data directory by
+/// an earlier activation, else none (the built-in defaults).
+pub(super) fn rules_path(configured: Option<&Path>, data: &Path) -> Option<PathBuf> {
+    configured
+        .map(Path::to_path_buf)
+        .or_else(|| Some(saved_rules_path(data)).filter(|p| p.is_file()))
 }
 
 /// Loads the rules at start, with their text.
@@ -166,7 +183,7 @@ pub(super) async fn settle_in_log(
 }
 
 impl EngineHost {
-    fn rules_status(&self) -> std::sync::MutexGuard<'_, RulesStatus> {
+    pub(super) fn rules_status(&self) -> std::sync::MutexGuard<'_, RulesStatus> {
         self.rules.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -192,6 +209,48 @@ impl EngineHost {
         status.loaded_at = now();
         status.last_error = None;
         tracing::info!(version = status.version, "models in force");
+    }
+
+    /// The rules status as it is now.
+    pub fn rules_status_snapshot(&self) -> RulesStatus {
+        self.rules_status().clone()
+    }
+
+    /// The text of the rules in force (with shared state, the one the log put in force).
+    pub fn rules_source(&self) -> Arc<str> {
+        if self.shared.is_some() {
+            if let Some(source) = self.lock().cursor.sources().rules.clone() {
+                return source;
+            }
+        }
+        self.rules_status().source.clone()
+    }
+
+    /// The rules in force.
+    pub fn active_rules(&self) -> Arc<RuleSet> {
+        self.lock().engine.rules().clone()
+    }
+
+    /// Puts compiled rules in force: here, or with shared state on every node through the
+    /// log (`Err` when the log is unreachable: nothing changed).
+    pub(super) async fn put_rules_in_force(
+        &self,
+        rules: RuleSet,
+        source: String,
+    ) -> Result<(), HostError> {
+        let rules = Arc::new(rules);
+        match &self.shared {
+            None => {
+                self.lock().engine.set_rules(rules);
+                self.rules_status().source = source.into();
+                self.rules_switched();
+            }
+            Some(shared) => {
+                self.append_change(shared, LogEntry::Rules { source }, Change::Rules(rules))
+                    .await?
+            }
+        }
+        Ok(())
     }
 
     /// Shared-state mode: appends one rules or models entry (already compiled as `change`)
@@ -228,6 +287,12 @@ impl EngineHost {
     /// the log). `Ok(Err(errors))`: the file does not compile; the running rules stay and the
     /// errors are kept for `GET /v1/rules`.
     pub async fn reload_rules(&self) -> Result<Result<usize, RuleErrors>, HostError> {
+        let _one_change_at_a_time = self.rules_edit.lock().await;
+        self.reload_rules_locked().await
+    }
+
+    /// [`Self::reload_rules`], with the rules-change lock held by the caller.
+    async fn reload_rules_locked(&self) -> Result<Result<usize, RuleErrors>, HostError> {
         let path = self.rules_status().path.clone();
         let source = match &path {
             None => Ok(DEFAULT_RULES.to_owned()),
@@ -254,22 +319,15 @@ impl EngineHost {
             }
         };
         let n = rules.len();
-        let rules = Arc::new(rules);
-        match &self.shared {
-            None => {
-                self.lock().engine.set_rules(rules);
-                self.rules_switched();
-            }
-            Some(shared) => {
-                self.append_change(shared, LogEntry::Rules { source }, Change::Rules(rules))
-                    .await?
-            }
-        }
+        self.put_rules_in_force(rules, source).await?;
         Ok(Ok(n))
     }
 
-    /// Reloads the rules if the file changed since the last load (called periodically).
+    /// Reloads the rules if the file changed since the last load (called periodically). The
+    /// check is made under the rules-change lock, so a file the API has just written and put
+    /// in force is not loaded a second time.
     pub async fn reload_rules_if_changed(&self) {
+        let _one_change_at_a_time = self.rules_edit.lock().await;
         let changed = {
             let status = self.rules_status();
             match &status.path {
@@ -278,7 +336,7 @@ impl EngineHost {
             }
         };
         if changed {
-            let _ = self.reload_rules().await;
+            let _ = self.reload_rules_locked().await;
         }
     }
 
@@ -382,10 +440,22 @@ impl EngineHost {
         })
     }
 
-    /// The rules status and the active rules with their hit counts.
+    /// The rules status and the active rules with their hit counts, and those counts summed
+    /// by mode: shadow hits are matches that changed no decision, shown apart so nobody reads
+    /// them as alerts raised.
     pub fn rules_view(&self) -> serde_json::Value {
         let status = self.rules_status().clone();
         let locked = self.lock();
+        let mut totals = [0u64; 2];
+        for (r, hits) in locked
+            .engine
+            .rules()
+            .rules()
+            .iter()
+            .zip(locked.engine.rule_hits())
+        {
+            totals[usize::from(r.mode == RuleMode::Shadow)] += hits;
+        }
         let rules: Vec<_> = locked
             .engine
             .rules()
@@ -407,6 +477,10 @@ impl EngineHost {
                 })
             })
             .collect();
-        serde_json::json!({ "status": status, "rules": rules })
+        serde_json::json!({
+            "status": status,
+            "rules": rules,
+            "hits": { "active": totals[0], "shadow": totals[1] },
+        })
     }
 }

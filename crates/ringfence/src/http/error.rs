@@ -33,6 +33,9 @@ pub enum ApiError {
     /// The thing asked for does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with the current state (e.g. closing a closed case).
+    #[error("{0}")]
+    Conflict(String),
     /// The server is at capacity.
     #[error("the server is at capacity; retry shortly")]
     Overloaded,
@@ -67,13 +70,23 @@ pub enum ApiError {
     /// Too many failed sign-ins: wait this many seconds.
     #[error("too many failed sign-ins; retry in {0} s")]
     TooManyAttempts(u64),
-    /// The thing to create exists already.
+    /// The thing to create exists already (the field names what collides).
     #[error("{message}")]
-    Conflict {
+    AlreadyExists {
         /// The field that collides.
         field: &'static str,
         /// The problem.
         message: String,
+    },
+    /// As many requests of this kind as the node runs at once are running: retry later.
+    #[error("{0}")]
+    Busy(String),
+    /// The rules file could not be written (the cause is logged). `in_force`: the new rules
+    /// run anyway, but a restart would bring the old file back.
+    #[error("the rules file could not be written")]
+    RulesNotSaved {
+        /// Whether the new rules are in force regardless.
+        in_force: bool,
     },
     /// Anything else; the cause is logged.
     #[error("internal error")]
@@ -104,6 +117,7 @@ impl ApiError {
             }
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Overloaded | ApiError::StorageUnavailable | ApiError::SharedUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -113,8 +127,11 @@ impl ApiError {
             ApiError::Unauthorized(_) | ApiError::InvalidCredentials => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::AlreadyExists { .. } => StatusCode::CONFLICT,
+            ApiError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Internal(_) | ApiError::RulesNotSaved { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -132,6 +149,7 @@ impl ApiError {
                 json!({"code": "invalid_parameter", "field": field, "message": format!("{field}: {message}")})
             }
             ApiError::NotFound(m) => json!({"code": "not_found", "message": m}),
+            ApiError::Conflict(m) => json!({"code": "conflict", "message": m}),
             ApiError::Overloaded => json!({"code": "overloaded", "message": self.to_string()}),
             ApiError::SharedUnavailable => {
                 json!({"code": "shared_state_unavailable", "message": "the shared state (redis) is unreachable and this node fails closed; nothing was recorded"})
@@ -141,8 +159,18 @@ impl ApiError {
             }
             ApiError::InvalidRules(errors) => json!({
                 "code": "invalid_rules",
+                "field": "source",
                 "message": format!("the rules have {} error(s); the running rules are unchanged", errors.0.len()),
                 "errors": errors.0,
+            }),
+            ApiError::Busy(m) => json!({"code": "busy", "message": m}),
+            ApiError::RulesNotSaved { in_force: true } => json!({
+                "code": "rules_not_saved",
+                "message": "the new rules are in force, but the rules file could not be written (see the server log): a restart would bring the old rules back",
+            }),
+            ApiError::RulesNotSaved { in_force: false } => json!({
+                "code": "rules_not_saved",
+                "message": "the rules file could not be written (see the server log); the running rules are unchanged",
             }),
             ApiError::InvalidModel(m) => json!({
                 "code": "invalid_model",
@@ -162,7 +190,7 @@ impl ApiError {
             ApiError::TooManyAttempts(_) => {
                 json!({"code": "too_many_attempts", "field": "credentials", "message": self.to_string()})
             }
-            ApiError::Conflict { field, message } => {
+            ApiError::AlreadyExists { field, message } => {
                 json!({"code": "conflict", "field": field, "message": message})
             }
             ApiError::Internal(_) => json!({"code": "internal", "message": "internal error"}),
@@ -181,6 +209,10 @@ impl IntoResponse for ApiError {
             ApiError::Overloaded | ApiError::SharedUnavailable => {
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::Busy(_) => {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             ApiError::StorageUnavailable => {
                 res.headers_mut()

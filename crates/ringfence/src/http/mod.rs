@@ -4,8 +4,11 @@
 //! every request gets an `x-request-id` (the caller's, or a new one) that tags its log lines.
 
 pub mod alerts;
+pub mod cases;
+pub mod deliveries;
 pub mod entities;
 pub mod error;
+pub mod investigate;
 pub mod labels;
 pub mod models;
 pub mod photos;
@@ -60,6 +63,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/labels"),
     ("get", "/v1/rules"),
     ("post", "/v1/rules/reload"),
+    ("put", "/v1/rules"),
+    ("get", "/v1/rules/source"),
+    ("post", "/v1/rules/validate"),
+    ("post", "/v1/rules/backtest"),
+    ("post", "/v1/rules/{name}/mode"),
     ("get", "/v1/features"),
     ("get", "/v1/models"),
     ("post", "/v1/models/reload"),
@@ -81,6 +89,16 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/auth/login"),
     ("post", "/v1/auth/logout"),
     ("get", "/v1/auth/me"),
+    ("get", "/v1/cases"),
+    ("get", "/v1/cases/{id}"),
+    ("post", "/v1/cases/{id}/assign"),
+    ("post", "/v1/cases/{id}/close"),
+    ("post", "/v1/cases/{id}/reopen"),
+    ("get", "/v1/audit"),
+    ("get", "/v1/search"),
+    ("get", "/v1/graph/{type}/{id}"),
+    ("get", "/v1/deliveries/dead-letters"),
+    ("post", "/v1/deliveries/dead-letters/{id}/retry"),
     ("get", "/v1/keys"),
     ("post", "/v1/keys"),
     ("delete", "/v1/keys/{id}"),
@@ -117,10 +135,14 @@ pub fn router(host: Arc<EngineHost>, auth: Arc<crate::auth::Auth>) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/v1/photos/{sha256}", get(photos::get))
         .route("/v1/stores/{store}/transactions", get(stores::transactions))
+        .merge(rules::routes())
         .merge(pos::routes())
         .merge(ui::routes())
         .merge(crate::auth::routes())
         .merge(sites::routes())
+        .merge(cases::routes())
+        .merge(investigate::routes())
+        .merge(deliveries::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -96,5 +96,6 @@ pub async fn metrics(State(cx): State<ApiContext>) -> impl IntoResponse {
     if let Some(site) = cx.host.site() {
         site.render_metrics(&mut text);
     }
+    crate::http::deliveries::render_metrics(&cx, &mut text).await;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -21,6 +21,11 @@ impl SeqCursor {
         }
     }
 
+    /// Whether a position was ever saved.
+    pub fn exists(&self) -> bool {
+        self.file.exists()
+    }
+
     /// The saved position; 0 (before every record) when there is none yet.
     pub fn load(&self) -> i64 {
         std::fs::read_to_string(&self.file)

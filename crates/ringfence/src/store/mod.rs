@@ -55,7 +55,7 @@ pub struct TxRecord {
     /// Its decision.
     pub decision: DecisionRecord,
     /// The alert it raises for external sinks (JSON), if any: written to the local outbox in
-    /// the same commit as the record, delivered from there (see `alerts::redis`).
+    /// the same commit as the record, delivered from there by every sink (see `alerts::outbox`).
     pub alert_event: Option<String>,
     /// Receipt lines its return put in conflict with a return accepted at another store:
     /// each is stored once (by its key) and raised as a `duplicate_return_across_sites` alert.
@@ -90,6 +90,26 @@ pub struct LabelRecord {
     pub note: Option<String>,
     /// When the label was received.
     pub labeled_at: Timestamp,
+}
+
+/// The entity keys (`kind:id`) a transaction is indexed under, for entity pages, search and
+/// the link graph. Both stores write the same keys; a receipt is an entity too, so a search
+/// for a receipt finds its purchase and returns.
+pub fn entity_keys(tx: &Transaction) -> Vec<String> {
+    let receipt = tx.retail.as_ref().and_then(|r| r.receipt_id.as_ref());
+    [
+        ("card", tx.card_id.as_ref()),
+        ("user", tx.user_id.as_ref()),
+        ("device", tx.device_id.as_ref()),
+        ("ip", tx.ip.as_ref()),
+        ("merchant", tx.merchant.as_ref()),
+        ("terminal", tx.terminal_id.as_ref()),
+        ("store", tx.store_id.as_ref()),
+        ("receipt", receipt),
+    ]
+    .into_iter()
+    .filter_map(|(kind, id)| id.map(|id| format!("{kind}:{}", id.as_str())))
+    .collect()
 }
 
 /// One write, in engine order.

@@ -124,6 +124,45 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE UNIQUE INDEX labels_once ON labels (transaction_id, labeled_at, fraud, (COALESCE(previous::int, -1)));
 "#,
     },
+    Migration {
+        version: 3,
+        name: "cases and audit",
+        // A case per alert (absent until an analyst acts: no row means open), and the audit
+        // trail of analyst actions, which nothing may change once written.
+        sql: r#"
+CREATE TABLE cases (
+    alert_id BIGINT PRIMARY KEY,
+    transaction_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    assignee TEXT,
+    verdict TEXT,
+    note TEXT,
+    closed_by TEXT,
+    closed_at BIGINT,
+    updated_at BIGINT NOT NULL,
+    version BIGINT NOT NULL
+);
+CREATE INDEX cases_status ON cases (status, alert_id);
+CREATE TABLE audit (
+    id BIGSERIAL PRIMARY KEY,
+    at BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    role TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX audit_actor ON audit (actor, id);
+CREATE INDEX audit_target ON audit (target, id);
+CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the audit trail is append-only';
+END
+$$;
+CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit
+    FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+"#,
+    },
 ];
 
 /// A failure of the PostgreSQL store. Messages never contain the password of the URL.
@@ -453,10 +492,11 @@ impl PostgresStore {
         &self.writer
     }
 
-    /// A new session with the store's settings, its connection driven by a task of its own:
-    /// for a module that keeps tables of its own (access control) and its own statements.
-    pub async fn open_client(&self) -> Result<Client, PostgresError> {
-        self.readers.connector.connect().await
+    /// A connection of the read pool for modules that keep their own statements (cases,
+    /// audit, investigate). It is shared and pipelined: send single statements (a write that
+    /// must be atomic is one statement, e.g. a data-modifying `WITH`), never `BEGIN`.
+    pub async fn session(&self) -> Result<Session, PostgresError> {
+        Ok(Session(self.readers.get().await?))
     }
 
     /// A value from the `meta` table (settings the data was written under).
@@ -495,6 +535,18 @@ impl PostgresStore {
     pub async fn decision(&self, id: &str) -> Result<Option<String>, PostgresError> {
         let c = self.readers.get().await?;
         let row = read(c.client.query_opt(&c.decision, &[&id])).await?;
+        row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
+    }
+
+    /// The id of the alert a transaction raised, if it raised one (here an alert's id is
+    /// its transaction's sequence number): how an e-mail links to the case.
+    pub async fn alert_id_of(&self, transaction_id: &str) -> Result<Option<i64>, PostgresError> {
+        let c = self.readers.get().await?;
+        let row = read(c.client.query_opt(
+            "SELECT a.id FROM transactions t JOIN alerts a ON a.id = t.seq WHERE t.id = $1",
+            &[&transaction_id],
+        ))
+        .await?;
         row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
     }
 
@@ -619,6 +671,14 @@ impl PostgresStore {
             alerts: count(1)?,
             labels: count(2)?,
         })
+    }
+
+    /// The latest event time of a stored transaction, on any node (`None` when none is
+    /// stored): where a backtest's window ends. A scan (there is no index on event time).
+    pub async fn latest_event_time(&self) -> Result<Option<i64>, PostgresError> {
+        let c = self.readers.get().await?;
+        let row = read(c.client.query_one("SELECT MAX(ts) FROM transactions", &[])).await?;
+        Ok(row.try_get(0)?)
     }
 
     /// Streams stored history (transactions and labels merged by sequence number) into `f`
@@ -844,6 +904,26 @@ async fn read<T>(
     match tokio::time::timeout(READ_TIMEOUT, fut).await {
         Ok(r) => r.map_err(Into::into),
         Err(_) => Err(PostgresError::Timeout(READ_TIMEOUT)),
+    }
+}
+
+/// A pooled connection lent by [`PostgresStore::session`]; derefs to the client.
+pub struct Session(Arc<ReadConn>);
+
+impl std::ops::Deref for Session {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.0.client
+    }
+}
+
+impl Session {
+    /// Runs a statement's future with the store's read timeout.
+    pub async fn timed<T>(
+        fut: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, PostgresError> {
+        read(fut).await
     }
 }
 
@@ -1168,20 +1248,7 @@ impl TxColumns {
         self.alert.push(d.alert);
         self.event.push(event);
         self.decision.push(decision);
-        self.entities.push(
-            [
-                ("card", &tx.card_id),
-                ("user", &tx.user_id),
-                ("device", &tx.device_id),
-                ("ip", &tx.ip),
-                ("merchant", &tx.merchant),
-                ("terminal", &tx.terminal_id),
-                ("store", &tx.store_id),
-            ]
-            .into_iter()
-            .filter_map(|(kind, id)| id.as_ref().map(|id| format!("{kind}:{}", id.as_str())))
-            .collect(),
-        );
+        self.entities.push(super::entity_keys(tx));
         // Every decision above approve is queued for analysts, escalations included; `alert`
         // (the ladder's count) is stored with the transaction. Same rule as the SQLite store.
         let alert_row = if d.decision > Action::Approve {

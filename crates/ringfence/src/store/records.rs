@@ -90,6 +90,15 @@ impl Records {
         }
     }
 
+    /// The latest event time of a stored transaction, as [`Records::for_each_history`] sees
+    /// the history (in production mode, PostgreSQL's).
+    pub async fn latest_event_time(&self) -> Result<Option<i64>, StoreError> {
+        match self {
+            Records::Sqlite(s) => s.latest_event_time().await,
+            Records::Postgres { shared, .. } => Ok(shared.latest_event_time().await?),
+        }
+    }
+
     /// Stored decisions (as JSON) of those ids that have one, on any node. While PostgreSQL
     /// is unreachable only this node's are known (logged).
     pub async fn decisions_of(
@@ -183,6 +192,15 @@ impl Records {
                 Ok(v) => Ok(v),
                 Err(_) => local.alerts(q).await,
             },
+        }
+    }
+
+    /// The id of the alert a transaction raised, as the dashboard knows it (on PostgreSQL,
+    /// once shipped there; `None` before).
+    pub async fn alert_id_of(&self, transaction_id: &str) -> Result<Option<i64>, StoreError> {
+        match self {
+            Records::Sqlite(s) => s.alert_id_of(transaction_id.to_owned()).await,
+            Records::Postgres { shared, .. } => Ok(shared.alert_id_of(transaction_id).await?),
         }
     }
 

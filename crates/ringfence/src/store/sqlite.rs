@@ -179,15 +179,15 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// The database file (modules with tables of their own, such as cases and access
+    /// control, open it too).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The write side.
     pub fn writer(&self) -> &Writer {
         &self.writer
-    }
-
-    /// The database file: for a module that keeps tables of its own beside the records
-    /// (access control) on a connection of its own.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Runs `f` with a read connection on a blocking thread.
@@ -464,6 +464,17 @@ impl SqliteStore {
         .await
     }
 
+    /// The latest event time of a stored transaction (`None` when none is stored): where a
+    /// backtest's window ends. A scan of the table (there is no index on event time).
+    pub async fn latest_event_time(&self) -> Result<Option<i64>, StoreError> {
+        self.read(|c| {
+            Ok(c.query_row("SELECT MAX(ts) FROM transactions", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })?)
+        })
+        .await
+    }
+
     /// Streams stored history (transactions and labels merged by sequence number) into `f`,
     /// on the current thread. Used once at start to rebuild entity state.
     pub fn for_each_history(&self, mut f: impl FnMut(HistoryItem)) -> Result<u64, StoreError> {
@@ -510,6 +521,36 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
+    /// The id of the alert a transaction raised, if it raised one (not a cross-site conflict
+    /// alert it may also have brought): how an e-mail links to the case. Scans from the
+    /// newest alert, so the recent alerts mails are about are found at once without an index
+    /// the write path would pay for.
+    pub async fn alert_id_of(&self, transaction_id: String) -> Result<Option<i64>, StoreError> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT id FROM alerts WHERE transaction_id = ?1 AND category != ?2
+                 ORDER BY id DESC LIMIT 1",
+            )?
+            .query_row(params![transaction_id, CONFLICT_CATEGORY], |r| r.get(0))
+            .optional()?)
+        })
+        .await
+    }
+}
+
+impl SqliteStore {
+    /// The sequence number of the newest alert in the outbox (0 when empty), on the current
+    /// thread.
+    pub fn outbox_end(&self) -> Result<i64, StoreError> {
+        self.read_blocking(|c| {
+            Ok(
+                c.query_row("SELECT COALESCE(MAX(seq), 0) FROM alert_outbox", [], |r| {
+                    r.get(0)
+                })?,
+            )
+        })
+    }
+
     /// Up to `limit` alerts of the outbox after sequence number `after`, in order, as JSON.
     pub async fn outbox_after(
         &self,
@@ -781,18 +822,8 @@ fn write_group(
                         );
                         continue;
                     }
-                    for (kind, id) in [
-                        ("card", &tx.card_id),
-                        ("user", &tx.user_id),
-                        ("device", &tx.device_id),
-                        ("ip", &tx.ip),
-                        ("merchant", &tx.merchant),
-                        ("terminal", &tx.terminal_id),
-                        ("store", &tx.store_id),
-                    ] {
-                        if let Some(id) = id {
-                            ins_entity.execute(params![format!("{kind}:{}", id.as_str()), seq])?;
-                        }
+                    for entity in super::entity_keys(tx) {
+                        ins_entity.execute(params![entity, seq])?;
                     }
                     if let Some(event) = &rec.alert_event {
                         ins_outbox.execute(params![seq, event])?;

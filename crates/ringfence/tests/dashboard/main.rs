@@ -9,6 +9,9 @@
 #[path = "../helpers/mod.rs"]
 mod helpers;
 
+mod alerts;
 mod browser;
+mod investigate;
+mod rules;
 mod shell;
 mod signin;

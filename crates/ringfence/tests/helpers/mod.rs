@@ -2,7 +2,9 @@
 
 #![allow(dead_code)]
 
+pub mod receiver;
 pub mod services;
+pub mod smtp;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
