@@ -37,6 +37,9 @@ pub struct BenchArgs {
     /// benchmarked in-process.
     #[arg(long)]
     pub target: Option<String>,
+    /// API key sent as `Authorization: Bearer` (with --target; a key with the `ingest` role).
+    #[arg(long, env = "RINGFENCE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<crate::config::Secret>,
     /// Seconds of measurement after the warm-up.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
@@ -74,6 +77,7 @@ impl Default for BenchArgs {
     fn default() -> Self {
         BenchArgs {
             target: None,
+            api_key: None,
             duration: 10.0,
             batch: 0,
             concurrency: 32,
@@ -388,7 +392,10 @@ pub async fn run_http(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         "/v1/transactions/batch"
     };
     let url = endpoint_url(base, path)?;
-    let client = HttpClient::new();
+    let mut client = HttpClient::new();
+    if let Some(key) = &args.api_key {
+        client = client.with_bearer(key.expose());
+    }
     // Fail fast, with the real reason, when nothing listens there.
     client.ping(base).await?;
     let feed = if args.feed_sockets > 0 {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{HeaderMap, Method, Request, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -146,6 +146,8 @@ pub struct HttpClient {
     inner: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
     max_body_bytes: usize,
+    /// `Authorization: Bearer <key>` sent with every request, when set.
+    bearer: Option<HeaderValue>,
 }
 
 impl Default for HttpClient {
@@ -169,7 +171,22 @@ impl HttpClient {
             inner,
             timeout: DEFAULT_TIMEOUT,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            bearer: None,
         }
+    }
+
+    /// The same client (and pool) sending `Authorization: Bearer <key>` with every request
+    /// that does not carry its own. A key that is not a valid header value is not sent (the
+    /// server then answers 401, which says what is wrong).
+    pub fn with_bearer(mut self, key: &str) -> Self {
+        self.bearer = HeaderValue::from_str(&format!("Bearer {}", key.trim()))
+            .ok()
+            .map(|mut v| {
+                // Kept out of hyper's debug output and header compression tables.
+                v.set_sensitive(true);
+                v
+            });
+        self
     }
 
     /// The same client (and pool) with a different end-to-end timeout per request.
@@ -249,8 +266,13 @@ impl HttpClient {
     async fn run(
         &self,
         url: String,
-        request: Request<Full<Bytes>>,
+        mut request: Request<Full<Bytes>>,
     ) -> Result<HttpResponse, ClientError> {
+        if let Some(bearer) = &self.bearer {
+            if !request.headers().contains_key(AUTHORIZATION) {
+                request.headers_mut().insert(AUTHORIZATION, bearer.clone());
+            }
+        }
         let max_body = self.max_body_bytes;
         let exchange = async {
             let response = self.inner.request(request).await.map_err(|e| {
@@ -471,6 +493,34 @@ mod tests {
             endpoint_url("127.0.0.1:8080", "/v1").unwrap_err().kind(),
             "invalid_url"
         );
+    }
+
+    #[tokio::test]
+    async fn a_bearer_key_goes_with_every_request_unless_one_is_given() {
+        let app = Router::new().route(
+            "/auth",
+            get(|headers: HeaderMap| async move {
+                headers
+                    .get(AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("none")
+                    .to_string()
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let url = format!("http://{addr}/auth");
+        assert_eq!(HttpClient::new().get(&url).await.unwrap().text(), "none");
+        let keyed = HttpClient::new().with_bearer("rf_k");
+        assert_eq!(keyed.get(&url).await.unwrap().text(), "Bearer rf_k");
+        let own = Request::get(&url)
+            .header(AUTHORIZATION, "Bearer other")
+            .body(Bytes::new())
+            .unwrap();
+        assert_eq!(keyed.send(own).await.unwrap().text(), "Bearer other");
     }
 
     #[tokio::test]

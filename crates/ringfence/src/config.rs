@@ -150,8 +150,24 @@ pub struct ServeArgs {
     /// variable takes a comma-separated list). Needs `--site`.
     #[arg(long = "peer", env = "RINGFENCE_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
+    /// An API key this site sends to its `--peer` sites when it pulls their records (a key
+    /// with the `analyst` role there). Needed once the peers check access, which they do.
+    #[arg(long, env = "RINGFENCE_PEER_KEY", hide_env_values = true)]
+    pub peer_key: Option<Secret>,
+    /// An administrator's API key for automation and tests (at least 24 characters), accepted
+    /// besides the keys stored by `POST /v1/keys`. Never printed.
+    #[arg(long, env = "RINGFENCE_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<Secret>,
+    /// The password of the `admin` user created at the first start (when no user exists);
+    /// a random one is made and printed once otherwise. At least 12 characters.
+    #[arg(long, env = "RINGFENCE_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<Secret>,
+    /// Hours a dashboard session may stay unused before it ends (default 12).
+    #[arg(long, env = "RINGFENCE_SESSION_IDLE_HOURS")]
+    pub session_idle_hours: Option<u64>,
     /// The dashboard's address as people reach it (`https://ringfence.example`): alert mails
-    /// link to their cases there.
+    /// link to their cases there; with `https://` the sign-in cookie is marked Secure, and its
+    /// origin is accepted for signed-in changes besides the request's own host.
     #[arg(long, env = "RINGFENCE_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// A webhook every alert is POSTed to (JSON, signed with `--webhook-secret`); more
@@ -198,6 +214,10 @@ struct FileConfig {
     snapshot_every: Option<u64>,
     site: Option<String>,
     peers: Option<Vec<String>>,
+    peer_key: Option<Secret>,
+    admin_key: Option<Secret>,
+    admin_password: Option<Secret>,
+    session_idle_hours: Option<u64>,
     public_url: Option<String>,
     webhook_url: Option<Secret>,
     webhook_secret: Option<Secret>,
@@ -274,12 +294,67 @@ pub struct Settings {
     pub site: Option<String>,
     /// Base URLs of the peer sites it replicates with.
     pub peers: Vec<String>,
+    /// The API key sent to peer sites.
+    pub peer_key: Option<Secret>,
+    /// Access: the bootstrap administrator key, the first admin's password and how long
+    /// sessions last.
+    pub access: AccessSettings,
     /// The dashboard's address as people reach it, without a trailing `/`.
     pub public_url: Option<String>,
     /// Webhooks alerts are POSTed to.
     pub webhooks: Vec<crate::alerts::settings::WebhookSettings>,
     /// Alert mails, when configured.
     pub email: Option<crate::alerts::settings::EmailSettings>,
+}
+
+/// What access control needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct AccessSettings {
+    /// An administrator's API key (at least 24 characters), compared in constant time.
+    pub admin_key: Option<Secret>,
+    /// The first `admin` user's password (random when absent).
+    pub admin_password: Option<Secret>,
+    /// How long a session may stay unused.
+    pub session_idle: std::time::Duration,
+}
+
+/// Shortest accepted `--admin-key`.
+pub const MIN_ADMIN_KEY_LEN: usize = 24;
+/// Shortest accepted password.
+pub const MIN_PASSWORD_LEN: usize = 12;
+
+/// Checks and resolves the access settings.
+fn access_settings(
+    admin_key: Option<Secret>,
+    admin_password: Option<Secret>,
+    session_idle_hours: u64,
+) -> Result<AccessSettings, ConfigError> {
+    if admin_key
+        .as_ref()
+        .is_some_and(|k| k.expose().chars().count() < MIN_ADMIN_KEY_LEN)
+    {
+        return Err(ConfigError::Invalid(format!(
+            "admin_key must be at least {MIN_ADMIN_KEY_LEN} characters"
+        )));
+    }
+    if admin_password
+        .as_ref()
+        .is_some_and(|p| p.expose().chars().count() < MIN_PASSWORD_LEN)
+    {
+        return Err(ConfigError::Invalid(format!(
+            "admin_password must be at least {MIN_PASSWORD_LEN} characters"
+        )));
+    }
+    if !(1..=24 * 30).contains(&session_idle_hours) {
+        return Err(ConfigError::Invalid(
+            "session_idle_hours must be within 1..=720".into(),
+        ));
+    }
+    Ok(AccessSettings {
+        admin_key,
+        admin_password,
+        session_idle: std::time::Duration::from_secs(session_idle_hours * 3600),
+    })
 }
 
 /// Longest site name.
@@ -463,6 +538,11 @@ impl Settings {
             .filter(|p| !p.is_empty())
             .collect();
         check_sites(site.as_deref(), &peers, redis.is_some(), postgres.is_some())?;
+        let access = access_settings(
+            args.admin_key.clone().or(file.admin_key),
+            args.admin_password.clone().or(file.admin_password),
+            pick!(session_idle_hours, 12),
+        )?;
         let public_url = match args.public_url.clone().or(file.public_url) {
             Some(u) => {
                 let u = u.trim().trim_end_matches('/').to_owned();
@@ -515,6 +595,8 @@ impl Settings {
             snapshot_every,
             site,
             peers,
+            peer_key: args.peer_key.clone().or(file.peer_key),
+            access,
             public_url,
             webhooks,
             email,

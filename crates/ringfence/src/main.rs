@@ -60,6 +60,26 @@ fn init_logging(default: &str, json: bool) {
     }
 }
 
+/// Shows the first administrator's login once, on stderr and never through the log (whose
+/// lines may be shipped and kept): the only place the generated password ever appears.
+fn print_first_login(app: &mut Application) {
+    if let Some(login) = app.take_first_login() {
+        if login.generated {
+            eprintln!(
+                "One-time login (shown only now): user `{}`, password `{}` at http://{}/ ; create the analysts' own accounts, then change this password.",
+                login.user,
+                login.password.expose(),
+                app.local_addr()
+            );
+        } else {
+            eprintln!(
+                "Created user `{}` with the password from RINGFENCE_ADMIN_PASSWORD.",
+                login.user
+            );
+        }
+    }
+}
+
 /// Prints a benchmark report as JSON or as its text form.
 fn print_report(report: &impl serde::Serialize, json: bool, text: String) {
     if json {
@@ -82,7 +102,8 @@ async fn main() -> std::process::ExitCode {
                 init_logging("info", settings.log_format == "json");
                 match Application::build(settings).await {
                     Err(e) => Err(e.to_string()),
-                    Ok(app) => {
+                    Ok(mut app) => {
+                        print_first_login(&mut app);
                         tracing::info!(address = %app.local_addr(), "ringfence serving");
                         app.run_until_stopped().await.map_err(|e| e.to_string())
                     }
@@ -99,7 +120,8 @@ async fn main() -> std::process::ExitCode {
                     .and_then(|app| app.with_stream_worker(stream))
                 {
                     Err(e) => Err(e.to_string()),
-                    Ok(app) => {
+                    Ok(mut app) => {
+                        print_first_login(&mut app);
                         tracing::info!(address = %app.local_addr(), "ringfence worker serving");
                         app.run_until_stopped().await.map_err(|e| e.to_string())
                     }

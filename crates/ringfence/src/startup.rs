@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::alerts::deliveries::{AlertSinks, SinkError};
+use crate::auth::{Auth, AuthError, OneTimeLogin};
 use crate::config::Settings;
 use crate::host::{EngineHost, SharedState, StartError};
 use crate::http;
@@ -28,6 +29,10 @@ const RULES_POLL: Duration = Duration::from_millis(500);
 pub struct Application {
     listener: TcpListener,
     host: Arc<EngineHost>,
+    /// Access control (users, keys, sessions), shared by every request.
+    auth: Arc<Auth>,
+    /// The first administrator's login, when this start created it.
+    first_login: Option<OneTimeLogin>,
     /// The alert sinks' tasks (Redis, webhooks, e-mail).
     alert_writers: Vec<tokio::task::JoinHandle<()>>,
     /// The Redis stream consumer, for `ringfence worker`.
@@ -48,6 +53,9 @@ pub enum AppError {
     /// Engine or store start failed.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// Access control could not start.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -115,6 +123,7 @@ impl Application {
             }
             None => None,
         };
+        let (auth, first_login) = Auth::start(&settings, &store).await?;
         // Every sink reads this node's local outbox, from its own position.
         let (sinks, alert_writers) = AlertSinks::start(&settings, &store, &metrics)?;
         let host = EngineHost::start(settings, store, metrics, sinks, shared).await?;
@@ -122,6 +131,8 @@ impl Application {
         Ok(Application {
             listener,
             host,
+            auth,
+            first_login,
             alert_writers,
             worker: None,
             shipper: shipper.zip(shipper_task),
@@ -156,6 +167,17 @@ impl Application {
     /// The engine host (for in-process inspection).
     pub fn host(&self) -> &Arc<EngineHost> {
         &self.host
+    }
+
+    /// Access control (the demo creates its own keys through it).
+    pub fn auth(&self) -> &Arc<Auth> {
+        &self.auth
+    }
+
+    /// The first administrator's login, when this start created that user: show it once
+    /// (to the terminal, never to the log), then it is gone.
+    pub fn take_first_login(&mut self) -> Option<OneTimeLogin> {
+        self.first_login.take()
     }
 
     /// Serves until `shutdown` completes, then finishes in-flight requests.
@@ -221,8 +243,10 @@ impl Application {
                     .collect()
             })
             .unwrap_or_default();
-        let router = http::router(Arc::clone(&self.host));
-        let mut result = axum::serve(self.listener, router)
+        let router = http::router(Arc::clone(&self.host), Arc::clone(&self.auth));
+        // The peer address feeds the sign-in throttle (per user and address).
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let mut result = axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown)
             .await
             .map_err(AppError::Serve);

@@ -8,6 +8,8 @@ use ringfence::client::HttpClient;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ringfence");
+/// `--admin-key` of the servers these tests start.
+const ADMIN_KEY: &str = "binary-test-admin-key-0123456789";
 
 /// A free loopback port (bound, then released).
 fn free_port() -> u16 {
@@ -63,15 +65,57 @@ async fn serve_reads_flags_env_and_config_file_and_stops_on_sigterm() {
             "RINGFENCE_CARD_HASH_KEY",
             "do-not-print-me-0123456789abcdef",
         )
+        .env("RINGFENCE_ADMIN_KEY", ADMIN_KEY)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
     let mut child = Killed(child);
+    // Stderr is read as it comes: the one-time login is needed while the server runs.
+    let stderr = child.0.stderr.take().expect("stderr");
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let log = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        })
+    };
     let base = format!("http://127.0.0.1:{port}");
-    let client = HttpClient::new();
+    let client = HttpClient::new().with_bearer(ADMIN_KEY);
     wait_ready(&client, &base).await;
+
+    // The first start created `admin` and showed its password once, on stderr.
+    let password = {
+        let log = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let line = log
+            .lines()
+            .find(|l| l.starts_with("One-time login"))
+            .unwrap_or_else(|| panic!("no one-time login on stderr: {log}"))
+            .to_owned();
+        line.split("password `")
+            .nth(1)
+            .and_then(|r| r.split('`').next())
+            .expect("password in the line")
+            .to_owned()
+    };
+    let login = HttpClient::new()
+        .post_json(
+            &format!("{base}/v1/auth/login"),
+            &serde_json::json!({"username": "admin", "password": password}),
+        )
+        .await
+        .expect("login");
+    assert_eq!(login.status, 200, "{}", login.text());
+    let anonymous = HttpClient::new()
+        .post(&format!("{base}/transaction"), "application/json", "{}")
+        .await
+        .expect("post");
+    assert_eq!(anonymous.status, 401, "the binary checks access");
 
     // shared_device (55) lands between the flags' challenge (50) and block (60) thresholds...
     let r = client
@@ -119,15 +163,18 @@ async fn serve_reads_flags_env_and_config_file_and_stops_on_sigterm() {
     assert!(status.success());
     let exit = child.0.wait().expect("wait");
     assert!(exit.success(), "exit status {exit:?}");
-    let mut log = String::new();
-    if let Some(mut err) = child.0.stderr.take() {
-        use std::io::Read;
-        let _ = err.read_to_string(&mut log);
-    }
+    reader.join().expect("stderr reader");
+    let log = log.lock().unwrap_or_else(|p| p.into_inner()).clone();
     assert!(log.contains("ringfence serving"), "{log}");
+    for secret in ["do-not-print-me-0123456789abcdef", ADMIN_KEY] {
+        assert!(!log.contains(secret), "secret in the log: {log}");
+    }
+    // The password is shown once, outside the log lines (which carry a level).
+    let shown: Vec<&str> = log.lines().filter(|l| l.contains(&password)).collect();
+    assert_eq!(shown.len(), 1, "{log}");
     assert!(
-        !log.contains("do-not-print-me-0123456789abcdef"),
-        "secret in the log: {log}"
+        !shown[0].contains("INFO") && !shown[0].contains("WARN"),
+        "{log}"
     );
 }
 
@@ -180,6 +227,13 @@ fn demo_serves_and_prints_a_line_a_second() {
     let dir = tempfile::tempdir().expect("tempdir");
     let lines = run_demo(&["--tps", "100"], 4, dir.path());
     assert!(lines.iter().any(|l| l.contains("/v1/stats")), "{lines:?}");
+    // The dashboard's address with the one-time login of the first administrator.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("dashboard") && l.contains("one-time password")),
+        "{lines:?}"
+    );
     let ticks: Vec<&String> = lines.iter().filter(|l| l.contains("tx/s |")).collect();
     assert!(ticks.len() >= 2, "{lines:?}");
     assert!(

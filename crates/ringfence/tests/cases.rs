@@ -84,7 +84,7 @@ async fn the_queue_puts_untaken_risky_work_first_and_pages_without_gaps() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["case"]["status"], "assigned");
-    assert_eq!(body["case"]["assignee"], "dev");
+    assert_eq!(body["case"]["assignee"], "admin-key");
     let (status, body) = app
         .post_json(
             &format!("/v1/cases/{top}/close"),
@@ -247,7 +247,7 @@ async fn closing_as_fraud_labels_the_transaction_feeds_the_ring_and_is_audited()
     assert_eq!(status, 200, "{closed}");
     assert_eq!(closed["case"]["status"], "closed");
     assert_eq!(closed["case"]["verdict"], "fraud");
-    assert_eq!(closed["case"]["closed_by"], "dev");
+    assert_eq!(closed["case"]["closed_by"], "admin-key");
     assert_eq!(closed["label"]["fraud"], true);
 
     // The label is stored with the transaction, from the analyst.
@@ -256,7 +256,7 @@ async fn closing_as_fraud_labels_the_transaction_feeds_the_ring_and_is_audited()
     let labels = stored["labels"].as_array().expect("labels");
     assert_eq!(labels.len(), 1, "{stored}");
     assert_eq!(labels[0]["fraud"], true);
-    assert_eq!(labels[0]["source"], "analyst:dev");
+    assert_eq!(labels[0]["source"], "analyst:admin-key");
     assert_eq!(labels[0]["note"], "customer denies, device in a ring");
 
     // The engine learned it: the card counts a fraud label, and a new card joining the
@@ -307,7 +307,7 @@ async fn closing_as_fraud_labels_the_transaction_feeds_the_ring_and_is_audited()
     assert_eq!(status, 200, "{audit}");
     let rows = audit["audit"].as_array().expect("rows");
     assert_eq!(rows.len(), 2);
-    assert_eq!(rows[0]["actor"], "dev");
+    assert_eq!(rows[0]["actor"], "admin-key");
     assert_eq!(rows[0]["role"], "admin");
     assert_eq!(rows[0]["action"], "case.close");
     assert_eq!(rows[0]["detail"]["verdict"], "fraud");
@@ -316,7 +316,7 @@ async fn closing_as_fraud_labels_the_transaction_feeds_the_ring_and_is_audited()
         rows[0]["at"].as_str().is_some_and(|t| t.starts_with("20")),
         "{audit}"
     );
-    let (_, by_actor) = app.get("/v1/audit?actor=dev&limit=1").await;
+    let (_, by_actor) = app.get("/v1/audit?actor=admin-key&limit=1").await;
     assert_eq!(by_actor["audit"].as_array().map(Vec::len), Some(1));
     assert_eq!(by_actor["audit"][0]["id"], rows[0]["id"]);
     let (_, nobody) = app.get("/v1/audit?actor=nobody").await;
@@ -479,7 +479,7 @@ async fn in_production_mode_a_case_closed_on_one_node_is_closed_on_every_node() 
     })
     .await;
     assert_eq!(labelled["labels"].as_array().map(Vec::len), Some(1));
-    assert_eq!(labelled["labels"][0]["source"], "analyst:dev");
+    assert_eq!(labelled["labels"][0]["source"], "analyst:admin-key");
 
     // Reopened on B, closed concurrently on both: one wins.
     let (status, _) = b

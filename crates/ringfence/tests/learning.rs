@@ -27,6 +27,9 @@ fn model_file(dir: &Path, name: &str, threshold: f64, high: f64) -> PathBuf {
     path
 }
 
+/// The administrator key the server accepts and the client sends.
+const ADMIN_KEY: &str = "learning-admin-key-0123456789";
+
 struct Server {
     base: String,
     client: ringfence::client::HttpClient,
@@ -39,6 +42,7 @@ async fn serve(data: &Path, model: &Path, challenger: &Path) -> Server {
         listen: Some("127.0.0.1:0".parse().expect("addr")),
         data: Some(data.to_owned()),
         card_hash_key: Some(Secret::new("learning-test-key-0123456789")),
+        admin_key: Some(Secret::new(ADMIN_KEY)),
         model: Some(model.to_owned()),
         challenger: Some(challenger.to_owned()),
         ..ServeArgs::default()
@@ -56,7 +60,7 @@ async fn serve(data: &Path, model: &Path, challenger: &Path) -> Server {
     });
     Server {
         base,
-        client: ringfence::client::HttpClient::new(),
+        client: ringfence::client::HttpClient::new().with_bearer(ADMIN_KEY),
         stop,
         handle,
     }

@@ -37,6 +37,7 @@ async fn start(args: &[&str], redis: &str, postgres: &str, data: &std::path::Pat
         .arg(data)
         .args(["--redis", redis, "--postgres", postgres])
         .env("RINGFENCE_CARD_HASH_KEY", KEY)
+        .env("RINGFENCE_ADMIN_KEY", helpers::ADMIN_KEY)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -91,7 +92,9 @@ async fn two_servers_and_two_workers_act_as_one_node() {
             .arg(tx(i).to_string());
         let _: String = cmd.query_async(&mut con).await.expect("XADD");
     }
-    let client = HttpClient::new().with_timeout(Duration::from_secs(20));
+    let client = HttpClient::new()
+        .with_timeout(Duration::from_secs(20))
+        .with_bearer(helpers::ADMIN_KEY);
     let mut answers: HashMap<String, Value> = HashMap::new();
     let mut killed = false;
     for i in (0..n).filter(|i| i % 2 == 1) {

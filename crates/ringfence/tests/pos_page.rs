@@ -122,7 +122,13 @@ fn to_yuv420(img: &RgbImage) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
 }
 
 /// Runs the browser script to completion (or the deadline), its output in files under `work`.
-fn run_browser(base: &str, video: &Path, shots: &Path, work: &Path) -> (bool, String) {
+fn run_browser(
+    base: &str,
+    user: (&str, &str),
+    video: &Path,
+    shots: &Path,
+    work: &Path,
+) -> (bool, String) {
     let stdout_path = work.join("browser.out");
     let stderr_path = work.join("browser.err");
     let mut child = Command::new("node")
@@ -131,6 +137,8 @@ fn run_browser(base: &str, video: &Path, shots: &Path, work: &Path) -> (bool, St
         .arg(video)
         .arg(shots)
         .current_dir(browser_dir())
+        .env("RF_USER", user.0)
+        .env("RF_PASSWORD", user.1)
         .stdin(Stdio::null())
         .stdout(File::create(&stdout_path).expect("stdout file"))
         .stderr(File::create(&stderr_path).expect("stderr file"))
@@ -193,11 +201,14 @@ async fn the_till_page_tells_the_story_in_headless_chromium() {
     let shots = workspace().join("target/screenshots");
     std::fs::create_dir_all(&shots).expect("screenshot dir");
 
+    // The tills sign in with an account of their own, which may only send and read back.
+    let password = app.create_user("till-clerk", "ingest").await;
     let (base, work) = (app.base.clone(), dir.path().to_owned());
-    let (ok, output) =
-        tokio::task::spawn_blocking(move || run_browser(&base, &video, &shots, &work))
-            .await
-            .expect("browser run");
+    let (ok, output) = tokio::task::spawn_blocking(move || {
+        run_browser(&base, ("till-clerk", &password), &video, &shots, &work)
+    })
+    .await
+    .expect("browser run");
     println!("{output}");
     assert!(ok, "the browser story failed:\n{output}");
     let result = output
@@ -212,6 +223,10 @@ async fn the_till_page_tells_the_story_in_headless_chromium() {
             .unwrap_or_else(|| panic!("no {name} in {ids}"))
             .to_owned()
     };
+
+    // Each of the three tills opened signed out, sent the clerk to the dashboard's sign-in and
+    // came back signed in.
+    assert_eq!(ids["sign_ins"], 3, "{ids}");
 
     // What the page showed is what the API stored.
     let (decision, _, photo, purchase_photo) = stored(&app, &id("purchase")).await;

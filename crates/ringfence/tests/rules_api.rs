@@ -156,7 +156,7 @@ async fn an_activated_rule_fires_on_the_next_transaction_and_survives_a_restart(
     assert_eq!(rows.len(), 1, "{trail}");
     assert_eq!(
         (&rows[0]["actor"], &rows[0]["action"]),
-        (&json!("dev"), &json!("rule.activate")),
+        (&json!("admin-key"), &json!("rule.activate")),
         "{trail}"
     );
     assert_eq!(rows[0]["detail"]["added"], json!(["huge"]), "{trail}");
@@ -324,7 +324,7 @@ async fn a_rules_mode_flips_in_its_file_keeping_comments() {
         .collect();
     assert_eq!(modes, [&json!("active"), &json!("shadow")], "{trail}");
     assert_eq!(trail["audit"][0]["action"], "rule.mode", "{trail}");
-    assert_eq!(trail["audit"][0]["actor"], "dev", "{trail}");
+    assert_eq!(trail["audit"][0]["actor"], "admin-key", "{trail}");
 
     let (status, v) = app
         .post_json("/v1/rules/nope/mode", &json!({"mode": "shadow"}))

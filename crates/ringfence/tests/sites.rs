@@ -152,6 +152,9 @@ impl SiteProc {
             .arg("--data")
             .arg(data)
             .env("RINGFENCE_CARD_HASH_KEY", KEY)
+            // Both sites accept the test admin key, and each sends it to its peer's feed.
+            .env("RINGFENCE_ADMIN_KEY", helpers::ADMIN_KEY)
+            .env("RINGFENCE_PEER_KEY", helpers::ADMIN_KEY)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -184,6 +187,7 @@ impl SiteProc {
 
     async fn post(&self, body: &Value) -> Value {
         let res = HttpClient::new()
+            .with_bearer(helpers::ADMIN_KEY)
             .post_json(&format!("{}/v1/transactions", self.base), body)
             .await
             .expect("post");
@@ -193,6 +197,7 @@ impl SiteProc {
 
     async fn get(&self, path: &str) -> (u16, Value) {
         let res = HttpClient::new()
+            .with_bearer(helpers::ADMIN_KEY)
             .get(&format!("{}{path}", self.base))
             .await
             .expect("get");
@@ -366,6 +371,7 @@ async fn with_the_link_up_the_fraudulent_return_at_the_other_store_is_blocked() 
     assert!(link["lag_ms"]["p99"].as_f64().is_some(), "{link}");
     assert_eq!(link["behind"], 0, "{link}");
     let metrics = HttpClient::new()
+        .with_bearer(helpers::ADMIN_KEY)
         .get(&format!("{}/metrics", b.base))
         .await
         .expect("metrics")

@@ -38,6 +38,10 @@ pub struct DemoArgs {
     /// returns with photos, and return-fraud attempts), instead of card traffic.
     #[arg(long)]
     pub stores: bool,
+    /// The password of the first administrator (`admin`), when this start creates it (a
+    /// fresh data directory); a random one is made and printed otherwise.
+    #[arg(long, env = "RINGFENCE_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<crate::config::Secret>,
 }
 
 /// Errors of the demo.
@@ -55,6 +59,39 @@ pub enum DemoError {
     /// The traffic feed failed.
     #[error("traffic: {0}")]
     Feed(String),
+    /// The demo's own API key could not be created.
+    #[error("access: {0}")]
+    Access(String),
+}
+
+/// How to sign in to the dashboard: the one-time login when this start created the first
+/// administrator, otherwise a reminder that the data directory already has users.
+fn sign_in_line(login: Option<crate::auth::OneTimeLogin>) -> String {
+    match login {
+        Some(l) if l.generated => format!(
+            "sign in as `{}` with the one-time password `{}` (shown only now)",
+            l.user,
+            l.password.expose()
+        ),
+        Some(l) => format!("sign in as `{}` with RINGFENCE_ADMIN_PASSWORD", l.user),
+        None => {
+            "sign in with an account of this data directory (its users were created before)".into()
+        }
+    }
+}
+
+/// Creates an API key named `name` with `role` for the demo's own clients.
+async fn demo_key(
+    app: &Application,
+    name: &str,
+    role: crate::auth::Role,
+) -> Result<String, DemoError> {
+    let (_, key) = app
+        .auth()
+        .create_key(name, role, "demo")
+        .await
+        .map_err(|e| DemoError::Access(e.to_string()))?;
+    Ok(key.expose().to_owned())
 }
 
 /// Runs the demo until Ctrl-C or `--duration`.
@@ -76,9 +113,10 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         listen: Some(args.listen),
         data: Some(data.clone()),
         rules: Some(rules.clone()),
+        admin_password: args.admin_password.clone(),
         ..ServeArgs::default()
     };
-    let app = match Application::build(Settings::resolve(&serve)?).await {
+    let mut app = match Application::build(Settings::resolve(&serve)?).await {
         Ok(app) => app,
         Err(AppError::Bind { addr, .. }) => {
             println!("{addr} is taken; using a free port instead");
@@ -88,10 +126,13 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         Err(e) => return Err(e.into()),
     };
     let base = format!("http://{}", app.local_addr());
+    let login = sign_in_line(app.take_first_login());
+    // The traffic generator is a client like any other: an ingest key of its own.
+    let key = demo_key(&app, "demo traffic", crate::auth::Role::Ingest).await?;
     println!(
         "Ringfence demo: engine on its embedded default (SQLite + memory), live simulated traffic"
     );
-    println!("  API index   {base}/");
+    println!("  dashboard   {base}/   {login}");
     println!("  live stats  {base}/v1/stats");
     println!("  alerts      {base}/v1/alerts");
     println!(
@@ -99,7 +140,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         rules.display()
     );
     println!("  metrics     {base}/metrics");
-    println!("  try         curl -s {base}/transaction -d '{{\"user_id\":\"user-ring-1\",\"card_id\":\"card-ring-1\",\"device_id\":\"device-shared-123\",\"amount\":150.00,\"merchant\":\"Online Store\"}}'");
+    println!("  try         curl -s {base}/transaction -H 'Authorization: Bearer {key}' -d '{{\"user_id\":\"user-ring-1\",\"card_id\":\"card-ring-1\",\"device_id\":\"device-shared-123\",\"amount\":150.00,\"merchant\":\"Online Store\"}}'");
     println!("  data dir    {}", data.display());
     println!(
         "Traffic: {} tx/s, {:.0}% fraud (seed {}). One line a second; Ctrl-C to stop.",
@@ -112,7 +153,8 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         let _ = stop_rx.await;
     }));
     let duration = args.duration.map(Duration::from_secs);
-    let feed = crate::simulate::run_demo_feed(base, args.seed, tps, args.fraud_rate, duration);
+    let feed =
+        crate::simulate::run_demo_feed(base, Some(&key), args.seed, tps, args.fraud_rate, duration);
     let result = tokio::select! {
         r = feed => r.map_err(|e| DemoError::Feed(e.to_string())),
         _ = shutdown_signal() => Ok(()),

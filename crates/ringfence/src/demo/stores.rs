@@ -24,6 +24,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
 use super::{DemoArgs, DemoError};
+use crate::auth::keys::ApiKey;
+use crate::auth::Role;
 use crate::client::HttpClient;
 use crate::config::{ServeArgs, Settings};
 use crate::startup::{shutdown_signal, Application};
@@ -73,13 +75,17 @@ fn port_near(ip: std::net::IpAddr, preferred: u16) -> Result<SocketAddr, DemoErr
 }
 
 async fn build_site(
+    args: &DemoArgs,
     name: &str,
     listen: SocketAddr,
     peer: SocketAddr,
+    peer_key: &ApiKey,
     data: &Path,
     rules: &Path,
 ) -> Result<Application, DemoError> {
     let serve = ServeArgs {
+        peer_key: Some(crate::config::Secret::new(peer_key.expose())),
+        admin_password: args.admin_password.clone(),
         listen: Some(listen),
         data: Some(data.join(name)),
         rules: Some(rules.to_owned()),
@@ -96,15 +102,32 @@ pub async fn run(args: DemoArgs, data: &Path, rules: &Path) -> Result<(), DemoEr
     let ip = args.listen.ip();
     let addr_a = port_near(ip, args.listen.port())?;
     let addr_b = port_near(ip, addr_a.port().wrapping_add(1).max(1024))?;
-    let site_a = build_site(STORES[0], addr_a, addr_b, data, rules).await?;
-    let site_b = build_site(STORES[1], addr_b, addr_a, data, rules).await?;
+    // Each site keeps its own users and keys, so the demo makes its two keys itself and gives
+    // both sites each: the one the sites' followers send to each other's feed, and the one
+    // its tills (and its status line, which reads /v1/sites) use.
+    let random = |e: getrandom::Error| DemoError::Access(e.to_string());
+    let peer_key = ApiKey::generate().map_err(random)?;
+    let tills_key = ApiKey::generate().map_err(random)?;
+    let mut site_a = build_site(&args, STORES[0], addr_a, addr_b, &peer_key, data, rules).await?;
+    let mut site_b = build_site(&args, STORES[1], addr_b, addr_a, &peer_key, data, rules).await?;
+    let mut logins = Vec::new();
+    for site in [&mut site_a, &mut site_b] {
+        for (key, name) in [(&peer_key, "demo peer site"), (&tills_key, "demo tills")] {
+            site.auth()
+                .register_key(key, name, Role::Analyst, "demo")
+                .await
+                .map_err(|e| DemoError::Access(e.to_string()))?;
+        }
+        logins.push(super::sign_in_line(site.take_first_login()));
+    }
     let bases = [
         format!("http://{}", site_a.local_addr()),
         format!("http://{}", site_b.local_addr()),
     ];
     println!("Ringfence demo --stores: two store sites replicating with each other, simulated tills at both");
-    for (store, base) in STORES.iter().zip(&bases) {
+    for ((store, base), login) in STORES.iter().zip(&bases).zip(&logins) {
         println!("  {store}   till page {base}/pos?store={store}   links {base}/v1/sites   alerts {base}/v1/alerts");
+        println!("           dashboard {base}/   {login}");
     }
     println!(
         "  rules      {} (both sites; hot-reloaded)",
@@ -125,7 +148,7 @@ pub async fn run(args: DemoArgs, data: &Path, rules: &Path) -> Result<(), DemoEr
     }
     let duration = args.duration.map(Duration::from_secs);
     let result = tokio::select! {
-        r = tills(&bases, args.seed, args.tps.unwrap_or(5.0), duration) => r,
+        r = tills(&bases, tills_key.expose(), args.seed, args.tps.unwrap_or(5.0), duration) => r,
         _ = shutdown_signal() => Ok(()),
     };
     let _ = stop_tx.send(true);
@@ -140,6 +163,7 @@ pub async fn run(args: DemoArgs, data: &Path, rules: &Path) -> Result<(), DemoEr
 /// The simulated tills: actions at `tps` for `duration` (or forever), a line a second.
 async fn tills(
     bases: &[String; 2],
+    key: &str,
     seed: u64,
     tps: f64,
     duration: Option<Duration>,
@@ -147,7 +171,9 @@ async fn tills(
     if !(tps.is_finite() && tps > 0.0 && tps <= 1000.0) {
         return Err(DemoError::Feed("--tps must be within 0..=1000".into()));
     }
-    let client = HttpClient::new().with_timeout(Duration::from_secs(10));
+    let client = HttpClient::new()
+        .with_timeout(Duration::from_secs(10))
+        .with_bearer(key);
     let face = Arc::new(STANDARD.encode(FACE));
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut receipts: Vec<Receipt> = Vec::new();

@@ -51,6 +51,33 @@ pub enum ApiError {
     /// A model file failed to load.
     #[error("the model could not be loaded")]
     InvalidModel(String),
+    /// No credentials, or credentials that are not valid (the message says which).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A sign-in with a wrong user name or password (it does not say which).
+    #[error("wrong user name or password")]
+    InvalidCredentials,
+    /// The caller may not do this.
+    #[error("{message}")]
+    Forbidden {
+        /// Machine-readable reason (`forbidden`, `cross_origin`).
+        code: &'static str,
+        /// What was refused (`authorization`, `origin`).
+        field: &'static str,
+        /// The reason in words.
+        message: String,
+    },
+    /// Too many failed sign-ins: wait this many seconds.
+    #[error("too many failed sign-ins; retry in {0} s")]
+    TooManyAttempts(u64),
+    /// The thing to create exists already (the field names what collides).
+    #[error("{message}")]
+    AlreadyExists {
+        /// The field that collides.
+        field: &'static str,
+        /// The problem.
+        message: String,
+    },
     /// As many requests of this kind as the node runs at once are running: retry later.
     #[error("{0}")]
     Busy(String),
@@ -97,6 +124,10 @@ impl ApiError {
             ApiError::InvalidRules(_) | ApiError::InvalidModel(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            ApiError::Unauthorized(_) | ApiError::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::AlreadyExists { .. } => StatusCode::CONFLICT,
             ApiError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) | ApiError::RulesNotSaved { .. } => {
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -145,6 +176,23 @@ impl ApiError {
                 "code": "invalid_model",
                 "message": format!("{m}; the running models are unchanged"),
             }),
+            ApiError::Unauthorized(m) => {
+                json!({"code": "unauthorized", "field": "authorization", "message": m})
+            }
+            ApiError::InvalidCredentials => {
+                json!({"code": "invalid_credentials", "field": "credentials", "message": self.to_string()})
+            }
+            ApiError::Forbidden {
+                code,
+                field,
+                message,
+            } => json!({"code": code, "field": field, "message": message}),
+            ApiError::TooManyAttempts(_) => {
+                json!({"code": "too_many_attempts", "field": "credentials", "message": self.to_string()})
+            }
+            ApiError::AlreadyExists { field, message } => {
+                json!({"code": "conflict", "field": field, "message": message})
+            }
             ApiError::Internal(_) => json!({"code": "internal", "message": "internal error"}),
         }
     }
@@ -169,6 +217,16 @@ impl IntoResponse for ApiError {
             ApiError::StorageUnavailable => {
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            ApiError::TooManyAttempts(secs) => {
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            ApiError::Unauthorized(_) => {
+                res.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"ringfence\""),
+                );
             }
             _ => {}
         }

@@ -41,6 +41,8 @@ use error::ApiError;
 pub struct ApiContext {
     /// The engine host.
     pub host: Arc<EngineHost>,
+    /// Access control: users, keys, sessions.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 impl ApiContext {
@@ -85,6 +87,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/receipts/{id}"),
     ("get", "/"),
     ("get", "/ui/{file}"),
+    ("post", "/v1/auth/login"),
+    ("post", "/v1/auth/logout"),
     ("get", "/v1/auth/me"),
     ("get", "/v1/cases"),
     ("get", "/v1/cases/{id}"),
@@ -100,15 +104,22 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/stream/transactions"),
     ("get", "/v1/stream/alerts"),
     ("get", "/v1/live/stats"),
+    ("get", "/v1/keys"),
+    ("post", "/v1/keys"),
+    ("delete", "/v1/keys/{id}"),
+    ("get", "/v1/users"),
+    ("post", "/v1/users"),
+    ("delete", "/v1/users/{name}"),
+    ("put", "/v1/users/{name}/password"),
 ];
 
 /// The OpenAPI document.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Builds the router.
-pub fn router(host: Arc<EngineHost>) -> Router {
+pub fn router(host: Arc<EngineHost>, auth: Arc<crate::auth::Auth>) -> Router {
     let max_body = host.settings().max_body_bytes;
-    let cx = ApiContext { host };
+    let cx = ApiContext { host, auth };
     Router::new()
         .route("/transaction", post(transactions::create))
         .route("/v1/transactions", post(transactions::create))
@@ -142,7 +153,10 @@ pub fn router(host: Arc<EngineHost>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn(crate::auth::layer))
+        .layer(middleware::from_fn_with_state(
+            cx.clone(),
+            crate::auth::layer,
+        ))
         .layer(middleware::from_fn_with_state(cx.clone(), observe))
         .with_state(cx)
 }

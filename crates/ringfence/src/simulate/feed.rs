@@ -17,10 +17,12 @@ use crate::client::{endpoint_url, HttpClient};
 /// Requests in flight at most; far above what a demo rate needs, low enough to stay polite.
 const DEMO_CONCURRENCY: usize = 64;
 
-/// Sends paced simulated traffic to `base_url` until `duration` passes or Ctrl-C, printing a
-/// status line every second and a summary at the end.
+/// Sends paced simulated traffic to `base_url` (with `api_key` as a bearer key, when given)
+/// until `duration` passes or Ctrl-C, printing a status line every second and a summary at the
+/// end.
 pub async fn run_demo_feed(
     base_url: String,
+    api_key: Option<&str>,
     seed: u64,
     tps: f64,
     fraud_rate: f64,
@@ -33,7 +35,7 @@ pub async fn run_demo_feed(
         customers: GeneratorConfig::customers_for_rate(tps),
         ..GeneratorConfig::default()
     };
-    let totals = feed(&base_url, config, duration, ctrl_c(), |line| {
+    let totals = feed(&base_url, config, api_key, duration, ctrl_c(), |line| {
         // A closed stdout (piped into `head`) must not kill the feed.
         let _ = writeln!(std::io::stdout().lock(), "{line}");
     })
@@ -46,6 +48,7 @@ pub async fn run_demo_feed(
 pub(crate) async fn feed<F>(
     base_url: &str,
     mut config: GeneratorConfig,
+    api_key: Option<&str>,
     duration: Option<Duration>,
     shutdown: F,
     mut print: impl FnMut(&str),
@@ -64,8 +67,12 @@ where
         duration,
         count: None,
     };
+    let mut client = HttpClient::new().with_timeout(Duration::from_secs(10));
+    if let Some(key) = api_key {
+        client = client.with_bearer(key);
+    }
     let mut sender = tokio::spawn(send_paced(
-        HttpClient::new().with_timeout(Duration::from_secs(10)),
+        client,
         pacing,
         Generator::new(config).with_run_tag(&anchor.run_tag()),
         anchor,

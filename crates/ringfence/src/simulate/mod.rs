@@ -80,6 +80,9 @@ pub struct SimulateArgs {
     /// Most requests in flight at once (with --target).
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+    /// API key sent as `Authorization: Bearer` (with --target; a key with the `ingest` role).
+    #[arg(long, env = "RINGFENCE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<crate::config::Secret>,
     /// Simulated start time for --out, RFC 3339 (--profile handbook: 2018-04-01 00:00:00
     /// unless given).
     #[arg(long, default_value = "2026-01-01T00:00:00Z")]
@@ -108,6 +111,7 @@ impl Default for SimulateArgs {
             target: None,
             out: None,
             concurrency: 16,
+            api_key: None,
             start: "2026-01-01T00:00:00Z".to_string(),
             customers: None,
             terminals: None,
@@ -305,8 +309,12 @@ async fn send_to_target(
         duration: Some(Duration::from_secs_f64(args.duration)),
         count: args.count,
     };
+    let mut client = HttpClient::new().with_timeout(Duration::from_secs(10));
+    if let Some(key) = &args.api_key {
+        client = client.with_bearer(key.expose());
+    }
     send_paced(
-        HttpClient::new().with_timeout(Duration::from_secs(10)),
+        client,
         pacing,
         Generator::new(args.generator_config(anchor.epoch_ms)).with_run_tag(&anchor.run_tag()),
         anchor,
@@ -443,6 +451,7 @@ mod tests {
         let totals = feed::feed(
             &base,
             config,
+            None,
             Some(Duration::from_millis(2_300)),
             std::future::pending(),
             |line| lines.push(line.to_string()),
@@ -473,9 +482,16 @@ mod tests {
     async fn demo_feed_stops_on_shutdown() {
         let (base, _seen) = stub::spawn(0).await;
         let shutdown = tokio::time::sleep(Duration::from_millis(300));
-        let totals = feed::feed(&base, GeneratorConfig::default(), None, shutdown, |_| {})
-            .await
-            .unwrap();
+        let totals = feed::feed(
+            &base,
+            GeneratorConfig::default(),
+            None,
+            None,
+            shutdown,
+            |_| {},
+        )
+        .await
+        .unwrap();
         assert!(totals.sent > 0);
     }
 }

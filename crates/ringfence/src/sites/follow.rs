@@ -37,7 +37,11 @@ enum LinkError {
 
 /// Pulls `peer`'s records into `host` until the task is aborted (or storage fails).
 pub async fn follow(host: Arc<EngineHost>, peer: Arc<Peer>) {
-    let client = HttpClient::new().with_timeout(Duration::from_millis(WAIT_MS + 10_000));
+    let mut client = HttpClient::new().with_timeout(Duration::from_millis(WAIT_MS + 10_000));
+    // The peer's feed needs the `analyst` role there: `--peer-key`.
+    if let Some(key) = &host.settings().peer_key {
+        client = client.with_bearer(key.expose());
+    }
     let mut meter = LagMeter::new();
     let mut backoff = MIN_BACKOFF;
     let mut first = true; // a peer down at start is reported once too
@@ -79,6 +83,12 @@ async fn get_page(client: &HttpClient, url: &str) -> Result<FeedPage, LinkError>
         .get(url)
         .await
         .map_err(|e| LinkError::Unreachable(e.to_string()))?;
+    if res.status == 401 || res.status == 403 {
+        return Err(LinkError::Refused(format!(
+            "the peer refused access to its feed ({}): give this site --peer-key, a key with the analyst role at the peer",
+            res.status
+        )));
+    }
     if !res.is_success() {
         let text = res.text();
         let text: String = text.chars().take(300).collect();

@@ -179,7 +179,8 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// The database file (modules with tables of their own, such as cases, open it too).
+    /// The database file (modules with tables of their own, such as cases and access
+    /// control, open it too).
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -28,10 +28,11 @@ async fn an_analyst_opens_an_alert_from_the_queue_and_confirms_fraud() {
     let id = alerts["alerts"][0]["id"].as_i64().expect("an alert");
     assert_eq!(alerts["alerts"][0]["transaction_id"], "ui-1");
 
+    let password = app.create_user("alex", "analyst").await;
     let out: Value = browser::run(
         "alerts.mjs",
         &app.base,
-        ("admin", "unused"),
+        ("alex", &password),
         &[&id.to_string()],
     )
     .await;
@@ -44,7 +45,7 @@ async fn an_analyst_opens_an_alert_from_the_queue_and_confirms_fraud() {
     let verdicts: Vec<bool> = labels.iter().filter_map(|l| l["fraud"].as_bool()).collect();
     assert_eq!(verdicts, [true, false, true], "{stored}");
     assert!(
-        labels.iter().all(|l| l["source"] == "analyst:dev"),
+        labels.iter().all(|l| l["source"] == "analyst:alex"),
         "{stored}"
     );
     assert_eq!(labels[2]["note"], "confirmed after a call");
@@ -65,7 +66,7 @@ async fn an_analyst_opens_an_alert_from_the_queue_and_confirms_fraud() {
     );
     assert!(rows
         .iter()
-        .all(|r| r["actor"] == "dev" && r["at"].is_string()));
+        .all(|r| r["actor"] == "alex" && r["at"].is_string()));
     assert_eq!(
         rows[4]["detail"]["note"],
         "cardholder confirms it was not them"

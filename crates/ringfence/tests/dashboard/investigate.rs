@@ -38,10 +38,11 @@ async fn an_analyst_expands_a_node_of_the_ring_graph() {
         .await;
     assert_eq!(status, 201);
 
+    let password = app.create_user("ivan", "analyst").await;
     let out: Value = browser::run(
         "investigate.mjs",
         &app.base,
-        ("admin", "unused"),
+        ("ivan", &password),
         &["ring-dev", "user:ring-u2"],
     )
     .await;

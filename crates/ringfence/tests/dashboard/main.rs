@@ -15,4 +15,5 @@ mod investigate;
 mod live;
 mod rules;
 mod shell;
+mod signin;
 mod stores;

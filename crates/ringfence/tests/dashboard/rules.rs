@@ -37,10 +37,11 @@ async fn a_rule_is_fixed_backtested_and_activated_from_the_rules_page() {
     let line = in_force.lines().count() + 5;
     let (line, column) = (line.to_string(), "9".to_owned());
 
+    let password = app.create_user("rita", "admin").await;
     let out: Value = browser::run(
         "rules.mjs",
         &app.base,
-        ("admin", "unused"),
+        ("rita", &password),
         &[&line, &column, "3", "1", "1"],
     )
     .await;

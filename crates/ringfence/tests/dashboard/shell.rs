@@ -41,7 +41,8 @@ async fn the_shell_serves_its_files_with_etags_and_every_page_mounts_in_chromium
     let (status, body) = app.get("/ui/nope.js").await;
     assert_eq!(status, 404, "{body}");
 
-    let out: Value = browser::run("shell.mjs", &app.base, ("admin", "unused"), &[]).await;
+    let password = app.create_user("analyst-1", "analyst").await;
+    let out: Value = browser::run("shell.mjs", &app.base, ("analyst-1", &password), &[]).await;
     let visited: Vec<&str> = out["visited"]
         .as_array()
         .expect("visited")

@@ -28,12 +28,17 @@ pub async fn spawn_app_at(data: &Path, rules: Option<PathBuf>) -> TestApp {
     spawn_app_with(data, |args| args.rules = rules).await
 }
 
-/// The test defaults (port 0, `data`, a fixed card-hash key) with `configure` applied.
+/// The administrator key every test server accepts (`--admin-key`); `TestApp.client` sends it.
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
+
+/// The test defaults (port 0, `data`, a fixed card-hash key, [`ADMIN_KEY`]) with `configure`
+/// applied.
 fn settings_for(data: &Path, configure: impl FnOnce(&mut ServeArgs)) -> Settings {
     let mut args = ServeArgs {
         listen: Some("127.0.0.1:0".parse().expect("addr")),
         data: Some(data.to_owned()),
         card_hash_key: Some(Secret::new("test-card-hash-key-0123456789abcdef")),
+        admin_key: Some(Secret::new(ADMIN_KEY)),
         ..ServeArgs::default()
     };
     configure(&mut args);
@@ -74,7 +79,9 @@ fn serve(app: Application, data: &Path) -> TestApp {
     });
     TestApp {
         base,
-        client: HttpClient::new().with_timeout(Duration::from_secs(20)),
+        client: HttpClient::new()
+            .with_timeout(Duration::from_secs(20))
+            .with_bearer(ADMIN_KEY),
         data: data.to_owned(),
         stop: Some(tx),
         handle: Some(handle),
@@ -84,6 +91,33 @@ fn serve(app: Application, data: &Path) -> TestApp {
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// The administrator key `client` sends.
+    pub fn admin_key(&self) -> &'static str {
+        ADMIN_KEY
+    }
+
+    /// Creates user `name` with `role` through the API; returns the password.
+    pub async fn create_user(&self, name: &str, role: &str) -> String {
+        let password = format!("pw-{name}-{role}-0123456789");
+        let (status, body) = self
+            .post_json(
+                "/v1/users",
+                &serde_json::json!({"name": name, "password": password, "role": role}),
+            )
+            .await;
+        assert_eq!(status, 201, "creating user {name}: {body}");
+        password
+    }
+
+    /// Creates an API key with `role` through the API; returns the key.
+    pub async fn create_key(&self, name: &str, role: &str) -> String {
+        let (status, body) = self
+            .post_json("/v1/keys", &serde_json::json!({"name": name, "role": role}))
+            .await;
+        assert_eq!(status, 201, "creating key {name}: {body}");
+        body["key"].as_str().expect("key").to_owned()
     }
 
     pub async fn post(&self, path: &str, body: &str) -> HttpResponse {

@@ -65,7 +65,22 @@ function start() {
   }
   till.store = store;
   till.terminal = terminal || `${store}-till-1`;
-  openTill();
+  // The till is a client like any other: it needs a signed-in account (the session cookie).
+  fetch('/v1/auth/me', { headers: { accept: 'application/json' } })
+    .then((res) => (res.status === 401 ? needSignIn() : openTill()))
+    .catch(() => openTill()); // the server is down: the till shows that on its first request
+}
+
+/**
+ * Shows that the till must be signed in, with a link to the dashboard's sign-in that comes back
+ * to this very till page afterwards.
+ */
+function needSignIn() {
+  const here = `${window.location.pathname}${window.location.search}`;
+  byId('signin-link').href = `/#/login?next=${encodeURIComponent(here)}`;
+  byId('till').hidden = true;
+  byId('choose').hidden = true;
+  byId('signin').hidden = false;
 }
 
 function showChooser(problem, store, terminal) {
@@ -355,6 +370,10 @@ async function submit(ev) {
   button.textContent = 'Deciding…';
   try {
     const res = await fetch('/v1/transactions', { method: 'POST', body, headers: { accept: 'application/json' } });
+    if (res.status === 401) {
+      needSignIn();
+      return;
+    }
     const data = await res.json().catch(() => null);
     if (!res.ok || !data?.transaction_id) {
       showError(res.status, data?.error, form, elements);
@@ -408,6 +427,7 @@ function returnLastPurchase() {
 async function fetchJson(url) {
   try {
     const res = await fetch(url, { headers: { accept: 'application/json' } });
+    if (res.status === 401) needSignIn();
     return res.ok ? await res.json() : null;
   } catch {
     return null;

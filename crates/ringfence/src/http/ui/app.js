@@ -206,12 +206,29 @@ const RF = (() => {
     document.getElementById("sign-in-user").focus();
   }
 
+  /**
+   * Where to go after signing in, from `#/login?next=/path`: a path of this server only (the
+   * till page sends its own address), never another site.
+   */
+  function nextPage() {
+    const route = parseHash();
+    const next = route.name === "login" ? route.query.get("next") : null;
+    return next && next.startsWith("/") && !next.startsWith("//") && !next.startsWith("/\\") ? next : null;
+  }
+
   function signedIn(user) {
+    const next = nextPage();
+    if (next) {
+      location.assign(next);
+      return;
+    }
     me = user;
     document.getElementById("sign-in").hidden = true;
     for (const id of ["nav", "search", "who"]) document.getElementById(id).hidden = false;
     document.getElementById("who-name").textContent = user.name;
     document.getElementById("who-role").textContent = user.role;
+    // The sign-in address itself is no page: land on the first one.
+    if (parseHash().name === "login") history.replaceState(null, "", "#/live");
     render();
   }
 
