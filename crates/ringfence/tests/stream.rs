@@ -31,12 +31,22 @@ async fn start(dir: &Path) -> TestApp {
     spawn_app_with(dir, |a| a.rules = Some(rules)).await
 }
 
-fn ws_url(app: &TestApp, path: &str) -> String {
-    format!("{}{path}", app.base.replacen("http://", "ws://", 1))
+/// The handshake request for `path`, with the test admin key (every stream needs `analyst`).
+fn ws_request(
+    app: &TestApp,
+    path: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("{}{path}", app.base.replacen("http://", "ws://", 1));
+    let mut req = url.into_client_request().expect("websocket request");
+    let bearer = format!("Bearer {}", app.admin_key());
+    req.headers_mut()
+        .insert("authorization", bearer.parse().expect("header value"));
+    req
 }
 
 async fn connect(app: &TestApp, path: &str) -> Socket {
-    let (socket, _) = tokio_tungstenite::connect_async(ws_url(app, path))
+    let (socket, _) = tokio_tungstenite::connect_async(ws_request(app, path))
         .await
         .expect("websocket handshake");
     socket
@@ -325,7 +335,7 @@ async fn connect_stuck(
     let tcp = tokio::net::TcpSocket::new_v4().expect("socket");
     tcp.set_recv_buffer_size(4096).expect("small buffer");
     let stream = tcp.connect(addr).await.expect("connect");
-    let (socket, _) = tokio_tungstenite::client_async(ws_url(app, path), stream)
+    let (socket, _) = tokio_tungstenite::client_async(ws_request(app, path), stream)
         .await
         .expect("handshake");
     socket
@@ -574,6 +584,8 @@ async fn a_sites_feed_shows_records_replicated_from_its_peer_and_the_links_lag()
                 a.listen = Some(([127, 0, 0, 1], listen).into());
                 a.site = Some(name.into());
                 a.peers = vec![format!("http://127.0.0.1:{peer}")];
+                // Both sites take the test admin key: each reads the other's feed with it.
+                a.peer_key = Some(ringfence::config::Secret::new(helpers::ADMIN_KEY));
             })
             .await,
         );

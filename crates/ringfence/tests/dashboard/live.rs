@@ -29,7 +29,9 @@ async fn the_live_feed_moves_pauses_and_filters_in_chromium() {
         let running = Arc::clone(&running);
         let url = app.url("/v1/transactions/batch");
         tokio::spawn(async move {
-            let client = HttpClient::new().with_timeout(Duration::from_secs(20));
+            let client = HttpClient::new()
+                .with_timeout(Duration::from_secs(20))
+                .with_bearer(crate::helpers::ADMIN_KEY);
             let mut n = 0usize;
             while running.load(Ordering::Relaxed) {
                 let batch: Vec<Value> = (0..8)
@@ -58,7 +60,8 @@ async fn the_live_feed_moves_pauses_and_filters_in_chromium() {
         })
     };
 
-    let out = browser::run("live.mjs", &app.base, ("admin", "unused"), &[]).await;
+    let password = app.create_user("analyst-1", "analyst").await;
+    let out = browser::run("live.mjs", &app.base, ("analyst-1", &password), &[]).await;
     running.store(false, Ordering::Relaxed);
     let posted = traffic.await.expect("traffic");
 

@@ -56,7 +56,14 @@ async fn two_stores_side_by_side_with_the_blocked_return_and_its_photos() {
     assert_eq!(claim["decision"], "block", "{claim}");
     let claim_id = claim["transaction_id"].as_str().expect("id");
 
-    let out = browser::run("stores.mjs", &app.base, ("admin", "unused"), &[claim_id]).await;
+    let password = app.create_user("analyst-1", "analyst").await;
+    let out = browser::run(
+        "stores.mjs",
+        &app.base,
+        ("analyst-1", &password),
+        &[claim_id],
+    )
+    .await;
     assert_eq!(out["columns"], json!(["store-a", "store-b"]), "{out}");
     // What the page highlighted is the stored blocked return at store-b.
     let (_, stored) = app.get(&format!("/v1/transactions/{claim_id}")).await;
