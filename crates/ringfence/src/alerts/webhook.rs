@@ -420,7 +420,10 @@ impl Webhook {
                 }
                 continue;
             }
+            // While closing, `wait` returns at once: only the running deliveries are waited for
+            // (else this loop would spin, reading the outbox on every pass until they end).
             let room = !stalled
+                && !feed.closing()
                 && pending.is_empty()
                 && running.len() < concurrency
                 && order.len() < MAX_TRACKED;

@@ -145,6 +145,31 @@ impl std::fmt::Debug for KeyCache {
     }
 }
 
+/// Takes a key's entry out of the in-flight map when its verification ends or is dropped.
+struct InflightEntry<'a> {
+    cache: &'a KeyCache,
+    d: [u8; 32],
+}
+
+impl Drop for InflightEntry<'_> {
+    fn drop(&mut self) {
+        self.cache
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.d);
+    }
+}
+
+/// Clears a cached key's `refreshing` flag when its re-check ends or is dropped.
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 impl KeyCache {
     /// Who `text` is, if it is a valid, unrevoked key; `Ok(None)` when it is not.
     pub async fn principal(
@@ -170,13 +195,11 @@ impl KeyCache {
             let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(inflight.entry(d).or_default())
         };
+        // Removed however this ends, also when the request is dropped mid-verification (a
+        // client gone, a timeout): otherwise the map would keep the entry forever.
+        let _entry = InflightEntry { cache: self, d };
         let _turn = gate.lock().await;
-        let outcome = self.verify(d, &key, store, hasher).await;
-        self.inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&d);
-        outcome
+        self.verify(d, &key, store, hasher).await
     }
 
     fn lookup(&self, d: &[u8; 32]) -> Option<Arc<Verified>> {
@@ -275,6 +298,10 @@ impl KeyCache {
         hit: &Verified,
         store: &AuthStore,
     ) -> Result<Option<Principal>, CheckError> {
+        // Cleared however this ends, also when the request is dropped while the store is read:
+        // a flag left set would make every later request take the cached answer, and a key
+        // revoked on another node would never be re-read here.
+        let _refresh = ClearOnDrop(&hit.refreshing);
         let touch = hit.touched.elapsed() >= TOUCH_EVERY;
         match store.key_status(&hit.id, touch.then(now_ms)).await {
             Ok(Some((role, false))) => {
@@ -298,7 +325,6 @@ impl KeyCache {
                 // The store is unreachable: a key verified here keeps working (ingest goes on
                 // through a database outage); the next request tries the re-check again.
                 tracing::warn!(error = %e, key = %hit.id, "cannot re-check an API key; trusting the verified key meanwhile");
-                hit.refreshing.store(false, Ordering::Release);
                 Ok(Some(hit.principal()))
             }
         }

@@ -67,6 +67,7 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("post", "/v1/cases/{id}/reopen", ANALYST),
     ("get", "/v1/audit", ANALYST),
     ("get", "/v1/search", ANALYST),
+    ("post", "/v1/search", ANALYST),
     ("get", "/v1/graph/{type}/{id}", ANALYST),
     ("get", "/v1/rules/source", ANALYST),
     ("post", "/v1/rules/validate", ANALYST),

@@ -1,4 +1,5 @@
-//! Investigate (role `analyst`): `GET /v1/search?q=` and `GET /v1/graph/{type}/{id}`.
+//! Investigate (role `analyst`): `GET /v1/search?q=` (or `POST` with the text in the body) and
+//! `GET /v1/graph/{type}/{id}`.
 //!
 //! A query that looks like a card number (13 to 19 digits, spaces or dashes allowed, with a
 //! valid check digit) is turned into the card's token with the node's card-hash key before
@@ -6,7 +7,7 @@
 //! the route, never the query string) or sent back; the answer says it was hashed and shows
 //! the token.
 
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -20,7 +21,7 @@ use crate::investigate::{self, GRAPH_TRANSACTIONS, MAX_GRAPH_NODES, PAGE_KINDS};
 /// The routes of this module.
 pub fn routes() -> Router<ApiContext> {
     Router::new()
-        .route("/v1/search", get(search))
+        .route("/v1/search", get(search).post(search_body))
         .route("/v1/graph/{type}/{id}", get(graph))
 }
 
@@ -50,7 +51,22 @@ async fn search(
     q: Result<Query<SearchQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = q.map_err(super::query_error)?;
-    let q = q.q.unwrap_or_default();
+    search_for(&cx, &q.q.unwrap_or_default()).await
+}
+
+/// `POST /v1/search` with `{"q": "..."}`: the same search with the text in the body, which is
+/// how the dashboard sends a card number, so the number is in no URL (browser history, proxy
+/// logs); the answer's `query` is its token, which the page shows and links to instead.
+async fn search_body(
+    State(cx): State<ApiContext>,
+    body: Result<Json<SearchQuery>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(q) = body.map_err(|r| ApiError::MalformedJson(r.body_text()))?;
+    search_for(&cx, &q.q.unwrap_or_default()).await
+}
+
+/// One search: a card number by its token only, anything else by its text.
+async fn search_for(cx: &ApiContext, q: &str) -> Result<Json<Value>, ApiError> {
     let q = q.trim();
     if q.is_empty() || q.len() > ringfence_core::event::MAX_ID_LEN {
         return Err(ApiError::BadParam {

@@ -97,6 +97,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/cases/{id}/reopen"),
     ("get", "/v1/audit"),
     ("get", "/v1/search"),
+    ("post", "/v1/search"),
     ("get", "/v1/graph/{type}/{id}"),
     ("get", "/v1/deliveries/dead-letters"),
     ("post", "/v1/deliveries/dead-letters/{id}/retry"),

@@ -58,8 +58,16 @@ try {
   const [kind, id] = expandId.split(/:(.*)/s);
   await page.waitForFunction(([k, i]) => location.hash === `#/investigate/${k}/${encodeURIComponent(i)}`, [kind, id]);
   await page.locator('#entity-history').waitFor();
+
+  step('a card number typed in the search box is in no address: the page opens on its token');
+  await page.fill('#search-q', '4111 1111 1111 1111');
+  await page.press('#search-q', 'Enter');
+  await page.locator('#search-results h2').waitFor();
+  const cardHash = await page.evaluate(() => location.hash);
+  const history = await page.evaluate(() => history.length);
+  step(`landed on ${cardHash}`);
   page.assertNoErrors();
-  result({ before, after, nodes, fraud, profile });
+  result({ before, after, nodes, fraud, profile, cardHash, history });
 } finally {
   await browser.close();
 }

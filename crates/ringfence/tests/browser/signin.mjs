@@ -75,6 +75,13 @@ try {
   assert.equal(landed.origin, new URL(base).origin, 'stayed on this server');
   assert.equal(landed.hash, '#/live');
 
+  step('the same with a tab the browser drops when it follows the address (/\\t/evil.example)');
+  await page.goto('about:blank');
+  await page.goto('/#/login?next=%2F%09%2Fevil.example%2F');
+  await page.locator('#nav').waitFor({ state: 'visible' });
+  const stayed = new URL(page.url());
+  assert.equal(stayed.origin, new URL(base).origin, 'a tab-split address stays on this server');
+
   if (errors.length) throw new Error(errors.join('\n'));
   result({ shown, session: session.value, cookieAfterSignOut: afterSignOut ? afterSignOut.value : null });
 } finally {

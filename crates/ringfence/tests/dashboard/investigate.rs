@@ -81,5 +81,22 @@ async fn an_analyst_expands_a_node_of_the_ring_graph() {
         "{out}"
     );
     assert!(!fraud.contains(&"user:ring-u2"), "{out}");
+
+    // The card number went in a POST body; the address holds the token the API gives for it.
+    let hash = out["cardHash"].as_str().expect("cardHash");
+    assert!(!hash.contains("4111"), "{hash}");
+    let (status, found) = app
+        .post_json(
+            "/v1/search",
+            &serde_json::json!({"q": "4111-1111-1111-1111"}),
+        )
+        .await;
+    assert_eq!(
+        (status, &found["hashed"]),
+        (200, &Value::Bool(true)),
+        "{found}"
+    );
+    let token = found["query"].as_str().expect("token");
+    assert_eq!(hash, format!("#/investigate?q={token}"));
     app.stop().await;
 }

@@ -155,7 +155,9 @@ const RF = (() => {
   function parseHash() {
     const raw = location.hash.replace(/^#\/?/, "");
     const [path, q] = raw.split("?");
-    const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+    // A malformed escape (`%zz`) is kept as typed rather than failing the whole page.
+    const decode = (p) => { try { return decodeURIComponent(p); } catch (_) { return p; } };
+    const parts = path.split("/").filter(Boolean).map(decode);
     return { name: parts[0] || "live", parts: parts.slice(1), query: new URLSearchParams(q || "") };
   }
 
@@ -182,6 +184,26 @@ const RF = (() => {
       .catch((e) => {
         if (ctx.live && !(e && e.name === "AbortError")) view.append(el("p", { class: "error" }, String(e.message || e)));
       });
+  }
+
+  /**
+   * Opens the search results for `q`. A card number never goes into an address (browser
+   * history, proxy logs): it is sent in a POST body, the server hashes it, and the page opens
+   * on the token it answers with.
+   */
+  async function search(q) {
+    if (!q) return;
+    const digits = q.replace(/[ -]/g, "");
+    if (/^[0-9 -]+$/.test(q) && /^[0-9]{12,19}$/.test(digits)) {
+      try {
+        const r = await api.post("/v1/search", { q });
+        go(`#/investigate?q=${encodeURIComponent(r.query)}`);
+      } catch (e) {
+        banner(`Search failed: ${e.message}`);
+      }
+      return;
+    }
+    go(`#/investigate?q=${encodeURIComponent(q)}`);
   }
 
   /** Navigates to a hash route. */
@@ -213,7 +235,12 @@ const RF = (() => {
   function nextPage() {
     const route = parseHash();
     const next = route.name === "login" ? route.query.get("next") : null;
-    return next && next.startsWith("/") && !next.startsWith("//") && !next.startsWith("/\\") ? next : null;
+    if (!next || !next.startsWith("/")) return null;
+    // Parsed the way the browser will follow it (tabs and newlines dropped, backslashes as
+    // slashes), so `/%09/evil.example` cannot become `//evil.example`: same origin or nothing.
+    let url;
+    try { url = new URL(next, location.origin); } catch (_) { return null; }
+    return url.origin === location.origin ? url.pathname + url.search + url.hash : null;
   }
 
   function signedIn(user) {
@@ -251,8 +278,8 @@ const RF = (() => {
     });
     document.getElementById("search").addEventListener("submit", (ev) => {
       ev.preventDefault();
-      const q = document.getElementById("search-q").value.trim();
-      if (q) go(`#/investigate?q=${encodeURIComponent(q)}`);
+      const input = document.getElementById("search-q");
+      search(input.value.trim()).then(() => { input.value = ""; });
     });
     window.addEventListener("hashchange", render);
     try {
@@ -265,5 +292,5 @@ const RF = (() => {
 
   document.addEventListener("DOMContentLoaded", start);
 
-  return { api, ApiError, el, fmt, entityLink, page, go, banner, get me() { return me; } };
+  return { api, ApiError, el, fmt, entityLink, page, go, search, banner, get me() { return me; } };
 })();

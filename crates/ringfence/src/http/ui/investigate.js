@@ -26,8 +26,7 @@
     const input = el("input", { id: "investigate-q", type: "search", value: q || "", placeholder: "Transaction, card, user, device, ip, store, merchant, receipt", size: 48 });
     return el("form", { class: "toolbar", onsubmit: (ev) => {
       ev.preventDefault();
-      const v = input.value.trim();
-      if (v) RF.go(`#/investigate?q=${encodeURIComponent(v)}`);
+      RF.search(input.value.trim());
     } }, input, el("button", { type: "submit", class: "primary" }, "Search"));
   }
 
