@@ -619,3 +619,120 @@ async fn a_sites_feed_shows_records_replicated_from_its_peer_and_the_links_lag()
     a.stop().await;
     b.stop().await;
 }
+
+/// A handshake request for `path` carrying only `headers` (no test admin key).
+fn ws_request_with(
+    app: &TestApp,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("{}{path}", app.base.replacen("http://", "ws://", 1));
+    let mut req = url.into_client_request().expect("websocket request");
+    for (name, value) in headers {
+        req.headers_mut().insert(
+            hyper::header::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            value.parse().expect("header value"),
+        );
+    }
+    req
+}
+
+/// The close code a socket ends with, waiting at most `within`.
+async fn close_code_of(socket: &mut Socket, within: Duration) -> Option<u16> {
+    let deadline = Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.next()).await {
+            Ok(Some(Ok(Message::Close(frame)))) => return frame.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(_))) | Ok(None) => return None,
+            Err(_) => panic!("the socket was still open after {within:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_ends_when_its_key_is_revoked_or_its_session_signed_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = start(dir.path()).await;
+
+    // A signed-in analyst's page, and a tool with an analyst key.
+    let password = app.create_user("ana", "analyst").await;
+    let r = app
+        .client
+        .post(
+            &app.url("/v1/auth/login"),
+            "application/json",
+            json!({"username": "ana", "password": password}).to_string(),
+        )
+        .await
+        .expect("login");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let cookie = r
+        .header("set-cookie")
+        .and_then(|c| c.split(';').next())
+        .expect("session cookie")
+        .to_owned();
+    let own = app.base.clone();
+    let key = app.create_key("tool", "analyst").await;
+    let key_id = key
+        .strip_prefix("rf_")
+        .and_then(|k| k.split('_').next())
+        .expect("key id")
+        .to_owned();
+
+    // Another site's page cannot ride on the cookie.
+    let refused = tokio_tungstenite::connect_async(ws_request_with(
+        &app,
+        "/v1/stream/alerts",
+        &[("cookie", &cookie), ("origin", "http://evil.example")],
+    ))
+    .await;
+    assert!(refused.is_err(), "a cross-site handshake was accepted");
+
+    let (mut page, _) = tokio_tungstenite::connect_async(ws_request_with(
+        &app,
+        "/v1/stream/transactions",
+        &[("cookie", &cookie), ("origin", &own)],
+    ))
+    .await
+    .expect("the page's socket");
+    let bearer = format!("Bearer {key}");
+    let (mut tool, _) = tokio_tungstenite::connect_async(ws_request_with(
+        &app,
+        "/v1/stream/alerts",
+        &[("authorization", &bearer)],
+    ))
+    .await
+    .expect("the tool's socket");
+
+    // Sign the page out (from the page's origin) and revoke the tool's key.
+    let logout = app
+        .client
+        .send(
+            hyper::Request::post(app.url("/v1/auth/logout"))
+                .header("cookie", &cookie)
+                .header("origin", &own)
+                .body(bytes::Bytes::new())
+                .expect("request"),
+        )
+        .await
+        .expect("logout");
+    assert!(logout.status < 300, "{}", logout.text());
+    let revoke = app
+        .client
+        .send(
+            hyper::Request::delete(app.url(&format!("/v1/keys/{key_id}")))
+                .body(bytes::Bytes::new())
+                .expect("request"),
+        )
+        .await
+        .expect("revoke");
+    assert!(revoke.status < 300, "{}", revoke.text());
+
+    // Both end with 1008 (policy) at the next ping rather than streaming on.
+    let within = ringfence::http::stream::PING_EVERY + Duration::from_secs(15);
+    assert_eq!(close_code_of(&mut page, within).await, Some(1008));
+    assert_eq!(close_code_of(&mut tool, within).await, Some(1008));
+    app.stop().await;
+}

@@ -354,6 +354,18 @@ impl Auth {
         ))
     }
 
+    /// Whether the credentials in `headers` still let their holder do what needs `needed`:
+    /// `Some(false)` when they were revoked, signed out, expired or lost the role; `None` when
+    /// that cannot be told now (the store unreachable), which a caller keeps going on, as a
+    /// verified key does through a database outage.
+    pub async fn still_allowed(&self, headers: &HeaderMap, needed: Role) -> Option<bool> {
+        match self.authenticate(headers).await {
+            Ok(caller) => Some(caller.principal.role.allows(needed)),
+            Err(ApiError::Unauthorized(_)) => Some(false),
+            Err(_) => None,
+        }
+    }
+
     /// Whether cookies should be `Secure` for this request.
     fn secure(&self, headers: &HeaderMap) -> bool {
         self.public_https

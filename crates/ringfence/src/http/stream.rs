@@ -8,7 +8,9 @@
 //! whose socket accepts nothing for [`SEND_TIMEOUT`]) is closed with 1013 and a reason, since
 //! a gap in alerts must be noticed. Every [`PING_EVERY`] the server pings; a client silent
 //! for [`IDLE_LIMIT`] is gone and its task ends. At shutdown every socket is closed with 1001
-//! (the server's graceful shutdown would otherwise wait for them forever).
+//! (the server's graceful shutdown would otherwise wait for them forever). At each ping the
+//! socket's credentials are checked again: a revoked key, a signed-out session or a deleted
+//! user ends it with 1008 (policy) within a ping.
 
 use std::time::Duration;
 
@@ -16,6 +18,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap};
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -27,6 +30,7 @@ use tokio::time::{timeout, Instant};
 
 use super::error::ApiError;
 use super::ApiContext;
+use crate::auth::Role;
 use crate::live::row::LiveFilter;
 use crate::live::{Frame, LiveHub, Stream, HISTORY_SECONDS};
 
@@ -134,6 +138,7 @@ fn not_upgradable(r: WebSocketUpgradeRejection) -> ApiError {
 /// 400 naming its field), then the socket gets the feed.
 async fn transactions(
     State(cx): State<ApiContext>,
+    headers: HeaderMap,
     q: Result<Query<FeedQuery>, QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
@@ -141,22 +146,64 @@ async fn transactions(
     let filter = q.filter()?;
     let ws = ws.map_err(not_upgradable)?;
     let hub = std::sync::Arc::clone(cx.host.live());
+    let holder = Holder::of(&cx, &headers);
     Ok(ws
         .max_write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| feed(socket, hub, filter)))
+        .on_upgrade(move |socket| feed(socket, hub, filter, holder)))
 }
 
 /// `GET /v1/stream/alerts`: every alert stored from now on, as JSON like a row of
 /// `GET /v1/alerts` (without its id).
 async fn alerts(
     State(cx): State<ApiContext>,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let ws = ws.map_err(not_upgradable)?;
     let hub = std::sync::Arc::clone(cx.host.live());
+    let holder = Holder::of(&cx, &headers);
     Ok(ws
         .max_write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| alert_stream(socket, hub)))
+        .on_upgrade(move |socket| alert_stream(socket, hub, holder)))
+}
+
+/// The credentials a socket was opened with, checked again at every ping: access is checked
+/// at the upgrade, and without this a socket would go on streaming after its key was revoked,
+/// its session signed out or its user deleted.
+struct Holder {
+    auth: std::sync::Arc<crate::auth::Auth>,
+    /// Only the headers that carry credentials.
+    headers: HeaderMap,
+}
+
+impl Holder {
+    fn of(cx: &ApiContext, headers: &HeaderMap) -> Holder {
+        let mut kept = HeaderMap::new();
+        for name in [header::AUTHORIZATION, header::COOKIE] {
+            for v in headers.get_all(&name) {
+                kept.append(name.clone(), v.clone());
+            }
+        }
+        if let Some(v) = headers.get("x-api-key") {
+            kept.insert("x-api-key", v.clone());
+        }
+        Holder {
+            auth: std::sync::Arc::clone(&cx.auth),
+            headers: kept,
+        }
+    }
+
+    /// Ends the socket when its credentials no longer give `analyst` (an unreachable store
+    /// ends nothing).
+    async fn check(&self) -> Result<(), End> {
+        match self.auth.still_allowed(&self.headers, Role::Analyst).await {
+            Some(false) => Err(End::Close(
+                close_code::POLICY,
+                "the credentials of this socket were revoked or have ended",
+            )),
+            Some(true) | None => Ok(()),
+        }
+    }
 }
 
 /// What ended a socket's loop.
@@ -202,7 +249,12 @@ fn heard(msg: Option<Result<Message, axum::Error>>) -> Result<(), End> {
 const SHUTTING_DOWN: End = End::Close(close_code::AWAY, "the server is shutting down");
 
 /// One feed client until it leaves, stops reading, or the server shuts down.
-async fn feed(mut socket: WebSocket, hub: std::sync::Arc<LiveHub>, filter: LiveFilter) {
+async fn feed(
+    mut socket: WebSocket,
+    hub: std::sync::Arc<LiveHub>,
+    filter: LiveFilter,
+    holder: Holder,
+) {
     let _open = hub.client(Stream::Feed);
     let mut frames = hub.subscribe();
     let mut closing = hub.closing();
@@ -222,7 +274,10 @@ async fn feed(mut socket: WebSocket, hub: std::sync::Arc<LiveHub>, filter: LiveF
                 Err(RecvError::Lagged(_)) => Ok(()),
                 Err(RecvError::Closed) => Err(SHUTTING_DOWN),
             },
-            _ = ping.tick() => keepalive(&mut socket, last_heard).await,
+            _ = ping.tick() => match holder.check().await {
+                Ok(()) => keepalive(&mut socket, last_heard).await,
+                Err(end) => Err(end),
+            },
         };
         if let Err(end) = step {
             break end;
@@ -232,7 +287,7 @@ async fn feed(mut socket: WebSocket, hub: std::sync::Arc<LiveHub>, filter: LiveF
 }
 
 /// One alert listener until it leaves, falls behind, or the server shuts down.
-async fn alert_stream(mut socket: WebSocket, hub: std::sync::Arc<LiveHub>) {
+async fn alert_stream(mut socket: WebSocket, hub: std::sync::Arc<LiveHub>, holder: Holder) {
     let _open = hub.client(Stream::Alerts);
     let mut alerts = hub.subscribe_alerts();
     let mut closing = hub.closing();
@@ -250,7 +305,10 @@ async fn alert_stream(mut socket: WebSocket, hub: std::sync::Arc<LiveHub>) {
                 )),
                 Err(RecvError::Closed) => Err(SHUTTING_DOWN),
             },
-            _ = ping.tick() => keepalive(&mut socket, last_heard).await,
+            _ = ping.tick() => match holder.check().await {
+                Ok(()) => keepalive(&mut socket, last_heard).await,
+                Err(end) => Err(end),
+            },
         };
         if let Err(end) = step {
             break end;
