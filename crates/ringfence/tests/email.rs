@@ -13,32 +13,13 @@ use helpers::smtp::SmtpSink;
 use helpers::{spawn_app_with, TestApp};
 use serde_json::{json, Value};
 
-/// 1000 or more blocks (category `amount`), 500 or more is reviewed (`large`).
-const RULES: &str = r#"
-[[rule]]
-name = "huge_amount"
-description = "test: a huge amount"
-category = "amount"
-when = "tx.amount >= 1000"
-score = 95
-reason = "the amount {tx.amount} is 1000 or more"
-
-[[rule]]
-name = "large_amount"
-description = "test: a large amount"
-category = "large"
-when = "tx.amount >= 500 && tx.amount < 1000"
-score = 55
-reason = "the amount {tx.amount} is 500 or more"
-"#;
-
 async fn start(dir: &Path, port: u16, extra: &str) -> TestApp {
     start_with(dir, port, extra, None).await
 }
 
 async fn start_with(dir: &Path, port: u16, extra: &str, postgres: Option<String>) -> TestApp {
     let rules = dir.join("rules.toml");
-    std::fs::write(&rules, RULES).expect("rules");
+    std::fs::write(&rules, helpers::AMOUNT_RULES).expect("rules");
     let config = dir.join("ringfence.toml");
     std::fs::write(
         &config,

@@ -17,30 +17,10 @@ use sha2::Sha256;
 
 const SECRET: &str = "whsec_0123456789abcdef";
 
-/// Rules for the tests: 1000 or more blocks (category `amount`), 500 or more is reviewed
-/// (category `large`), less is approved.
-const RULES: &str = r#"
-[[rule]]
-name = "huge_amount"
-description = "test: a huge amount"
-category = "amount"
-when = "tx.amount >= 1000"
-score = 95
-reason = "the amount {tx.amount} is 1000 or more"
-
-[[rule]]
-name = "large_amount"
-description = "test: a large amount"
-category = "large"
-when = "tx.amount >= 500 && tx.amount < 1000"
-score = 55
-reason = "the amount {tx.amount} is 500 or more"
-"#;
-
 /// Writes the rules and a config file with `webhooks` (TOML) into `dir`.
 fn setup(dir: &Path, webhooks: &str) -> (PathBuf, PathBuf) {
     let rules = dir.join("rules.toml");
-    std::fs::write(&rules, RULES).expect("rules");
+    std::fs::write(&rules, helpers::AMOUNT_RULES).expect("rules");
     let config = dir.join("ringfence.toml");
     std::fs::write(&config, webhooks).expect("config");
     (rules, config)

@@ -4,7 +4,7 @@
 //
 // Run by `scripts/soak-dashboard` (10 minutes of `ringfence demo` traffic at 100,000
 // transactions a minute), not by the test suite. The live page stays open with its feed and
-// charts streaming; every 5 minutes the analyst also visits the other pages and comes back, so
+// charts streaming; every 3 minutes the analyst also visits the other pages and comes back, so
 // a page that leaks what it started (timers, sockets, listeners) on leaving shows up too.
 // Every 30 s, after a forced garbage collection, Chromium's own counters are sampled (DOM
 // nodes, event listeners, JS heap in use) with the time a click on the page takes to paint.
@@ -23,7 +23,7 @@ try {
   await cdp.send('Performance.enable');
   const started = Date.now();
   const end = started + minutes * 60_000;
-  let nextTour = started + 5 * 60_000;
+  let nextTour = started + 3 * 60_000;
   while (Date.now() < end) {
     await page.waitForTimeout(30_000);
     if (Date.now() >= nextTour) {
@@ -31,7 +31,7 @@ try {
         await page.click(`#nav a[data-page=${name}]`);
         await page.waitForTimeout(2_000);
       }
-      nextTour += 5 * 60_000;
+      nextTour += 3 * 60_000;
     }
     await cdp.send('HeapProfiler.collectGarbage');
     const { metrics } = await cdp.send('Performance.getMetrics');

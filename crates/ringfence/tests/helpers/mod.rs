@@ -208,3 +208,23 @@ pub async fn wait_healthy(base: &str, what: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Rules for the alert sink tests (webhooks, e-mail): 1000 or more blocks (category `amount`),
+/// 500 or more is reviewed (category `large`), less is approved.
+pub const AMOUNT_RULES: &str = r#"
+[[rule]]
+name = "huge_amount"
+description = "test: a huge amount"
+category = "amount"
+when = "tx.amount >= 1000"
+score = 95
+reason = "the amount {tx.amount} is 1000 or more"
+
+[[rule]]
+name = "large_amount"
+description = "test: a large amount"
+category = "large"
+when = "tx.amount >= 500 && tx.amount < 1000"
+score = 55
+reason = "the amount {tx.amount} is 500 or more"
+"#;

@@ -202,6 +202,13 @@
         latency: makeChart(panels.latency.target, data.latency, ["p50 µs", "p99 µs"], ["#2457c5", "#c62828"], (v) => RF.fmt.us(v)),
       };
       let lag = null; // { peers, data, chart } once a peer is seen
+      // uPlot listens on the window for pixel-ratio changes until an instance is destroyed:
+      // charts left alive would keep this whole page (thousands of nodes) after the analyst
+      // moves on, once per visit (seen by scripts/soak-dashboard).
+      ctx.signal.addEventListener("abort", () => {
+        for (const c of Object.values(charts)) c.destroy();
+        if (lag) lag.chart.destroy();
+      });
       let lastSecond = 0;
       const recent = []; // the last 60 seconds (value blocked / min, fraud over 10 min uses all)
       let confirmed = new Array(WINDOW).fill(0);
