@@ -66,7 +66,12 @@ pub enum Frame {
 
 /// A decision seen on its way to the store, fed to the hub once it is durable.
 pub struct Observed {
-    row: LiveRow,
+    /// The feed's row, built only while a feed client listens: with nobody watching, a
+    /// decision costs the feed three numbers, not a row of cloned strings.
+    row: Option<LiveRow>,
+    decision: Action,
+    amount: f64,
+    replicated: bool,
     /// The alert message, when the decision raises one and someone listens.
     alert: Option<Utf8Bytes>,
     /// This node's engine time, `None` for a record decided elsewhere.
@@ -188,8 +193,12 @@ impl LiveHub {
         } else {
             None
         };
+        let replicated = origin.is_some();
         Observed {
-            row: LiveRow::of(tx, d, site, origin.is_some()),
+            row: (self.frames.receiver_count() > 0).then(|| LiveRow::of(tx, d, site, replicated)),
+            decision: d.decision.decision,
+            amount: tx.amount,
+            replicated,
             alert,
             engine_us: origin.is_none().then_some(d.processing_us),
             ladder: d.decision.alert,
@@ -226,17 +235,20 @@ impl LiveHub {
         let mut p = self.pending();
         let p = &mut *p;
         second_at(&mut p.seconds, now.max(p.open_from)).decision(
-            o.row.decision,
-            o.row.amount,
+            o.decision,
+            o.amount,
             o.ladder,
             o.engine_us,
-            o.row.replicated,
+            o.replicated,
         );
-        let class = usize::from(o.row.decision > Action::Approve);
+        let Some(row) = o.row else {
+            return;
+        };
+        let class = usize::from(o.decision > Action::Approve);
         let cap = [APPROVED_PER_TICK, FLAGGED_PER_TICK][class];
         if p.kept[class] < cap {
             p.kept[class] += 1;
-            p.rows.push(o.row);
+            p.rows.push(row);
         } else {
             p.overflow += 1;
         }
