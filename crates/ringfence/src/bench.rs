@@ -1,9 +1,17 @@
 //! The `bench` subcommand's HTTP load generator: a closed loop of workers posting simulated
 //! transactions as fast as the server answers, with an HDR histogram of request latency.
 //!
-//! Closed loop means each worker waits for its answer before sending again, so `concurrency`
-//! is the number of requests in flight and the measured rate is what the server sustains at
-//! that depth. Requests started during the warm-up (connection set-up, cold caches) are sent
+//! Closed loop (the default) means each worker waits for its answer before sending again, so
+//! `concurrency` is the number of requests in flight and the measured rate is what the server
+//! sustains at that depth. With `--rate R` the load is open: requests leave on a fixed schedule
+//! (R transactions a second spread over the workers) and each latency counts from the moment
+//! its request was *due*, not from when a busy worker got round to sending it, so a stall
+//! shows in the percentiles instead of silently lowering the load (no coordinated omission).
+//! `concurrency` then caps the requests in flight.
+//!
+//! Around the measured window the bench reads the server's `process_cpu_seconds_total` from
+//! `/metrics` (a key with the `analyst` role or above can; an `ingest` key cannot, and the
+//! report says so) and reports the server's CPU time per transaction. Requests started during the warm-up (connection set-up, cold caches) are sent
 //! but not counted. Workers share one simulated world and each plays its own stream
 //! (`seed + worker`), without event timestamps so the server stamps them with its own clock,
 //! and with run-unique transaction ids so a server that deduplicates by id does real work.
@@ -71,6 +79,10 @@ pub struct BenchArgs {
     /// dashboards watching the traffic would.
     #[arg(long, default_value_t = 0)]
     pub feed_sockets: usize,
+    /// Offered load in transactions per second (open loop, latency from each request's due
+    /// time); without it, a closed loop as fast as the server answers.
+    #[arg(long)]
+    pub rate: Option<f64>,
 }
 
 impl Default for BenchArgs {
@@ -88,6 +100,7 @@ impl Default for BenchArgs {
             warmup: 2.0,
             json: false,
             feed_sockets: 0,
+            rate: None,
         }
     }
 }
@@ -262,6 +275,27 @@ pub struct BenchReport {
     /// The live-feed sockets open during the run (`--feed-sockets`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub feed: Option<crate::bench_feed::FeedReport>,
+    /// The offered load in transactions per second (`--rate`); absent for a closed loop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offered_tx_per_sec: Option<f64>,
+    /// The server's CPU time over the measured window, when its `/metrics` could be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu: Option<ServerCpu>,
+    /// Why the server's CPU time is not in the report, when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_unavailable: Option<String>,
+}
+
+/// The server's own CPU time during the measured window (`process_cpu_seconds_total` read
+/// before and after it).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ServerCpu {
+    /// CPU seconds (user + system, all threads) the server used in the window.
+    pub seconds: f64,
+    /// Those seconds per measured transaction, in µs.
+    pub us_per_tx: f64,
+    /// Cores busy on average: `seconds / elapsed`.
+    pub cores: f64,
 }
 
 impl BenchReport {
@@ -289,6 +323,9 @@ impl BenchReport {
             latency_us: LatencySummary::from_histogram(&m.latency_us),
             errors: m.errors.clone(),
             feed: None,
+            offered_tx_per_sec: args.rate,
+            server_cpu: None,
+            server_cpu_unavailable: None,
         }
     }
 
@@ -309,6 +346,13 @@ impl BenchReport {
             self.elapsed_secs,
             self.warmup_secs,
         );
+        if let Some(rate) = self.offered_tx_per_sec {
+            let _ = writeln!(
+                out,
+                "  offered      {:>10}  {rate:>12.1} tx/s (open loop; latency from due time)",
+                ""
+            );
+        }
         let _ = writeln!(
             out,
             "  transactions {:>10}  {:>12.1} tx/s",
@@ -335,6 +379,19 @@ impl BenchReport {
                 .collect();
             let total: u64 = self.errors.values().sum();
             let _ = write!(out, "  errors       {total} ({})", parts.join(", "));
+        }
+        match (&self.server_cpu, &self.server_cpu_unavailable) {
+            (Some(c), _) => {
+                let _ = write!(
+                    out,
+                    "\n  server CPU   {:.2} s in the window: {:.1} µs per transaction, {:.2} cores busy",
+                    c.seconds, c.us_per_tx, c.cores
+                );
+            }
+            (None, Some(why)) => {
+                let _ = write!(out, "\n  server CPU   not measured: {why}");
+            }
+            (None, None) => {}
         }
         if let Some(f) = &self.feed {
             let _ = write!(
@@ -372,6 +429,13 @@ fn check(args: &BenchArgs) -> Result<(), BenchError> {
             "--feed-sockets must be at most {MAX_CONCURRENCY}, got {}",
             args.feed_sockets
         ));
+    }
+    if let Some(rate) = args.rate {
+        if !(rate.is_finite() && rate > 0.0 && rate <= 1e8) {
+            return invalid(format!(
+                "--rate must be a positive number of transactions per second, got {rate}"
+            ));
+        }
     }
     if args.batch > MAX_BATCH {
         return invalid(format!(
@@ -418,6 +482,16 @@ pub async fn run_http(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     let start = Instant::now();
     let measure_from = start + args.warmup();
     let end = measure_from + args.duration();
+    let metrics_url = endpoint_url(base, "/metrics")?;
+    let cpu_before = {
+        let (client, url) = (client.clone(), metrics_url.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measure_from.into()).await;
+            server_cpu_seconds(&client, &url).await
+        })
+    };
+    // Open loop: request k of lane i is due at start + (k * lanes + i) / requests-per-second.
+    let request_rate = args.rate.map(|r| r / args.batch.max(1) as f64);
     let mut workers = JoinSet::new();
     for lane in 0..args.concurrency {
         let worker = Worker {
@@ -426,6 +500,10 @@ pub async fn run_http(args: &BenchArgs) -> Result<BenchReport, BenchError> {
             batch: args.batch,
             generator: base_stream.fork(lane as u32, now_ms),
             id_prefix: format!("{run}-{lane}"),
+            schedule: request_rate.map(|r| Schedule {
+                next: start + Duration::from_secs_f64(lane as f64 / r),
+                every: Duration::from_secs_f64(args.concurrency as f64 / r),
+            }),
             measure_from,
             end,
         };
@@ -437,9 +515,47 @@ pub async fn run_http(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         total.merge(&m);
     }
     total.elapsed = Instant::now().saturating_duration_since(measure_from);
+    let cpu_after = server_cpu_seconds(&client, &metrics_url).await;
+    let cpu_before = cpu_before
+        .await
+        .map_err(|e| BenchError::Worker(e.to_string()))?;
     let mut report = BenchReport::from_measurements("http", args, &total);
+    match (cpu_before, cpu_after) {
+        (Ok(before), Ok(after)) => {
+            let seconds = (after - before).max(0.0);
+            report.server_cpu = Some(ServerCpu {
+                seconds,
+                us_per_tx: seconds * 1e6 / total.transactions.max(1) as f64,
+                cores: seconds / total.elapsed.as_secs_f64().max(1e-9),
+            });
+        }
+        (Err(why), _) | (_, Err(why)) => report.server_cpu_unavailable = Some(why),
+    }
     report.feed = feed.map(crate::bench_feed::FeedSockets::finish);
     Ok(report)
+}
+
+/// The server's `process_cpu_seconds_total`, or why it could not be read.
+async fn server_cpu_seconds(client: &HttpClient, metrics_url: &str) -> Result<f64, String> {
+    let response = client
+        .get(metrics_url)
+        .await
+        .map_err(|e| format!("GET /metrics failed: {e}"))?;
+    if !response.is_success() {
+        return Err(format!(
+            "GET /metrics answered {} (it needs a key with the analyst role or above)",
+            response.status
+        ));
+    }
+    parse_cpu_seconds(&response.text())
+        .ok_or_else(|| "the server's /metrics has no process_cpu_seconds_total".to_string())
+}
+
+/// The value of `process_cpu_seconds_total` in a Prometheus text page.
+fn parse_cpu_seconds(page: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn epoch_ms() -> i64 {
@@ -497,8 +613,18 @@ struct Worker {
     batch: usize,
     generator: Generator,
     id_prefix: String,
+    /// Open loop: when this worker's requests are due.
+    schedule: Option<Schedule>,
     measure_from: Instant,
     end: Instant,
+}
+
+/// A worker's fixed schedule in an open-loop run.
+struct Schedule {
+    /// When its next request is due.
+    next: Instant,
+    /// Time between its requests.
+    every: Duration,
 }
 
 impl Worker {
@@ -512,7 +638,21 @@ impl Worker {
                 &self.id_prefix,
                 self.batch > 0,
             );
-            let sent_at = Instant::now();
+            // Closed loop: now. Open loop: the due time, waited for if it is ahead; if it is
+            // behind (the server or this worker was slow), the request leaves at once and its
+            // latency still counts from when it was due.
+            let sent_at = match self.schedule.as_mut() {
+                Some(schedule) => {
+                    let due = schedule.next;
+                    schedule.next += schedule.every;
+                    if due >= self.end {
+                        break;
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                    due
+                }
+                None => Instant::now(),
+            };
             if sent_at >= self.end {
                 break;
             }
@@ -699,5 +839,64 @@ mod tests {
         let r = run_http(&batched).await.unwrap();
         assert!(r.requests > 0);
         assert_eq!(r.transactions, r.requests * 4);
+        // The stub has no /metrics: the report says why the server's CPU is missing.
+        assert!(r.server_cpu.is_none());
+        let why = r.server_cpu_unavailable.expect("a reason");
+        assert!(why.contains("404"), "{why}");
+    }
+
+    #[tokio::test]
+    async fn open_loop_sends_on_schedule() {
+        let (base, _) = stub::spawn(0).await;
+        // 400 tx/s in batches of 2 is 200 requests a second over 4 workers: in the 0.5 s
+        // measured, 100 requests are due (each lane's due times are a fixed grid, so ±1 per
+        // lane), however fast the stub answers; a closed loop would send thousands.
+        let args = BenchArgs {
+            target: Some(base),
+            duration: 0.5,
+            warmup: 0.1,
+            concurrency: 4,
+            batch: 2,
+            rate: Some(400.0),
+            ..BenchArgs::default()
+        };
+        let r = run_http(&args).await.unwrap();
+        assert!((96..=104).contains(&r.requests), "{r:?}");
+        assert_eq!(r.transactions, r.requests * 2);
+        assert_eq!(r.offered_tx_per_sec, Some(400.0));
+        assert!(r.to_text().contains("offered"), "{}", r.to_text());
+        let bad = BenchArgs {
+            rate: Some(-1.0),
+            ..args
+        };
+        assert!(matches!(
+            run_http(&bad).await,
+            Err(BenchError::InvalidArgs(m)) if m.contains("--rate")
+        ));
+    }
+
+    #[test]
+    fn cpu_seconds_are_read_from_a_metrics_page() {
+        let page = "# HELP x y\nprocess_cpu_seconds_total 12.5\nprocess_cpu_seconds_total_x 1\n";
+        assert_eq!(parse_cpu_seconds(page), Some(12.5));
+        assert_eq!(parse_cpu_seconds("ringfence_rules 3\n"), None);
+        let m = Measurements {
+            requests: 10,
+            transactions: 1000,
+            elapsed: Duration::from_secs(2),
+            ..Measurements::new()
+        };
+        let mut r = BenchReport::from_measurements("http", &BenchArgs::default(), &m);
+        r.server_cpu = Some(ServerCpu {
+            seconds: 0.5,
+            us_per_tx: 500.0,
+            cores: 0.25,
+        });
+        assert!(
+            r.to_text()
+                .contains("server CPU   0.50 s in the window: 500.0 µs per transaction"),
+            "{}",
+            r.to_text()
+        );
     }
 }

@@ -50,6 +50,7 @@ pub mod metrics;
 pub mod metrics_eval;
 pub mod models;
 pub mod photo;
+pub mod process;
 pub mod replay;
 pub mod shared;
 pub mod simulate;

@@ -200,6 +200,25 @@ impl Metrics {
                 );
             }
         }
+        // The standard process metrics, which `ringfence bench` reads around a run.
+        let _ = writeln!(
+            out,
+            "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds."
+        );
+        let _ = writeln!(out, "# TYPE process_cpu_seconds_total counter");
+        let _ = writeln!(
+            out,
+            "process_cpu_seconds_total {:.6}",
+            crate::process::cpu_seconds()
+        );
+        if let Some(rss) = crate::process::resident_bytes() {
+            let _ = writeln!(
+                out,
+                "# HELP process_resident_memory_bytes Resident memory size in bytes."
+            );
+            let _ = writeln!(out, "# TYPE process_resident_memory_bytes gauge");
+            let _ = writeln!(out, "process_resident_memory_bytes {rss}");
+        }
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} gauge");
@@ -228,5 +247,12 @@ mod tests {
         assert!(text.contains("ringfence_engine_seconds_count 2"));
         assert!(text.contains("route=\"/v1/transactions\",status=\"200\"} 1"));
         assert!(text.contains("ringfence_entities 3"));
+        let cpu: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
+            .expect("process CPU line")
+            .parse()
+            .expect("a number");
+        assert!(cpu > 0.0, "{cpu}");
     }
 }
