@@ -29,6 +29,36 @@ pub(crate) struct Pacing {
     pub duration: Option<Duration>,
     /// Stop after this many transactions.
     pub count: Option<u64>,
+    /// Where the ids of decided transactions go (`--acked-out`).
+    pub acked: Option<AckedLog>,
+}
+
+/// The `--acked-out` file: one transaction id per line for every decision received, written
+/// through to the operating system as each decision arrives (a line write per id), so a crash
+/// of the server, or of this process, never leaves an acknowledged id out. Appends to an
+/// existing file, so several runs can share one.
+#[derive(Debug, Clone)]
+pub(crate) struct AckedLog(Arc<Mutex<io::LineWriter<std::fs::File>>>);
+
+impl AckedLog {
+    /// Opens `path` for appending, creating it if needed.
+    pub fn open(path: &std::path::Path) -> io::Result<AckedLog> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(AckedLog(Arc::new(Mutex::new(io::LineWriter::new(file)))))
+    }
+
+    /// Appends `id`. A failed write is reported once on stderr per failure and otherwise
+    /// ignored: the file is a record for checking, and an id missing from it is never a false
+    /// claim that a transaction was stored.
+    fn append(&self, id: &str) {
+        let mut out = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = writeln!(out, "{id}") {
+            eprintln!("--acked-out: writing {id} failed: {e}");
+        }
+    }
 }
 
 /// The wall-clock instant the simulated clock is anchored at, and its value in epoch ms.
@@ -109,9 +139,13 @@ where
             _ = &mut shutdown => break,
         };
         let (client, url, tally) = (client.clone(), Arc::clone(&url), Arc::clone(&tally));
+        let acked = pacing.acked.clone();
         tokio::spawn(async move {
             let result = client.post_json(&url, &labeled.tx).await;
             let outcome = Outcome::from_result(&result);
+            if let (Some(acked), Outcome::Decided { .. }) = (&acked, &outcome) {
+                acked.append(&labeled.tx.transaction_id);
+            }
             lock(&tally).record(labeled.fraud, &outcome);
             drop(permit);
         });

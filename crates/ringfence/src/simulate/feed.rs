@@ -66,6 +66,7 @@ where
         concurrency: DEMO_CONCURRENCY,
         duration,
         count: None,
+        acked: None,
     };
     let mut client = HttpClient::new().with_timeout(Duration::from_secs(10));
     if let Some(key) = api_key {

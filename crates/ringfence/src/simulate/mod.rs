@@ -36,7 +36,7 @@ pub use generator::{
 pub use tally::{Outcome, Tally, Totals};
 
 use crate::client::{endpoint_url, ClientError, HttpClient};
-use driver::{ctrl_c, lock, send_paced, write_ndjson, Anchor, Pacing};
+use driver::{ctrl_c, lock, send_paced, write_ndjson, AckedLog, Anchor, Pacing};
 
 /// What `ringfence simulate` simulates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -77,6 +77,10 @@ pub struct SimulateArgs {
     /// Write NDJSON with `label` and `scenario` fields to this file (`-` for stdout).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// With --target: append the id of every transaction whose decision was received to this
+    /// file, one per line, as each arrives (for checking after a crash that each is stored).
+    #[arg(long, value_name = "FILE")]
+    pub acked_out: Option<PathBuf>,
     /// Most requests in flight at once (with --target).
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
@@ -110,6 +114,7 @@ impl Default for SimulateArgs {
             count: None,
             target: None,
             out: None,
+            acked_out: None,
             concurrency: 16,
             api_key: None,
             start: "2026-01-01T00:00:00Z".to_string(),
@@ -196,6 +201,12 @@ impl SimulateArgs {
                 self.concurrency
             )));
         }
+        if self.acked_out.is_some() && self.target.is_none() {
+            return Err(SimulateError::Usage(
+                "--acked-out records decisions received from a server: it needs --target URL"
+                    .to_string(),
+            ));
+        }
         match (&self.target, &self.out) {
             (Some(target), None) => Ok(Destination::Target {
                 base: target.clone(),
@@ -260,7 +271,7 @@ pub async fn run(args: SimulateArgs) -> Result<(), SimulateError> {
                 "sending ~{} tx/s to {url} for {} s (Ctrl-C stops early)",
                 args.tps, args.duration
             );
-            let totals = send_to_target(&args, url, ctrl_c()).await;
+            let totals = send_to_target(&args, url, ctrl_c()).await?;
             println!("{}", totals.summary());
             Ok(())
         }
@@ -300,14 +311,22 @@ async fn send_to_target(
     args: &SimulateArgs,
     url: String,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Totals {
+) -> Result<Totals, SimulateError> {
     let anchor = Anchor::now();
     let tally = Arc::new(Mutex::new(Tally::new()));
+    let acked = match &args.acked_out {
+        Some(path) => Some(AckedLog::open(path).map_err(|source| SimulateError::Io {
+            path: path.display().to_string(),
+            source,
+        })?),
+        None => None,
+    };
     let pacing = Pacing {
         url,
         concurrency: args.concurrency,
         duration: Some(Duration::from_secs_f64(args.duration)),
         count: args.count,
+        acked,
     };
     let mut client = HttpClient::new().with_timeout(Duration::from_secs(10));
     if let Some(key) = &args.api_key {
@@ -323,7 +342,7 @@ async fn send_to_target(
     )
     .await;
     let totals = lock(&tally).totals().clone();
-    totals
+    Ok(totals)
 }
 
 #[cfg(test)]
@@ -426,7 +445,9 @@ mod tests {
         let Ok(Destination::Target { url, .. }) = args.check() else {
             panic!("target expected");
         };
-        let totals = send_to_target(&args, url, std::future::pending()).await;
+        let totals = send_to_target(&args, url, std::future::pending())
+            .await
+            .unwrap();
         assert_eq!(totals.sent, 120);
         assert_eq!(seen.requests.load(Ordering::Relaxed), 120);
         assert_eq!(totals.errors.get("503"), Some(&12));
@@ -437,6 +458,50 @@ mod tests {
         );
         assert!(totals.fraud_caught + totals.fraud_missed > 0);
         assert_eq!(seen.with_timestamp.load(Ordering::Relaxed), 108);
+    }
+
+    #[tokio::test]
+    async fn acked_out_lists_exactly_the_decided_ids() {
+        // The stub refuses every 5th request with 503: those ids must not be listed.
+        let (base, seen) = stub::spawn(5).await;
+        let dir = tempfile::tempdir().unwrap();
+        let acked = dir.path().join("acked.txt");
+        std::fs::write(&acked, "earlier-run-1\n").unwrap();
+        let args = SimulateArgs {
+            target: Some(base),
+            tps: 500.0,
+            duration: 5.0,
+            count: Some(50),
+            concurrency: 4,
+            acked_out: Some(acked.clone()),
+            ..SimulateArgs::default()
+        };
+        let Ok(Destination::Target { url, .. }) = args.check() else {
+            panic!("target expected");
+        };
+        let totals = send_to_target(&args, url, std::future::pending())
+            .await
+            .unwrap();
+        assert_eq!(totals.accepted, 40);
+        let text = std::fs::read_to_string(&acked).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        // Appended after what was there, one line per decision received, no repeats.
+        assert_eq!(lines[0], "earlier-run-1");
+        let ids: std::collections::HashSet<&str> = lines[1..].iter().copied().collect();
+        assert_eq!(ids.len(), 40);
+        assert_eq!(lines.len(), 41);
+        let accepted = seen.accepted_ids.lock().unwrap().clone();
+        assert_eq!(
+            ids,
+            accepted.iter().map(String::as_str).collect(),
+            "the listed ids are exactly those the server answered with a decision"
+        );
+        let no_target = SimulateArgs {
+            out: Some(dir.path().join("x.ndjson")),
+            acked_out: Some(acked),
+            ..SimulateArgs::default()
+        };
+        assert!(usage_error(no_target).contains("--acked-out"));
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 //! `reject_every`-th request, and counts what it received.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,6 +16,8 @@ pub(crate) struct Seen {
     pub requests: AtomicU64,
     pub transactions: AtomicU64,
     pub with_timestamp: AtomicU64,
+    /// Ids of the single transactions answered with a decision.
+    pub accepted_ids: Mutex<Vec<String>>,
 }
 
 #[derive(Clone)]
@@ -56,6 +58,12 @@ async fn single(State(stub): State<Stub>, Json(tx): Json<Value>) -> (StatusCode,
     if rejected(&stub) {
         let body = json!({"error": {"code": "overloaded", "message": "busy"}});
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body));
+    }
+    if let (Some(id), Ok(mut ids)) = (
+        tx.get("transaction_id").and_then(Value::as_str),
+        stub.seen.accepted_ids.lock(),
+    ) {
+        ids.push(id.to_owned());
     }
     (StatusCode::OK, Json(decide(&stub, &tx)))
 }
