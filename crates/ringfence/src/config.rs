@@ -94,6 +94,14 @@ pub struct ServeArgs {
     /// Most transactions in one batch request.
     #[arg(long, env = "RINGFENCE_MAX_BATCH")]
     pub max_batch: Option<usize>,
+    /// Most requests in progress at once; past it a request is turned away at once with 503
+    /// and `Retry-After` rather than queued (health checks and metrics are exempt).
+    #[arg(long, env = "RINGFENCE_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
+    /// Most request-body bytes held at once by requests in progress (a request reserves its
+    /// declared length, or the body limit when it declares none); past it, 503.
+    #[arg(long, env = "RINGFENCE_MAX_BODY_IN_FLIGHT")]
+    pub max_body_in_flight: Option<usize>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "RINGFENCE_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -199,6 +207,8 @@ struct FileConfig {
     idle_ttl_days: Option<i64>,
     max_body_bytes: Option<usize>,
     max_batch: Option<usize>,
+    max_in_flight: Option<usize>,
+    max_body_in_flight: Option<usize>,
     log_format: Option<String>,
     max_clock_skew_secs: Option<i64>,
     label_delay_days: Option<i64>,
@@ -268,6 +278,10 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Batch size limit.
     pub max_batch: usize,
+    /// Most requests in progress at once (see [`ServeArgs::max_in_flight`]).
+    pub max_in_flight: usize,
+    /// Most request-body bytes held at once (see [`ServeArgs::max_body_in_flight`]).
+    pub max_body_in_flight: usize,
     /// `text` or `json`.
     pub log_format: String,
     /// Largest accepted lead of an event time over the server clock, in milliseconds.
@@ -408,6 +422,14 @@ fn check_sites(
 
 /// Largest batch a client may send.
 pub const DEFAULT_MAX_BATCH: usize = 10_000;
+/// Default request body limit: 16 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Default most requests in progress. At a few thousand decisions a second per node, 512
+/// requests waiting is already about a tenth of a second of queue: more would only make the
+/// accepted ones late.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
+/// Default most body bytes held by requests in progress: 256 MiB.
+pub const DEFAULT_MAX_BODY_IN_FLIGHT: usize = 256 * 1024 * 1024;
 
 impl Settings {
     /// Resolves flags (already merged with the environment by clap) over the config file over
@@ -484,6 +506,22 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "max_batch must be within 1..=100000".into(),
             ));
+        }
+        let max_body_bytes = pick!(max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        let max_in_flight = pick!(max_in_flight, DEFAULT_MAX_IN_FLIGHT);
+        if !(1..=1_000_000).contains(&max_in_flight) {
+            return Err(ConfigError::Invalid(
+                "max_in_flight must be within 1..=1000000".into(),
+            ));
+        }
+        let max_body_in_flight = pick!(
+            max_body_in_flight,
+            DEFAULT_MAX_BODY_IN_FLIGHT.max(max_body_bytes)
+        );
+        if max_body_in_flight < max_body_bytes {
+            return Err(ConfigError::Invalid(format!(
+                "max_body_in_flight ({max_body_in_flight}) must be at least max_body_bytes ({max_body_bytes}), or a largest request could never be admitted"
+            )));
         }
         let log_format = pick!(log_format, "text".to_string());
         if log_format != "text" && log_format != "json" {
@@ -580,8 +618,10 @@ impl Settings {
                     ..defaults.model
                 },
             },
-            max_body_bytes: pick!(max_body_bytes, 16 * 1024 * 1024),
+            max_body_bytes,
             max_batch,
+            max_in_flight,
+            max_body_in_flight,
             log_format,
             max_clock_skew_ms: max_clock_skew_secs * 1000,
             model: args.model.clone().or(file.model),

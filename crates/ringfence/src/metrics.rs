@@ -67,7 +67,7 @@ pub struct Metrics {
     pub alerts: AtomicU64,
     /// Rejected transactions (validation errors).
     pub rejected: AtomicU64,
-    /// Requests turned away because the write queue was full.
+    /// Requests turned away at capacity (admission bounds or a full write queue).
     pub overloaded: AtomicU64,
     /// Labels received.
     pub labels: AtomicU64,
@@ -135,7 +135,7 @@ impl Metrics {
             ),
             (
                 "ringfence_overloaded_total",
-                "Requests turned away with 503 because the write queue was full.",
+                "Requests turned away with 503 at capacity (requests or body bytes in progress, or the write queue full).",
                 &self.overloaded,
             ),
             ("ringfence_labels_total", "Labels received.", &self.labels),

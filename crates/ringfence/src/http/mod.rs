@@ -3,6 +3,7 @@
 //! Every response to bad input is a 4xx with `{"error": {"code", "field", "message"}}`;
 //! every request gets an `x-request-id` (the caller's, or a new one) that tags its log lines.
 
+pub mod admission;
 pub mod alerts;
 pub mod cases;
 pub mod deliveries;
@@ -43,12 +44,22 @@ pub struct ApiContext {
     pub host: Arc<EngineHost>,
     /// Access control: users, keys, sessions.
     pub auth: Arc<crate::auth::Auth>,
+    /// The bounds on requests and body bytes in progress.
+    pub admission: Arc<admission::Admission>,
 }
 
 impl ApiContext {
     /// Counts a rejected transaction.
     pub fn rejected(&self) {
         self.host.metrics().rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request turned away because the node is at capacity.
+    pub fn overloaded(&self) {
+        self.host
+            .metrics()
+            .overloaded
+            .fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -119,8 +130,18 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Builds the router.
 pub fn router(host: Arc<EngineHost>, auth: Arc<crate::auth::Auth>) -> Router {
-    let max_body = host.settings().max_body_bytes;
-    let cx = ApiContext { host, auth };
+    let settings = host.settings();
+    let max_body = settings.max_body_bytes;
+    let admission = admission::Admission::new(
+        settings.max_in_flight,
+        settings.max_body_in_flight,
+        max_body,
+    );
+    let cx = ApiContext {
+        host,
+        auth,
+        admission,
+    };
     Router::new()
         .route("/transaction", post(transactions::create))
         .route("/v1/transactions", post(transactions::create))
@@ -158,6 +179,7 @@ pub fn router(host: Arc<EngineHost>, auth: Arc<crate::auth::Auth>) -> Router {
             cx.clone(),
             crate::auth::layer,
         ))
+        .layer(middleware::from_fn_with_state(cx.clone(), admission::admit))
         .layer(middleware::from_fn_with_state(cx.clone(), observe))
         .with_state(cx)
 }

@@ -91,6 +91,11 @@ pub async fn metrics(State(cx): State<ApiContext>) -> impl IntoResponse {
             "1 when the node can store decisions.",
             if cx.host.ready() { 1.0 } else { 0.0 },
         ),
+        (
+            "ringfence_requests_in_flight",
+            "Requests in progress (admission; this scrape is exempt and not counted).",
+            cx.admission.in_flight(cx.host.settings().max_in_flight) as f64,
+        ),
     ];
     let mut text = cx.host.metrics().render(&gauges);
     if let Some(site) = cx.host.site() {
