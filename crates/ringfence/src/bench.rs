@@ -11,10 +11,13 @@
 //!
 //! Around the measured window the bench reads the server's `process_cpu_seconds_total` from
 //! `/metrics` (a key with the `analyst` role or above can; an `ingest` key cannot, and the
-//! report says so) and reports the server's CPU time per transaction. Requests started during the warm-up (connection set-up, cold caches) are sent
-//! but not counted. Workers share one simulated world and each plays its own stream
-//! (`seed + worker`), without event timestamps so the server stamps them with its own clock,
-//! and with run-unique transaction ids so a server that deduplicates by id does real work.
+//! report says so) and reports the server's CPU time per transaction.
+//!
+//! Requests started during the warm-up (connection set-up, cold caches) are sent but not
+//! counted. The traffic is one simulated world's stream, generated before the clock starts
+//! ([`crate::bench_pool`]) and dealt out to the workers in turn, without event timestamps so
+//! the server stamps them with its own clock, and with run-unique transaction ids so a server
+//! that deduplicates by id does real work.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,8 +28,9 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
+use crate::bench_pool::BodyPool;
 use crate::client::{endpoint_url, ClientError, HttpClient};
-use crate::simulate::{Generator, GeneratorConfig, LabeledTransaction};
+use crate::simulate::{Generator, GeneratorConfig};
 
 /// Most workers `--concurrency` accepts.
 pub const MAX_CONCURRENCY: usize = 1024;
@@ -83,6 +87,10 @@ pub struct BenchArgs {
     /// time); without it, a closed loop as fast as the server answers.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Simulated transactions generated before the clock starts; requests copy theirs from
+    /// this pool under run-unique ids, going round it again when a run is longer.
+    #[arg(long, default_value_t = crate::bench_pool::DEFAULT_POOL)]
+    pub pool: usize,
 }
 
 impl Default for BenchArgs {
@@ -101,6 +109,7 @@ impl Default for BenchArgs {
             json: false,
             feed_sockets: 0,
             rate: None,
+            pool: crate::bench_pool::DEFAULT_POOL,
         }
     }
 }
@@ -437,6 +446,12 @@ fn check(args: &BenchArgs) -> Result<(), BenchError> {
             ));
         }
     }
+    if !(1..=50_000_000).contains(&args.pool) {
+        return invalid(format!(
+            "--pool must be between 1 and 50000000 transactions, got {}",
+            args.pool
+        ));
+    }
     if args.batch > MAX_BATCH {
         return invalid(format!(
             "--batch must be at most {MAX_BATCH}, got {}",
@@ -469,15 +484,20 @@ pub async fn run_http(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     };
 
     let now_ms = epoch_ms();
-    let base_stream = Generator::new(GeneratorConfig {
+    // Run-unique ids: a server that deduplicates by transaction id must not see a rerun of the
+    // benchmark as replays.
+    let run = format!("bench-{now_ms:x}");
+    let generator = Generator::new(GeneratorConfig {
         seed: args.seed,
         start_ms: now_ms,
         customers: BENCH_CUSTOMERS,
         ..GeneratorConfig::default()
     });
-    // Run-unique ids: a server that deduplicates by transaction id must not see a rerun of the
-    // benchmark as replays.
-    let run = format!("bench-{now_ms:x}");
+    let size = args.pool;
+    let pool = tokio::task::spawn_blocking(move || BodyPool::generate(generator, size, &run))
+        .await
+        .map_err(|e| BenchError::Worker(e.to_string()))?;
+    let pool = std::sync::Arc::new(pool);
 
     let start = Instant::now();
     let measure_from = start + args.warmup();
@@ -498,8 +518,9 @@ pub async fn run_http(args: &BenchArgs) -> Result<BenchReport, BenchError> {
             client: client.clone(),
             url: url.clone(),
             batch: args.batch,
-            generator: base_stream.fork(lane as u32, now_ms),
-            id_prefix: format!("{run}-{lane}"),
+            pool: std::sync::Arc::clone(&pool),
+            lane: lane as u64,
+            lanes: args.concurrency as u64,
             schedule: request_rate.map(|r| Schedule {
                 next: start + Duration::from_secs_f64(lane as f64 / r),
                 every: Duration::from_secs_f64(args.concurrency as f64 / r),
@@ -565,40 +586,6 @@ fn epoch_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// The JSON body of one request: a single transaction, or an array of `n` when `as_batch`.
-/// Returns the body and the number of transactions in it.
-fn request_body(
-    generator: &mut Generator,
-    n: usize,
-    id_prefix: &str,
-    as_batch: bool,
-) -> (Vec<u8>, u64) {
-    let mut body = Vec::with_capacity(n * 400 + 2);
-    if as_batch {
-        body.push(b'[');
-    }
-    let mut in_body = 0u64;
-    for i in 0..n {
-        let seq = generator.emitted();
-        let Some(LabeledTransaction { mut tx, .. }) = generator.next() else {
-            break;
-        };
-        tx.transaction_id = format!("{id_prefix}-{seq}");
-        tx.timestamp = None;
-        if i > 0 {
-            body.push(b',');
-        }
-        // A SimTransaction is plain strings and numbers; encoding it cannot fail.
-        if serde_json::to_writer(&mut body, &tx).is_ok() {
-            in_body += 1;
-        }
-    }
-    if as_batch {
-        body.push(b']');
-    }
-    (body, in_body)
-}
-
 /// An entry of a batch answer; only whether it is an error matters here.
 #[derive(Deserialize)]
 struct BatchEntry {
@@ -611,8 +598,11 @@ struct Worker {
     client: HttpClient,
     url: String,
     batch: usize,
-    generator: Generator,
-    id_prefix: String,
+    pool: std::sync::Arc<BodyPool>,
+    /// This worker's place among `lanes`: its k-th request carries the run's transactions
+    /// from `(k * lanes + lane) * per_request` on.
+    lane: u64,
+    lanes: u64,
     /// Open loop: when this worker's requests are due.
     schedule: Option<Schedule>,
     measure_from: Instant,
@@ -630,14 +620,10 @@ struct Schedule {
 impl Worker {
     async fn run(mut self) -> Measurements {
         let mut m = Measurements::new();
-        let per_request = self.batch.max(1);
-        loop {
-            let (body, n) = request_body(
-                &mut self.generator,
-                per_request,
-                &self.id_prefix,
-                self.batch > 0,
-            );
+        let per_request = self.batch.max(1) as u64;
+        for k in 0u64.. {
+            let first = (k * self.lanes + self.lane) * per_request;
+            let (body, n) = self.pool.body(first..first + per_request, self.batch > 0);
             // Closed loop: now. Open loop: the due time, waited for if it is ahead; if it is
             // behind (the server or this worker was slow), the request leaves at once and its
             // latency still counts from when it was due.
@@ -778,21 +764,6 @@ mod tests {
         assert!(empty.to_text().ends_with("errors       none"));
     }
 
-    #[test]
-    fn bodies_have_fresh_ids_and_no_timestamps() {
-        let mut g = Generator::new(GeneratorConfig::default());
-        let (single, n) = request_body(&mut g, 1, "bench-1-0", false);
-        assert_eq!(n, 1);
-        let v: serde_json::Value = serde_json::from_slice(&single).unwrap();
-        assert_eq!(v["transaction_id"], "bench-1-0-0");
-        assert!(v.get("timestamp").is_none());
-        let (batch, n) = request_body(&mut g, 3, "bench-1-0", true);
-        assert_eq!(n, 3);
-        let v: Vec<serde_json::Value> = serde_json::from_slice(&batch).unwrap();
-        assert_eq!(v.len(), 3);
-        assert_eq!(v[2]["transaction_id"], "bench-1-0-3");
-    }
-
     #[tokio::test]
     async fn args_are_checked() {
         assert!(matches!(
@@ -821,6 +792,7 @@ mod tests {
         let (base, seen) = stub::spawn(0).await;
         let args = BenchArgs {
             target: Some(base.clone()),
+            pool: 1000,
             duration: 0.4,
             warmup: 0.1,
             concurrency: 3,
@@ -853,6 +825,7 @@ mod tests {
         // lane), however fast the stub answers; a closed loop would send thousands.
         let args = BenchArgs {
             target: Some(base),
+            pool: 1000,
             duration: 0.5,
             warmup: 0.1,
             concurrency: 4,

@@ -34,6 +34,7 @@ pub mod auth;
 pub mod backtest;
 pub mod bench;
 pub mod bench_feed;
+pub mod bench_pool;
 pub mod cases;
 pub mod client;
 pub mod config;
