@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::RwLock;
 
 use ringfence_core::decision::Action;
 
@@ -89,7 +89,10 @@ pub struct Metrics {
     pub engine_latency: LatencyHistogram,
     /// Time from request parsed to decision durable.
     pub durable_latency: LatencyHistogram,
-    http: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Responses by route, then status. Counting takes a read lock and an atomic add (every
+    /// request counts here, from every worker thread); only a route's or status's first
+    /// response takes the write lock.
+    http: RwLock<BTreeMap<String, BTreeMap<u16, AtomicU64>>>,
 }
 
 impl Metrics {
@@ -105,8 +108,18 @@ impl Metrics {
 
     /// Counts an HTTP response on a route.
     pub fn http(&self, route: &str, status: u16) {
-        if let Ok(mut m) = self.http.lock() {
-            *m.entry((route.to_owned(), status)).or_default() += 1;
+        if let Ok(m) = self.http.read() {
+            if let Some(n) = m.get(route).and_then(|by_status| by_status.get(&status)) {
+                n.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        if let Ok(mut m) = self.http.write() {
+            m.entry(route.to_owned())
+                .or_default()
+                .entry(status)
+                .or_default()
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -192,12 +205,15 @@ impl Metrics {
             "# HELP ringfence_http_responses_total HTTP responses by route and status."
         );
         let _ = writeln!(out, "# TYPE ringfence_http_responses_total counter");
-        if let Ok(m) = self.http.lock() {
-            for ((route, status), n) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "ringfence_http_responses_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-                );
+        if let Ok(m) = self.http.read() {
+            for (route, by_status) in m.iter() {
+                for (status, n) in by_status {
+                    let _ = writeln!(
+                        out,
+                        "ringfence_http_responses_total{{route=\"{route}\",status=\"{status}\"}} {}",
+                        n.load(Ordering::Relaxed)
+                    );
+                }
             }
         }
         // The standard process metrics, which `ringfence bench` reads around a run.

@@ -215,11 +215,9 @@ static REQUEST_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Request id, span, per-route response counts.
 async fn observe(State(cx): State<ApiContext>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
+    // A clone of the matched path is a reference count, not a copy of the string.
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let request_id = req
         .headers()
         .get("x-request-id")
@@ -232,7 +230,7 @@ async fn observe(State(cx): State<ApiContext>, req: Request, next: Next) -> Resp
     let started = Instant::now();
     let mut res = next.run(req).instrument(span.clone()).await;
     let status = res.status().as_u16();
-    cx.host.metrics().http(&route, status);
+    cx.host.metrics().http(route, status);
     span.in_scope(|| {
         let us = started.elapsed().as_micros() as u64;
         if status >= 500 {
