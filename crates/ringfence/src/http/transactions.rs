@@ -147,7 +147,7 @@ pub async fn create_batch(
         )));
     }
 
-    let mut results: Vec<Option<serde_json::Value>> = vec![None; items.len()];
+    let mut results: Vec<Option<Item>> = (0..items.len()).map(|_| None).collect();
     let mut valid: Vec<(usize, Parsed)> = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let parsed = match parse_raw(item) {
@@ -167,7 +167,9 @@ pub async fn create_batch(
             Ok(p) => valid.push((i, p)),
             Err(e) => {
                 cx.rejected();
-                results[i] = Some(serde_json::json!({"index": i, "error": e.body()}));
+                results[i] = Some(Item::Error(
+                    serde_json::json!({"index": i, "error": e.body()}),
+                ));
             }
         }
     }
@@ -178,21 +180,42 @@ pub async fn create_batch(
         cx.host.submit(parsed).await?
     };
     for (i, s) in indices.into_iter().zip(decided) {
-        results[i] = Some(serde_json::to_value(&s).map_err(|e| ApiError::Internal(e.to_string()))?);
+        results[i] = Some(Item::Decided(s));
     }
-    let results = results
-        .into_iter()
-        .map(|r| r.unwrap_or(serde_json::Value::Null));
+    // Each result is encoded straight into the body: no JSON tree per decision.
+    let mut out = Vec::with_capacity(results.len() * 320 + 2);
     if is_array {
-        Ok(Json(results.collect::<Vec<_>>()).into_response())
-    } else {
-        let mut out = String::new();
-        for r in results {
-            out.push_str(&r.to_string());
-            out.push('\n');
-        }
-        Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response())
+        out.push(b'[');
     }
+    for (i, r) in results.iter().enumerate() {
+        if is_array && i > 0 {
+            out.push(b',');
+        }
+        let written = match r {
+            Some(Item::Decided(s)) => serde_json::to_writer(&mut out, s),
+            Some(Item::Error(e)) => serde_json::to_writer(&mut out, e),
+            None => serde_json::to_writer(&mut out, &serde_json::Value::Null),
+        };
+        written.map_err(|e| ApiError::Internal(e.to_string()))?;
+        if !is_array {
+            out.push(b'\n');
+        }
+    }
+    if is_array {
+        out.push(b']');
+    }
+    let content_type = if is_array {
+        "application/json"
+    } else {
+        "application/x-ndjson"
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], out).into_response())
+}
+
+/// One answer of a batch: a decision, or the error of an entry that was not decided.
+enum Item {
+    Decided(crate::host::Submitted),
+    Error(serde_json::Value),
 }
 
 /// `GET /v1/transactions/{id}`: the stored event, its decision and its labels.
