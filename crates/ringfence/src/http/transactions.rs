@@ -33,6 +33,11 @@ pub(crate) fn parse_raw(bytes: &[u8]) -> Result<RawTransaction, ApiError> {
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::MalformedJson("expected a JSON object".into()));
     }
+    // Most bodies are valid: parse them plainly, and only parse a failing one again, tracking
+    // the path, to name the field.
+    if let Ok(raw) = serde_json::from_slice::<RawTransaction>(bytes) {
+        return Ok(raw);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let raw: RawTransaction = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
