@@ -70,10 +70,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(source) = std::str::from_utf8(data) else {
         return;
     };
-    if let Ok(rules) = RuleSet::from_toml(source) {
-        exercise(rules, data);
-    } else if let Err(errors) = RuleSet::from_toml(source) {
-        let _ = errors.to_string();
+    match RuleSet::from_toml(source) {
+        Ok(rules) => exercise(rules, data),
+        Err(errors) => {
+            let _ = errors.to_string();
+        }
     }
     let _ = check_expression(source);
     // The same text as the condition of a rule, through TOML's string escapes.

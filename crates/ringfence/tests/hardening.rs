@@ -444,7 +444,12 @@ async fn the_postgres_audit_chain_serialises_nodes_and_catches_tampering() {
     assert_eq!(report.broken, None, "{}", report.to_text());
     assert_eq!(report.last_id, Some(41));
 
-    // Changed.
+    // Changed, then put back.
+    let actor: String = client
+        .query_one("SELECT actor FROM audit WHERE id = 17", &[])
+        .await
+        .expect("row 17")
+        .get(0);
     client
         .batch_execute(
             "ALTER TABLE audit DISABLE TRIGGER audit_no_change;
@@ -455,11 +460,11 @@ async fn the_postgres_audit_chain_serialises_nodes_and_catches_tampering() {
         .expect("tamper");
     assert_eq!(verify().await.broken.map(|b| b.id), Some(17));
     client
-        .batch_execute(
+        .batch_execute(&format!(
             "ALTER TABLE audit DISABLE TRIGGER audit_no_change;
-             UPDATE audit SET actor = 'analyst-1' WHERE id = 17;
-             ALTER TABLE audit ENABLE TRIGGER audit_no_change;",
-        )
+             UPDATE audit SET actor = '{actor}' WHERE id = 17;
+             ALTER TABLE audit ENABLE TRIGGER audit_no_change;"
+        ))
         .await
         .expect("undo");
     assert_eq!(

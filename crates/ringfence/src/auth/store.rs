@@ -92,7 +92,6 @@ const REVOKE_KEY: &str = "UPDATE auth_keys SET revoked_at = COALESCE(revoked_at,
 const TOUCH_KEY: &str = "UPDATE auth_keys SET last_used = $1 WHERE id = $2";
 const KEY_STATUS: &str =
     "SELECT role, revoked_at, rate_per_second, burst FROM auth_keys WHERE id = $1";
-const SET_KEY_LIMIT: &str = "UPDATE auth_keys SET rate_per_second = $1, burst = $2 WHERE id = $3";
 /// Columns added after the first release: (column, SQL type). Added to older tables at open,
 /// with no value (no limit of the key's own).
 const ADDED_KEY_COLUMNS: [(&str, &str); 2] =
@@ -676,29 +675,6 @@ impl AuthStore {
                     .map(Some),
                     None => Ok(None),
                 }
-            }
-        }
-    }
-
-    /// Sets a key's own rate limit (`None`: the node's default); false when the key is unknown.
-    pub async fn set_key_limit(
-        &self,
-        id: &str,
-        limit: Option<RateLimit>,
-    ) -> Result<bool, StoreError> {
-        let id = id.to_owned();
-        let rate = limit.map(|l| l.per_second);
-        let burst = limit.map(|l| l.burst as i64);
-        match self {
-            AuthStore::Sqlite(c) => {
-                Self::sqlite(c, move |c| {
-                    Ok(c.execute(SET_KEY_LIMIT, params![rate, burst, id])? == 1)
-                })
-                .await
-            }
-            AuthStore::Postgres(p) => {
-                let c = p.client().await?;
-                Ok(pg(c.execute(SET_KEY_LIMIT, &[&rate, &burst, &id])).await? == 1)
             }
         }
     }
