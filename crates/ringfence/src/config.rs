@@ -173,6 +173,14 @@ pub struct ServeArgs {
     /// Hours a dashboard session may stay unused before it ends (default 12).
     #[arg(long, env = "RINGFENCE_SESSION_IDLE_HOURS")]
     pub session_idle_hours: Option<u64>,
+    /// Default rate limit of stored API keys, requests per second per key on this node (a key
+    /// created with its own `rate_per_second` uses that); none by default. Over it: 429 with
+    /// `Retry-After`.
+    #[arg(long, env = "RINGFENCE_KEY_RATE")]
+    pub key_rate: Option<f64>,
+    /// Burst allowed above `--key-rate` (default: one second's worth).
+    #[arg(long, env = "RINGFENCE_KEY_BURST")]
+    pub key_burst: Option<u64>,
     /// The dashboard's address as people reach it (`https://ringfence.example`): alert mails
     /// link to their cases there; with `https://` the sign-in cookie is marked Secure, and its
     /// origin is accepted for signed-in changes besides the request's own host.
@@ -228,6 +236,8 @@ struct FileConfig {
     admin_key: Option<Secret>,
     admin_password: Option<Secret>,
     session_idle_hours: Option<u64>,
+    key_rate: Option<f64>,
+    key_burst: Option<u64>,
     public_url: Option<String>,
     webhook_url: Option<Secret>,
     webhook_secret: Option<Secret>,
@@ -330,6 +340,8 @@ pub struct AccessSettings {
     pub admin_password: Option<Secret>,
     /// How long a session may stay unused.
     pub session_idle: std::time::Duration,
+    /// Rate limit of stored API keys without one of their own.
+    pub key_limit: Option<crate::auth::rate::RateLimit>,
 }
 
 /// Shortest accepted `--admin-key`.
@@ -368,6 +380,7 @@ fn access_settings(
         admin_key,
         admin_password,
         session_idle: std::time::Duration::from_secs(session_idle_hours * 3600),
+        key_limit: None,
     })
 }
 
@@ -576,11 +589,24 @@ impl Settings {
             .filter(|p| !p.is_empty())
             .collect();
         check_sites(site.as_deref(), &peers, redis.is_some(), postgres.is_some())?;
-        let access = access_settings(
+        let mut access = access_settings(
             args.admin_key.clone().or(file.admin_key),
             args.admin_password.clone().or(file.admin_password),
             pick!(session_idle_hours, 12),
         )?;
+        access.key_limit = match (
+            args.key_rate.or(file.key_rate),
+            args.key_burst.or(file.key_burst),
+        ) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid("key_burst needs key_rate".into()));
+            }
+            (Some(rate), burst) => Some(
+                crate::auth::rate::RateLimit::new(rate, burst)
+                    .map_err(|e| ConfigError::Invalid(format!("key_rate {e}")))?,
+            ),
+        };
         let public_url = match args.public_url.clone().or(file.public_url) {
             Some(u) => {
                 let u = u.trim().trim_end_matches('/').to_owned();

@@ -9,7 +9,8 @@
 //!   too) with retries and dead letters, e-mail digests over SMTP.
 //! - [`auth`]: who is calling: roles, sign-in, API keys.
 //! - [`cases`]: analysts' cases on alerts (assign, close with a verdict, reopen) and the
-//!   audit trail of what people did.
+//!   audit trail of what people did, hash-chained ([`cases::chain`]); [`audit`]: `ringfence
+//!   audit verify`.
 //! - [`investigate`]: search, entity risk profiles and the link graph, from stored records.
 //! - [`live`]: the dashboard's live feed and per-second statistics of what this node stores.
 //! - [`shared`]: several nodes as one: the shared log in Redis and each node's replica.
@@ -30,6 +31,7 @@
 //!   [`bench_feed`]: live-feed sockets held open during a benchmark.
 
 pub mod alerts;
+pub mod audit;
 pub mod auth;
 pub mod backtest;
 pub mod bench;

@@ -37,6 +37,8 @@ enum Command {
     Eval(ringfence::eval::EvalArgs),
     /// Stream stored records in a time range out as NDJSON or CSV (for a warehouse load).
     Export(Box<ringfence::export::ExportArgs>),
+    /// Check the audit trail: `ringfence audit verify [--data DIR | --postgres URL]`.
+    Audit(ringfence::audit::AuditArgs),
 }
 
 /// Flags of `ringfence worker`: those of `serve` and those of the stream.
@@ -157,6 +159,25 @@ async fn main() -> std::process::ExitCode {
             ringfence::export::run(&args)
                 .await
                 .map_err(|e| e.to_string())
+        }
+        Command::Audit(args) => {
+            init_logging("warn", false);
+            match &args.command {
+                ringfence::audit::AuditCommand::Verify(v) => {
+                    match ringfence::audit::verify(v).await {
+                        Err(e) => Err(e.to_string()),
+                        Ok(report) => {
+                            print_report(&report, v.json, report.to_text());
+                            match &report.broken {
+                                None => Ok(()),
+                                Some(b) => {
+                                    Err(format!("the audit trail is broken at row {}", b.id))
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
         Command::Bench(args) => {
             init_logging("warn", false);

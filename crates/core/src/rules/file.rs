@@ -14,6 +14,7 @@ use toml::de::{DeTable, DeValue};
 use super::template;
 use super::{
     compile_condition, excerpt, line_col, suggestion, Rule, RuleError, RuleMode, MAX_RULES,
+    MAX_SOURCE_BYTES,
 };
 use crate::decision::Action;
 
@@ -31,6 +32,18 @@ const RULE_KEYS: [&str; 8] = [
 
 /// Loads every rule of a TOML file, or every error in it, in file order.
 pub(super) fn load(source: &str) -> Result<Vec<Rule>, Vec<RuleError>> {
+    if source.len() > MAX_SOURCE_BYTES {
+        // Refused before parsing: the TOML parser's time and memory grow with the file.
+        let message = format!(
+            "the rule file is {} bytes long (at most {MAX_SOURCE_BYTES})",
+            source.len()
+        );
+        let mut at = MAX_SOURCE_BYTES;
+        while !source.is_char_boundary(at) {
+            at -= 1;
+        }
+        return Err(vec![error_at(source, None, at, message)]);
+    }
     let doc = match DeTable::parse(source) {
         Ok(doc) => doc,
         Err(e) => {
@@ -859,6 +872,36 @@ score = 0
         assert_eq!(rule_name, None);
         assert_eq!((line, column), (4 * MAX_RULES + 1, 1));
         assert_eq!(message, "too many rules: 1005 (at most 1000)");
+    }
+
+    #[test]
+    fn rejects_an_oversized_file_before_parsing_it() {
+        // A comment line of 100 bytes, repeated past the limit: valid TOML, but too much.
+        let line = format!("#{}\n", "x".repeat(98));
+        let big = line.repeat(MAX_SOURCE_BYTES / line.len() + 1);
+        let (rule_name, line_no, column, message) = only_error(&big);
+        assert_eq!(rule_name, None);
+        assert_eq!((line_no, column), (MAX_SOURCE_BYTES / 100 + 1, 77));
+        assert_eq!(
+            message,
+            format!(
+                "the rule file is {} bytes long (at most 1048576)",
+                big.len()
+            )
+        );
+    }
+
+    #[test]
+    fn rejects_a_too_complex_condition() {
+        let wide = vec!["tx.amount > 1"; 200].join(" || ");
+        let (_, line, column, message) = only_error(&rule(&format!("when = \"{wide}\"")));
+        assert_eq!(line, 4);
+        // The 513th node: the `1` of the 171st comparison (3 nodes each; `||` adds none).
+        assert_eq!(
+            column,
+            9 + 170 * "tx.amount > 1 || ".len() + "tx.amount > ".len()
+        );
+        assert!(message.starts_with("condition is too complex"), "{message}");
     }
 
     #[test]

@@ -26,7 +26,8 @@
 //! mode = "active"                 # optional: active (default) | shadow
 //! ```
 //! Unknown keys are errors, so a typo never silently disables a setting. A file without rules
-//! is valid. Limits: 1000 rules, conditions of 4096 bytes, nesting 64 levels deep, reason
+//! is valid. Limits: files of 1 MiB, 1000 rules, conditions of 4096 bytes with at most 512
+//! nodes (values, names, operators, calls and lists) nested at most 64 levels deep, reason
 //! templates of 1024 bytes. Every error of the file is reported at once, each with its rule,
 //! line and column.
 //!
@@ -82,8 +83,12 @@ use serde::{Deserialize, Serialize};
 use crate::decision::Action;
 use crate::features::FeatureValues;
 
+/// Largest rule file, in bytes (checked before the TOML is parsed).
+const MAX_SOURCE_BYTES: usize = 1024 * 1024;
 /// Most rules one file may hold.
 const MAX_RULES: usize = 1000;
+/// Most syntax nodes (values, names, operators, calls, lists) in one condition.
+const MAX_NODES: usize = 512;
 /// Longest condition, in bytes.
 const MAX_CONDITION_BYTES: usize = 4096;
 /// Deepest nesting of a condition (parentheses, operators, calls, lists).

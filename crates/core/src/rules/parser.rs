@@ -6,7 +6,7 @@
 //! later stages (`&&` and `||` chains are flat lists, so long chains cost no depth).
 
 use super::lexer::{lex, Tok, Token};
-use super::{Diag, MAX_DEPTH};
+use super::{Diag, MAX_DEPTH, MAX_NODES};
 
 /// A node of the syntax tree with the byte span it covers.
 #[derive(Clone, Debug, PartialEq)]
@@ -123,6 +123,7 @@ pub(super) fn parse(source: &str) -> Result<Expr, Diag> {
         tokens: &tokens,
         pos: 0,
         nesting: 0,
+        nodes: 0,
     };
     let expr = parser.or()?;
     let next = parser.peek();
@@ -166,6 +167,8 @@ struct Parser<'t> {
     pos: usize,
     /// Open parentheses, unary operators, calls and lists around the current position.
     nesting: usize,
+    /// Nodes built so far (bounds the work of the later stages per rule).
+    nodes: usize,
 }
 
 /// The end-of-input token every token list ends with; a fallback so `peek` never fails.
@@ -183,12 +186,36 @@ impl<'t> Parser<'t> {
             .unwrap_or(&EOF)
     }
 
-    fn bump(&mut self) -> &'t Token {
+    /// Consumes a token, counting the nodes: every node of the tree starts at a token of its
+    /// own (a value, a name, an operator, a call's name, a list's `[`); punctuation and the
+    /// `&&` / `||` of a flat chain start none.
+    fn bump(&mut self) -> Result<&'t Token, Diag> {
         let token = self.peek();
         if self.pos < self.tokens.len() {
             self.pos += 1;
         }
-        token
+        if !matches!(
+            token.tok,
+            Tok::LParen
+                | Tok::RParen
+                | Tok::RBracket
+                | Tok::Comma
+                | Tok::AndAnd
+                | Tok::OrOr
+                | Tok::Eof
+        ) {
+            self.nodes += 1;
+            if self.nodes > MAX_NODES {
+                return Err(Diag::new(
+                    token.start,
+                    format!(
+                        "condition is too complex: more than {MAX_NODES} values, names and \
+                         operators (split it into several rules)"
+                    ),
+                ));
+            }
+        }
+        Ok(token)
     }
 
     fn too_deep(at: usize) -> Diag {
@@ -237,7 +264,7 @@ impl<'t> Parser<'t> {
     fn expect_closing(&mut self, closing: Tok, what: &str) -> Result<usize, Diag> {
         let token = self.peek();
         if token.tok == closing {
-            self.bump();
+            self.bump()?;
             Ok(token.end)
         } else {
             Err(Diag::new(
@@ -265,7 +292,7 @@ impl<'t> Parser<'t> {
         let mut operands = vec![first];
         let mut at = start;
         while self.peek().tok == tok {
-            at = self.bump().start;
+            at = self.bump()?.start;
             operands.push(operand(self)?);
         }
         let end = operands.last().map_or(start, |e| e.end);
@@ -307,7 +334,7 @@ impl<'t> Parser<'t> {
         let Some(op) = op_of(&self.peek().tok) else {
             return Ok(lhs);
         };
-        let op_at = self.bump().start;
+        let op_at = self.bump()?.start;
         let rhs = operand(self)?;
         let next = self.peek();
         if let Some(second) = op_of(&next.tok) {
@@ -361,7 +388,7 @@ impl<'t> Parser<'t> {
     ) -> Result<Expr, Diag> {
         let mut lhs = operand(self)?;
         while let Some(op) = op_of(&self.peek().tok) {
-            let op_at = self.bump().start;
+            let op_at = self.bump()?.start;
             let rhs = operand(self)?;
             let (start, end) = (lhs.start, rhs.end);
             let kind = ExprKind::Binary {
@@ -382,7 +409,7 @@ impl<'t> Parser<'t> {
             Tok::Minus => UnaryOp::Neg,
             _ => return self.primary(),
         };
-        self.bump();
+        self.bump()?;
         self.enter(token.start)?;
         let operand = self.unary()?;
         self.leave();
@@ -395,7 +422,7 @@ impl<'t> Parser<'t> {
     }
 
     fn primary(&mut self) -> Result<Expr, Diag> {
-        let token = self.bump();
+        let token = self.bump()?;
         match &token.tok {
             Tok::Number(v) => Ok(Self::leaf(ExprKind::Number(*v), token)),
             Tok::Str(s) => Ok(Self::leaf(ExprKind::Str(s.clone()), token)),
@@ -418,7 +445,7 @@ impl<'t> Parser<'t> {
                 Self::node(ExprKind::List(items), token.start, end, token.start)
             }
             Tok::Ident(name) if self.peek().tok == Tok::LParen => {
-                self.bump();
+                self.bump()?;
                 self.enter(token.start)?;
                 let (args, end) = self.sequence(Tok::RParen, "`,` or `)`")?;
                 self.leave();
@@ -446,11 +473,11 @@ impl<'t> Parser<'t> {
         let mut items = Vec::new();
         loop {
             if self.peek().tok == closing {
-                return Ok((items, self.bump().end));
+                return Ok((items, self.bump()?.end));
             }
             items.push(self.or()?);
             if self.peek().tok == Tok::Comma {
-                self.bump();
+                self.bump()?;
             } else {
                 let end = self.expect_closing(closing, expected)?;
                 return Ok((items, end));
@@ -635,6 +662,20 @@ mod tests {
             error(&deep),
             Diag::new(64, "condition is nested too deeply (at most 64 levels)")
         );
+    }
+
+    #[test]
+    fn limits_the_number_of_nodes() {
+        // A flat `&&` chain costs no depth; its size is bounded by the node count.
+        let at_limit = vec!["a"; MAX_NODES].join(" && ");
+        assert!(parse(&at_limit).is_ok());
+        let over = vec!["a"; MAX_NODES + 1].join(" || ");
+        let d = error(&over);
+        assert!(d.message.contains("too complex"), "{}", d.message);
+        // It points at the first token past the limit: the last `a`.
+        assert_eq!(d.offset, over.len() - 1);
+        let list = format!("x in [{}]", vec!["1"; MAX_NODES].join(", "));
+        assert!(error(&list).message.contains("too complex"));
     }
 
     #[test]

@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::keys::now_ms;
+use super::rate::RateLimit;
 use super::store::{KeyRow, UserRow};
 use super::{origin, sessions, store_error, Principal, Role};
 use crate::config::MIN_PASSWORD_LEN;
@@ -262,6 +263,12 @@ struct KeyView {
     revoked_at: Option<Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_used: Option<Timestamp>,
+    /// The key's own rate limit, requests per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_per_second: Option<f64>,
+    /// Its burst.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    burst: Option<u64>,
 }
 
 impl From<KeyRow> for KeyView {
@@ -274,6 +281,8 @@ impl From<KeyRow> for KeyView {
             created_at: Timestamp::from_millis(k.created_at),
             revoked_at: k.revoked_at.map(Timestamp::from_millis),
             last_used: k.last_used.map(Timestamp::from_millis),
+            rate_per_second: k.limit.map(|l| l.per_second),
+            burst: k.limit.map(|l| l.burst),
         }
     }
 }
@@ -298,6 +307,10 @@ async fn list_keys(State(cx): State<ApiContext>) -> Result<Json<serde_json::Valu
 struct NewKey {
     name: Option<String>,
     role: Option<String>,
+    /// The key's own rate limit, requests per second (else the node's default).
+    rate_per_second: Option<f64>,
+    /// Burst above the rate (default: one second's worth); needs `rate_per_second`.
+    burst: Option<u64>,
 }
 
 /// `POST /v1/keys`: a new key; the answer is the only time it is shown.
@@ -312,7 +325,24 @@ async fn create_key(
         return Err(FieldError::new("name", "may not hold control characters").into());
     }
     let role = role(&req.role)?;
-    let (row, key) = cx.auth.create_key(name, role, &who.name).await?;
+    let limit = match (req.rate_per_second, req.burst) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(FieldError::new("burst", "needs `rate_per_second`").into());
+        }
+        (Some(rate), burst) => Some(RateLimit::new(rate, burst).map_err(|e| {
+            let field = if e.starts_with("burst") {
+                "burst"
+            } else {
+                "rate_per_second"
+            };
+            FieldError::new(field, e)
+        })?),
+    };
+    let (row, key) = cx
+        .auth
+        .create_limited_key(name, role, &who.name, limit)
+        .await?;
     tracing::info!(key = %row.id, role = role.as_str(), by = %who.name, "API key created");
     let mut view =
         serde_json::to_value(KeyView::from(row)).map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -337,6 +367,7 @@ async fn revoke_key(
         return Err(ApiError::NotFound(format!("no API key `{id}`")));
     }
     cx.auth.keys.forget_id(&id);
+    cx.auth.buckets.forget(&id);
     tracing::info!(key = %id, by = %who.name, "API key revoked");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -22,6 +22,7 @@ use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
 use super::password::{HashError, Hasher};
+use super::rate::RateLimit;
 use super::store::AuthStore;
 use super::{Principal, Role};
 use crate::store::StoreError;
@@ -114,6 +115,8 @@ pub enum CheckError {
 struct Verified {
     id: String,
     role: Role,
+    /// The key's own rate limit, as last read from the store.
+    limit: Option<RateLimit>,
     checked: Instant,
     touched: Instant,
     /// Set by the one request that re-reads the key; the others keep using this entry.
@@ -271,8 +274,8 @@ impl KeyCache {
             return Ok(None);
         }
         // Its first use here is its last use.
-        let role = match store.key_status(key.id(), Some(now_ms())).await? {
-            Some((role, false)) => role,
+        let (role, limit) = match store.key_status(key.id(), Some(now_ms())).await? {
+            Some((role, false, limit)) => (role, limit),
             _ => {
                 self.refuse(d);
                 return Ok(None);
@@ -282,6 +285,7 @@ impl KeyCache {
         let v = Verified {
             id: row.id,
             role,
+            limit,
             checked: now,
             touched: now,
             refreshing: AtomicBool::new(false),
@@ -304,10 +308,11 @@ impl KeyCache {
         let _refresh = ClearOnDrop(&hit.refreshing);
         let touch = hit.touched.elapsed() >= TOUCH_EVERY;
         match store.key_status(&hit.id, touch.then(now_ms)).await {
-            Ok(Some((role, false))) => {
+            Ok(Some((role, false, limit))) => {
                 let v = Verified {
                     id: hit.id.clone(),
                     role,
+                    limit,
                     checked: Instant::now(),
                     touched: if touch { Instant::now() } else { hit.touched },
                     refreshing: AtomicBool::new(false),
@@ -328,6 +333,11 @@ impl KeyCache {
                 Ok(Some(hit.principal()))
             }
         }
+    }
+
+    /// The id and own rate limit of a key this cache verified (`None` for any other text).
+    pub fn limit_of(&self, text: &str) -> Option<(String, Option<RateLimit>)> {
+        self.lookup(&digest(text)).map(|v| (v.id.clone(), v.limit))
     }
 
     /// Forgets a key on this node at once (it was revoked here).

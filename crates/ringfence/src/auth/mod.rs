@@ -15,6 +15,7 @@
 //! - [`keys`]: API keys `rf_<id>_<secret>` and their in-memory cache.
 //! - [`sessions`]: the `rf_session` cookie and its cache.
 //! - [`throttle`]: slowing password guessing per user and address.
+//! - [`rate`]: rate limits per API key (token buckets, per node).
 //! - [`origin`]: the same-origin check for cookie-authenticated changes and WebSockets.
 //! - [`store`]: users, keys and sessions in SQLite or PostgreSQL.
 //! - [`http`]: sign-in, sign-out, `me`, and the admin routes for keys and users.
@@ -24,6 +25,7 @@ pub mod keys;
 pub mod origin;
 pub mod password;
 pub mod policy;
+pub mod rate;
 pub mod sessions;
 pub mod store;
 pub mod throttle;
@@ -44,6 +46,7 @@ use crate::store::{Records, StoreError};
 use keys::{digest, ApiKey, CheckError, KeyCache};
 use password::{HashError, Hasher};
 use policy::Access;
+use rate::{KeyBuckets, RateLimit};
 use sessions::SessionCache;
 use store::{AuthStore, KeyRow, UserRow};
 use throttle::LoginThrottle;
@@ -111,6 +114,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
 struct Caller {
     principal: Principal,
     by_cookie: bool,
+    /// A stored API key's id and its own rate limit (`None` for sessions and `--admin-key`).
+    key: Option<(String, Option<RateLimit>)>,
 }
 
 /// The first administrator, created at a start with no users.
@@ -134,6 +139,8 @@ pub struct Auth {
     keys: KeyCache,
     sessions: SessionCache,
     throttle: LoginThrottle,
+    /// Rate-limit buckets of API keys on this node.
+    buckets: KeyBuckets,
     /// SHA-256 of `--admin-key`.
     admin_key: Option<[u8; 32]>,
     settings: AccessSettings,
@@ -217,6 +224,7 @@ impl Auth {
             keys: KeyCache::default(),
             sessions: SessionCache::default(),
             throttle: LoginThrottle::default(),
+            buckets: KeyBuckets::default(),
             admin_key: settings
                 .access
                 .admin_key
@@ -278,8 +286,21 @@ impl Auth {
         role: Role,
         created_by: &str,
     ) -> Result<(KeyRow, ApiKey), ApiError> {
+        self.create_limited_key(name, role, created_by, None).await
+    }
+
+    /// As [`Auth::create_key`], with the key's own rate limit (`None`: the node's default).
+    pub async fn create_limited_key(
+        &self,
+        name: &str,
+        role: Role,
+        created_by: &str,
+        limit: Option<RateLimit>,
+    ) -> Result<(KeyRow, ApiKey), ApiError> {
         let key = ApiKey::generate().map_err(|e| ApiError::Internal(e.to_string()))?;
-        let row = self.register_key(&key, name, role, created_by).await?;
+        let row = self
+            .register_limited_key(&key, name, role, created_by, limit)
+            .await?;
         Ok((row, key))
     }
 
@@ -291,6 +312,19 @@ impl Auth {
         role: Role,
         created_by: &str,
     ) -> Result<KeyRow, ApiError> {
+        self.register_limited_key(key, name, role, created_by, None)
+            .await
+    }
+
+    /// As [`Auth::register_key`], with the key's own rate limit.
+    async fn register_limited_key(
+        &self,
+        key: &ApiKey,
+        name: &str,
+        role: Role,
+        created_by: &str,
+        limit: Option<RateLimit>,
+    ) -> Result<KeyRow, ApiError> {
         let key_hash = self.hasher.hash(key.expose().to_owned()).await?;
         let row = KeyRow {
             id: key.id().to_owned(),
@@ -301,6 +335,7 @@ impl Auth {
             created_at: keys::now_ms(),
             revoked_at: None,
             last_used: None,
+            limit,
         };
         self.store
             .insert_key(row.clone())
@@ -320,6 +355,7 @@ impl Auth {
                             role: Role::Admin,
                         },
                         by_cookie: false,
+                        key: None,
                     });
                 }
             }
@@ -327,6 +363,7 @@ impl Auth {
                 Some(principal) => Ok(Caller {
                     principal,
                     by_cookie: false,
+                    key: self.keys.limit_of(key),
                 }),
                 None => Err(ApiError::Unauthorized(
                     "the API key is not valid, or was revoked".into(),
@@ -343,6 +380,7 @@ impl Auth {
                 Some(principal) => Ok(Caller {
                     principal,
                     by_cookie: true,
+                    key: None,
                 }),
                 None => Err(ApiError::Unauthorized(
                     "your session has ended; sign in again".into(),
@@ -451,6 +489,17 @@ pub async fn layer(State(cx): State<ApiContext>, mut req: Request, next: Next) -
             ),
         }
         .into_response();
+    }
+    if let Some((id, own)) = &caller.key {
+        if let Some(limit) = own.or(auth.settings.key_limit) {
+            if let Err(wait) = auth.buckets.take(id, limit) {
+                return ApiError::RateLimited {
+                    retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+                    limit,
+                }
+                .into_response();
+            }
+        }
     }
     req.extensions_mut().insert(caller.principal);
     next.run(req).await

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::rate::RateLimit;
 use super::Role;
 use crate::store::postgres::{PostgresError, PostgresStore, Session};
 use crate::store::{Records, StoreError};
@@ -43,7 +44,9 @@ CREATE TABLE IF NOT EXISTS auth_keys (
     created_by TEXT NOT NULL,
     created_at BIGINT NOT NULL,
     revoked_at BIGINT,
-    last_used BIGINT
+    last_used BIGINT,
+    rate_per_second DOUBLE PRECISION,
+    burst BIGINT
 );
 CREATE TABLE IF NOT EXISTS auth_sessions (
     token_hash TEXT PRIMARY KEY,
@@ -79,15 +82,20 @@ const PG_DELETE_USER: &str = "WITH ended AS (DELETE FROM auth_sessions WHERE use
      DELETE FROM auth_users WHERE name = $1";
 const PG_SET_PASSWORD: &str = "WITH ended AS (DELETE FROM auth_sessions WHERE user_name = $2)
      UPDATE auth_users SET password_hash = $1 WHERE name = $2";
-const INSERT_KEY: &str = "INSERT INTO auth_keys (id, name, role, key_hash, created_by, created_at)
-     VALUES ($1, $2, $3, $4, $5, $6)";
-const KEY: &str = "SELECT id, name, role, key_hash, created_by, created_at, revoked_at, last_used
-     FROM auth_keys WHERE id = $1";
-const KEYS: &str = "SELECT id, name, role, key_hash, created_by, created_at, revoked_at, last_used
-     FROM auth_keys ORDER BY created_at, id";
+const INSERT_KEY: &str = "INSERT INTO auth_keys (id, name, role, key_hash, created_by, created_at,
+     rate_per_second, burst) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+const KEY: &str = "SELECT id, name, role, key_hash, created_by, created_at, revoked_at, last_used,
+     rate_per_second, burst FROM auth_keys WHERE id = $1";
+const KEYS: &str = "SELECT id, name, role, key_hash, created_by, created_at, revoked_at, last_used,
+     rate_per_second, burst FROM auth_keys ORDER BY created_at, id";
 const REVOKE_KEY: &str = "UPDATE auth_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2";
 const TOUCH_KEY: &str = "UPDATE auth_keys SET last_used = $1 WHERE id = $2";
-const KEY_STATUS: &str = "SELECT role, revoked_at FROM auth_keys WHERE id = $1";
+const KEY_STATUS: &str =
+    "SELECT role, revoked_at, rate_per_second, burst FROM auth_keys WHERE id = $1";
+/// Columns added after the first release: (column, SQL type). Added to older tables at open,
+/// with no value (no limit of the key's own).
+const ADDED_KEY_COLUMNS: [(&str, &str); 2] =
+    [("rate_per_second", "DOUBLE PRECISION"), ("burst", "BIGINT")];
 const INSERT_SESSION: &str =
     "INSERT INTO auth_sessions (token_hash, user_name, created_at, last_seen) VALUES ($1, $2, $3, $3)";
 const SESSION: &str = "SELECT s.user_name, u.role, s.last_seen
@@ -130,6 +138,8 @@ pub struct KeyRow {
     pub revoked_at: Option<i64>,
     /// When it was last used (coarse: written at most once a minute).
     pub last_used: Option<i64>,
+    /// Its own rate limit (`None`: the node's default, if any).
+    pub limit: Option<RateLimit>,
 }
 
 /// A live session as its lookup finds it: the user (with their current role) and when the
@@ -220,6 +230,8 @@ type KeyTuple = (
     i64,
     Option<i64>,
     Option<i64>,
+    Option<f64>,
+    Option<i64>,
 );
 
 fn key_of_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyTuple> {
@@ -232,6 +244,8 @@ fn key_of_sqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<KeyTuple> {
         r.get(5)?,
         r.get(6)?,
         r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
     ))
 }
 
@@ -245,22 +259,43 @@ fn key_of_pg(r: &tokio_postgres::Row) -> Result<KeyTuple, tokio_postgres::Error>
         r.try_get(5)?,
         r.try_get(6)?,
         r.try_get(7)?,
+        r.try_get(8)?,
+        r.try_get(9)?,
     ))
 }
 
 fn key_row(
-    (id, name, role, key_hash, created_by, created_at, revoked_at, last_used): KeyTuple,
+    (id, name, role, key_hash, created_by, created_at, revoked_at, last_used, rate, burst): KeyTuple,
 ) -> Result<KeyRow, StoreError> {
+    let (role, _, limit) = key_status((role, revoked_at, rate, burst))?;
     Ok(KeyRow {
         id,
         name,
-        role: role_of(&role)?,
+        role,
+        limit,
         key_hash,
         created_by,
         created_at,
         revoked_at,
         last_used,
     })
+}
+
+/// What a key's re-check reads: its role, whether it is revoked, its own rate limit.
+pub type KeyStatus = (Role, bool, Option<RateLimit>);
+
+fn key_status(
+    (role, revoked, rate, burst): (String, Option<i64>, Option<f64>, Option<i64>),
+) -> Result<KeyStatus, StoreError> {
+    // A stored limit out of range (edited by hand) is refused loudly, not ignored.
+    let limit = match rate {
+        None => None,
+        Some(rate) => Some(
+            RateLimit::new(rate, burst.map(|b| b.max(0) as u64))
+                .map_err(|e| StoreError::Corrupt(format!("a key's rate limit {e}")))?,
+        ),
+    };
+    Ok((role_of(&role)?, revoked.is_some(), limit))
 }
 
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
@@ -278,6 +313,18 @@ impl AuthStore {
                         let conn = Connection::open(path)?;
                         conn.busy_timeout(Duration::from_secs(5))?;
                         conn.execute_batch(SCHEMA)?;
+                        for (column, kind) in ADDED_KEY_COLUMNS {
+                            let present = conn
+                                .prepare(
+                                    "SELECT 1 FROM pragma_table_info('auth_keys') WHERE name = ?1",
+                                )?
+                                .exists([column])?;
+                            if !present {
+                                conn.execute_batch(&format!(
+                                    "ALTER TABLE auth_keys ADD COLUMN {column} {kind}"
+                                ))?;
+                            }
+                        }
                         Ok(conn)
                     })
                     .await
@@ -289,8 +336,14 @@ impl AuthStore {
                     store: shared.clone(),
                 };
                 let client = auth.client().await?;
+                let added: String = ADDED_KEY_COLUMNS
+                    .iter()
+                    .map(|(column, kind)| {
+                        format!("ALTER TABLE auth_keys ADD COLUMN IF NOT EXISTS {column} {kind};")
+                    })
+                    .collect();
                 pg(client.batch_execute(&format!(
-                    "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {SCHEMA} COMMIT;"
+                    "BEGIN; SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {SCHEMA} {added} COMMIT;"
                 )))
                 .await?;
                 Ok(AuthStore::Postgres(Arc::new(auth)))
@@ -488,7 +541,9 @@ impl AuthStore {
                             k.role.as_str(),
                             k.key_hash,
                             k.created_by,
-                            k.created_at
+                            k.created_at,
+                            k.limit.map(|l| l.per_second),
+                            k.limit.map(|l| l.burst as i64),
                         ],
                     )?;
                     Ok(())
@@ -497,6 +552,8 @@ impl AuthStore {
             }
             AuthStore::Postgres(p) => {
                 let c = p.client().await?;
+                let rate = k.limit.map(|l| l.per_second);
+                let burst = k.limit.map(|l| l.burst as i64);
                 pg(c.execute(
                     INSERT_KEY,
                     &[
@@ -506,6 +563,8 @@ impl AuthStore {
                         &k.key_hash,
                         &k.created_by,
                         &k.created_at,
+                        &rate,
+                        &burst,
                     ],
                 ))
                 .await?;
@@ -577,17 +636,15 @@ impl AuthStore {
         }
     }
 
-    /// The cheap re-check of a cached key: its role and whether it is revoked (`None` when
-    /// it no longer exists); with `touch`, records that time as its last use first.
+    /// The cheap re-check of a cached key: its role, whether it is revoked, and its own rate
+    /// limit (`None` when it no longer exists); with `touch`, records that time as its last
+    /// use first.
     pub async fn key_status(
         &self,
         id: &str,
         touch: Option<i64>,
-    ) -> Result<Option<(Role, bool)>, StoreError> {
+    ) -> Result<Option<KeyStatus>, StoreError> {
         let id = id.to_owned();
-        let status = |role: String, revoked: Option<i64>| -> Result<(Role, bool), StoreError> {
-            Ok((role_of(&role)?, revoked.is_some()))
-        };
         match self {
             AuthStore::Sqlite(c) => {
                 Self::sqlite(c, move |c| {
@@ -595,10 +652,10 @@ impl AuthStore {
                         c.execute(TOUCH_KEY, params![at, id])?;
                     }
                     c.query_row(KEY_STATUS, [&id], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?))
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                     })
                     .optional()?
-                    .map(|(role, revoked)| status(role, revoked))
+                    .map(key_status)
                     .transpose()
                 })
                 .await
@@ -609,11 +666,13 @@ impl AuthStore {
                     pg(c.execute(TOUCH_KEY, &[&at, &id])).await?;
                 }
                 match pg(c.query_opt(KEY_STATUS, &[&id])).await? {
-                    Some(r) => {
-                        let role: String = r.try_get(0).map_err(pg_err)?;
-                        let revoked: Option<i64> = r.try_get(1).map_err(pg_err)?;
-                        status(role, revoked).map(Some)
-                    }
+                    Some(r) => key_status((
+                        r.try_get(0).map_err(pg_err)?,
+                        r.try_get(1).map_err(pg_err)?,
+                        r.try_get(2).map_err(pg_err)?,
+                        r.try_get(3).map_err(pg_err)?,
+                    ))
+                    .map(Some),
                     None => Ok(None),
                 }
             }

@@ -20,6 +20,7 @@
 //! Closing stores the verdict as a label through [`crate::host::EngineHost::label`] (see
 //! `host/cases.rs`), which feeds training and ring features like `POST /v1/labels`.
 
+pub mod chain;
 pub mod postgres;
 pub mod sqlite;
 

@@ -8,13 +8,18 @@
 
 use ringfence_core::event::Timestamp;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::IsolationLevel;
 
+use super::chain::{ChainRow, ChainVerifier, VerifyReport};
 use super::{
     audit_sql, case_from_columns, detail_value, queue_sql, AuditEntry, AuditQuery, Case,
     CaseStatus, NewAudit, Param, QueueItem, QueueQuery, Verdict,
 };
 use crate::store::postgres::{PostgresError, PostgresStore, Session};
 use crate::store::{AlertRow, StoreError};
+
+/// Audit rows read per round trip while verifying the chain.
+const VERIFY_PAGE: i64 = 10_000;
 
 /// The case book of the shared database.
 #[derive(Clone, Debug)]
@@ -228,4 +233,78 @@ impl PostgresCases {
         let rows = Session::timed(c.query(&sql, &refs)).await?;
         rows.iter().map(audit_row).collect()
     }
+}
+
+/// Walks the audit chain of the database at `url` in one read-only repeatable-read
+/// transaction (one snapshot: the head and the rows agree even while nodes append), a page of
+/// rows at a time, and reports the first broken row. Applies no migrations.
+pub async fn verify_chain(url: &str) -> Result<VerifyReport, StoreError> {
+    let mut client = PostgresStore::connect_reader(url).await?;
+    let t = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg)?;
+    let chained = t
+        .query_opt(
+            "SELECT 1 FROM information_schema.tables
+             WHERE table_schema = current_schema() AND table_name = 'audit_chain'",
+            &[],
+        )
+        .await
+        .map_err(pg)?
+        .is_some();
+    if !chained {
+        return Err(StoreError::Corrupt(
+            "this database's audit trail has no hash chain yet: start `ringfence serve` on it \
+             once to migrate it"
+                .into(),
+        ));
+    }
+    let head = match t
+        .query_opt("SELECT last_id, hash FROM audit_chain WHERE one", &[])
+        .await
+        .map_err(pg)?
+    {
+        Some(r) => Some((
+            r.try_get::<_, i64>(0).map_err(pg)?,
+            r.try_get::<_, Vec<u8>>(1).map_err(pg)?,
+        )),
+        None => None,
+    };
+    let mut verifier = ChainVerifier::default();
+    let mut after = i64::MIN;
+    loop {
+        let rows = t
+            .query(
+                "SELECT id, at, actor, role, action, target, detail, hash FROM audit
+                 WHERE id > $1 ORDER BY id LIMIT $2",
+                &[&after, &VERIFY_PAGE],
+            )
+            .await
+            .map_err(pg)?;
+        for r in &rows {
+            let row = ChainRow {
+                id: r.try_get(0).map_err(pg)?,
+                at: r.try_get(1).map_err(pg)?,
+                actor: r.try_get(2).map_err(pg)?,
+                role: r.try_get(3).map_err(pg)?,
+                action: r.try_get(4).map_err(pg)?,
+                target: r.try_get(5).map_err(pg)?,
+                detail: r.try_get(6).map_err(pg)?,
+            };
+            let hash: Option<Vec<u8>> = r.try_get(7).map_err(pg)?;
+            verifier.row(&row, hash.as_deref());
+            after = row.id;
+            if verifier.is_broken() {
+                return Ok(verifier.finish(head));
+            }
+        }
+        if (rows.len() as i64) < VERIFY_PAGE {
+            break;
+        }
+    }
+    Ok(verifier.finish(head))
 }

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use ringfence_core::event::Timestamp;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 
+use super::chain::{self, ChainRow, ChainVerifier, VerifyReport};
 use super::{
     audit_sql, case_from_columns, detail_value, queue_sql, AuditEntry, AuditQuery, Case,
     CaseStatus, NewAudit, Param, QueueItem, QueueQuery, Verdict,
@@ -40,12 +41,20 @@ CREATE TABLE IF NOT EXISTS audit (
     role TEXT NOT NULL,
     action TEXT NOT NULL,
     target TEXT NOT NULL,
-    detail TEXT NOT NULL
+    detail TEXT NOT NULL,
+    hash BLOB
+);
+CREATE TABLE IF NOT EXISTS audit_chain (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    last_id INTEGER NOT NULL,
+    hash BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_actor ON audit (actor, id);
 CREATE INDEX IF NOT EXISTS audit_target ON audit (target, id);
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_chain_no_delete BEFORE DELETE ON audit_chain
+BEGIN SELECT RAISE(ABORT, 'the audit chain head cannot be removed'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;
 "#;
@@ -119,10 +128,14 @@ fn audit_row(r: &rusqlite::Row<'_>) -> Result<AuditEntry, StoreError> {
 impl SqliteCases {
     /// Creates the tables if needed and opens the write connection.
     pub fn open(records: &SqliteStore) -> Result<SqliteCases, StoreError> {
-        let conn = Connection::open(records.path())?;
+        let mut conn = Connection::open(records.path())?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // An older data directory's `audit` has no `hash` column: add it before the schema's
+        // indexes and triggers, then chain the rows it already holds.
+        add_hash_column(&conn)?;
         conn.execute_batch(SCHEMA)?;
+        chain_existing_rows(&mut conn)?;
         Ok(SqliteCases {
             records: records.clone(),
             writer: Arc::new(Mutex::new(conn)),
@@ -280,22 +293,114 @@ impl SqliteCases {
     }
 }
 
+/// Adds the `hash` column to an `audit` table created before the chain (no-op otherwise).
+fn add_hash_column(conn: &Connection) -> Result<(), StoreError> {
+    let has_table = conn
+        .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit'")?
+        .exists([])?;
+    let has_hash = conn
+        .prepare("SELECT 1 FROM pragma_table_info('audit') WHERE name = 'hash'")?
+        .exists([])?;
+    if has_table && !has_hash {
+        conn.execute_batch("ALTER TABLE audit ADD COLUMN hash BLOB")?;
+    }
+    Ok(())
+}
+
+/// Chains the rows of a trail that has no chain head yet (written before the chain existed),
+/// once, in id order, in one transaction: the append-only trigger is dropped for the writes
+/// and created again before the commit.
+fn chain_existing_rows(conn: &mut Connection) -> Result<(), StoreError> {
+    let t = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if t.prepare("SELECT 1 FROM audit_chain")?.exists([])? {
+        return Ok(());
+    }
+    let rows: Vec<ChainRow> = t
+        .prepare("SELECT id, at, actor, role, action, target, detail FROM audit ORDER BY id")?
+        .query_map([], chain_row)?
+        .collect::<Result<_, _>>()?;
+    if !rows.is_empty() {
+        tracing::info!(
+            rows = rows.len(),
+            "chaining the audit rows written before the hash chain"
+        );
+    }
+    t.execute_batch("DROP TRIGGER IF EXISTS audit_no_update")?;
+    let mut prev = chain::GENESIS;
+    let mut last_id = 0;
+    {
+        let mut update = t.prepare("UPDATE audit SET hash = ?1 WHERE id = ?2")?;
+        for row in &rows {
+            prev = chain::link(&prev, row);
+            last_id = row.id;
+            update.execute(params![&prev[..], row.id])?;
+        }
+    }
+    t.execute(
+        "INSERT INTO audit_chain (one, last_id, hash) VALUES (1, ?1, ?2)",
+        params![last_id, &prev[..]],
+    )?;
+    t.execute_batch(
+        "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+         BEGIN SELECT RAISE(ABORT, 'the audit trail is append-only'); END;",
+    )?;
+    t.commit()?;
+    Ok(())
+}
+
+fn chain_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChainRow> {
+    Ok(ChainRow {
+        id: r.get(0)?,
+        at: r.get(1)?,
+        actor: r.get(2)?,
+        role: r.get(3)?,
+        action: r.get(4)?,
+        target: r.get(5)?,
+        detail: r.get(6)?,
+    })
+}
+
+/// Appends a row at the end of the chain: id `last_id + 1`, hash linked to the head's, head
+/// moved, all in the caller's write transaction (which holds SQLite's write lock, so no other
+/// append, from this process or another, can interleave and fork the chain).
 fn insert_audit(t: &rusqlite::Transaction<'_>, a: &NewAudit) -> Result<AuditEntry, StoreError> {
     let detail = a.detail.to_string();
+    let (last_id, prev): (i64, Vec<u8>) = t
+        .prepare_cached("SELECT last_id, hash FROM audit_chain WHERE one = 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .ok_or_else(|| StoreError::Corrupt("the audit chain head is missing".into()))?;
+    let prev: [u8; 32] = prev
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("the audit chain head's hash is not 32 bytes".into()))?;
+    let row = ChainRow {
+        id: last_id + 1,
+        at: a.at.millis(),
+        actor: a.actor.clone(),
+        role: a.role.clone(),
+        action: a.action.clone(),
+        target: a.target.clone(),
+        detail,
+    };
+    let hash = chain::link(&prev, &row);
     t.prepare_cached(
-        "INSERT INTO audit (at, actor, role, action, target, detail)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO audit (id, at, actor, role, action, target, detail, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
-        a.at.millis(),
-        a.actor,
-        a.role,
-        a.action,
-        a.target,
-        detail
+        row.id,
+        row.at,
+        row.actor,
+        row.role,
+        row.action,
+        row.target,
+        row.detail,
+        &hash[..]
     ])?;
+    t.prepare_cached("UPDATE audit_chain SET last_id = ?1, hash = ?2 WHERE one = 1")?
+        .execute(params![row.id, &hash[..]])?;
     Ok(AuditEntry {
-        id: t.last_insert_rowid(),
+        id: row.id,
         at: a.at,
         actor: a.actor.clone(),
         role: a.role.clone(),
@@ -303,4 +408,44 @@ fn insert_audit(t: &rusqlite::Transaction<'_>, a: &NewAudit) -> Result<AuditEntr
         target: a.target.clone(),
         detail: a.detail.clone(),
     })
+}
+
+/// Walks the audit chain of the SQLite database at `path` (opened read-only, so it can run
+/// beside a live server) inside one read transaction, and reports the first broken row.
+pub fn verify_chain(path: &std::path::Path) -> Result<VerifyReport, StoreError> {
+    let mut conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let t = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+    let has_hash = t
+        .prepare("SELECT 1 FROM pragma_table_info('audit') WHERE name = 'hash'")?
+        .exists([])?;
+    if !has_hash {
+        return Err(StoreError::Corrupt(
+            "this audit trail has no hash chain yet: start `ringfence serve` on it once to \
+             chain it"
+                .into(),
+        ));
+    }
+    // The head first: rows appended after it (by a live server) are past its `last_id`.
+    let head: Option<(i64, Vec<u8>)> = t
+        .prepare("SELECT last_id, hash FROM audit_chain WHERE one = 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let mut verifier = ChainVerifier::default();
+    let mut stmt = t.prepare(
+        "SELECT id, at, actor, role, action, target, detail, hash FROM audit ORDER BY id",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let row = chain_row(r)?;
+        let hash: Option<Vec<u8>> = r.get(7)?;
+        verifier.row(&row, hash.as_deref());
+        if verifier.is_broken() {
+            break;
+        }
+    }
+    Ok(verifier.finish(head))
 }

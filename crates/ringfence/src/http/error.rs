@@ -70,6 +70,15 @@ pub enum ApiError {
     /// Too many failed sign-ins: wait this many seconds.
     #[error("too many failed sign-ins; retry in {0} s")]
     TooManyAttempts(u64),
+    /// An API key sent more requests than its rate limit allows: retry after this many
+    /// seconds.
+    #[error("this API key is over its rate limit of {} requests per second (burst {}); retry in {retry_after} s", limit.per_second, limit.burst)]
+    RateLimited {
+        /// Whole seconds until a request would pass.
+        retry_after: u64,
+        /// The limit that applies.
+        limit: crate::auth::rate::RateLimit,
+    },
     /// The thing to create exists already (the field names what collides).
     #[error("{message}")]
     AlreadyExists {
@@ -126,7 +135,9 @@ impl ApiError {
             }
             ApiError::Unauthorized(_) | ApiError::InvalidCredentials => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyAttempts(_) | ApiError::RateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::AlreadyExists { .. } => StatusCode::CONFLICT,
             ApiError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) | ApiError::RulesNotSaved { .. } => {
@@ -190,6 +201,14 @@ impl ApiError {
             ApiError::TooManyAttempts(_) => {
                 json!({"code": "too_many_attempts", "field": "credentials", "message": self.to_string()})
             }
+            ApiError::RateLimited { retry_after, limit } => json!({
+                "code": "rate_limited",
+                "field": "authorization",
+                "message": self.to_string(),
+                "retry_after": retry_after,
+                "rate_per_second": limit.per_second,
+                "burst": limit.burst,
+            }),
             ApiError::AlreadyExists { field, message } => {
                 json!({"code": "conflict", "field": field, "message": message})
             }
@@ -218,7 +237,10 @@ impl IntoResponse for ApiError {
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
-            ApiError::TooManyAttempts(secs) => {
+            ApiError::TooManyAttempts(secs)
+            | ApiError::RateLimited {
+                retry_after: secs, ..
+            } => {
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
             }

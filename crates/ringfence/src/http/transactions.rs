@@ -28,8 +28,8 @@ pub fn body_or_error(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiEr
     })
 }
 
-/// Parses one transaction, naming the field on error.
-pub(crate) fn parse_raw(bytes: &[u8]) -> Result<RawTransaction, ApiError> {
+/// Parses one transaction, naming the field on error. Public for the fuzz targets (`fuzz/`).
+pub fn parse_raw(bytes: &[u8]) -> Result<RawTransaction, ApiError> {
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::MalformedJson("expected a JSON object".into()));
     }
@@ -125,6 +125,23 @@ async fn parse_form(cx: &ApiContext, req: Request) -> Result<Parsed, ApiError> {
     Ok(parsed)
 }
 
+/// A batch body split into its transactions' JSON texts, and whether it was a JSON array (else
+/// NDJSON: one transaction per non-empty line). Public for the fuzz targets (`fuzz/`).
+pub fn batch_items(body: &[u8]) -> Result<(bool, Vec<&[u8]>), ApiError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
+    let is_array = first == Some(b'[');
+    let items: Vec<&[u8]> = if is_array {
+        let raws: Vec<&RawValue> = serde_json::from_slice(body)
+            .map_err(|e| ApiError::MalformedJson(format!("batch array: {e}")))?;
+        raws.into_iter().map(|r| r.get().as_bytes()).collect()
+    } else {
+        body.split(|b| *b == b'\n')
+            .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
+            .collect()
+    };
+    Ok((is_array, items))
+}
+
 /// `POST /v1/transactions/batch`: a JSON array or NDJSON of transactions; one result per
 /// input, in order. Invalid entries are reported by index (0-based, counting non-empty
 /// NDJSON lines) and the rest are decided.
@@ -133,17 +150,7 @@ pub async fn create_batch(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body_or_error(body)?;
-    let first = body.iter().find(|b| !b.is_ascii_whitespace()).copied();
-    let is_array = first == Some(b'[');
-    let items: Vec<&[u8]> = if is_array {
-        let raws: Vec<&RawValue> = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::MalformedJson(format!("batch array: {e}")))?;
-        raws.into_iter().map(|r| r.get().as_bytes()).collect()
-    } else {
-        body.split(|b| *b == b'\n')
-            .filter(|l| l.iter().any(|b| !b.is_ascii_whitespace()))
-            .collect()
-    };
+    let (is_array, items) = batch_items(&body)?;
     let max = cx.host.settings().max_batch;
     if items.len() > max {
         return Err(ApiError::TooLarge(format!(

@@ -165,7 +165,74 @@ CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit
     FOR EACH ROW EXECUTE FUNCTION audit_append_only();
 "#,
     },
+    Migration {
+        version: 4,
+        name: "audit hash chain",
+        // Every audit row gets `hash = sha256(previous hash || encoding(row))`, computed here
+        // by an insert trigger that locks the one-row chain head (so appends from every node
+        // are serialised and the chain never forks) and numbers the row `last_id + 1`. The
+        // encoding is the one `cases::chain` documents and verifies. Rows already written are
+        // chained once, in id order, with the append-only trigger disabled for that.
+        sql: AUDIT_CHAIN_MIGRATION,
+    },
 ];
+
+/// Migration 4: the audit trail's hash chain (see [`crate::cases::chain`]).
+const AUDIT_CHAIN_MIGRATION: &str = r#"
+ALTER TABLE audit ADD COLUMN hash BYTEA;
+CREATE TABLE audit_chain (
+    one BOOLEAN PRIMARY KEY DEFAULT TRUE CHECK (one),
+    last_id BIGINT NOT NULL,
+    hash BYTEA NOT NULL
+);
+CREATE FUNCTION audit_row_encoding(id BIGINT, at BIGINT, actor TEXT, role TEXT, action TEXT,
+                                   target TEXT, detail TEXT)
+RETURNS BYTEA LANGUAGE sql IMMUTABLE STRICT AS $$
+    SELECT int8send(id) || int8send(at)
+        || int8send(octet_length(convert_to(actor, 'UTF8'))::BIGINT) || convert_to(actor, 'UTF8')
+        || int8send(octet_length(convert_to(role, 'UTF8'))::BIGINT) || convert_to(role, 'UTF8')
+        || int8send(octet_length(convert_to(action, 'UTF8'))::BIGINT) || convert_to(action, 'UTF8')
+        || int8send(octet_length(convert_to(target, 'UTF8'))::BIGINT) || convert_to(target, 'UTF8')
+        || int8send(octet_length(convert_to(detail, 'UTF8'))::BIGINT) || convert_to(detail, 'UTF8')
+$$;
+ALTER TABLE audit DISABLE TRIGGER audit_no_change;
+DO $$
+DECLARE
+    r RECORD;
+    prev BYTEA := decode(repeat('00', 32), 'hex');
+    last BIGINT := 0;
+BEGIN
+    FOR r IN SELECT * FROM audit ORDER BY id LOOP
+        prev := sha256(prev || audit_row_encoding(r.id, r.at, r.actor, r.role, r.action,
+                                                  r.target, r.detail));
+        UPDATE audit SET hash = prev WHERE id = r.id;
+        last := r.id;
+    END LOOP;
+    INSERT INTO audit_chain (one, last_id, hash) VALUES (TRUE, last, prev);
+END
+$$;
+ALTER TABLE audit ENABLE TRIGGER audit_no_change;
+ALTER TABLE audit ALTER COLUMN hash SET NOT NULL;
+CREATE FUNCTION audit_chain_append() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    head RECORD;
+BEGIN
+    SELECT last_id, hash INTO head FROM audit_chain WHERE one FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the audit chain head is missing';
+    END IF;
+    NEW.id := head.last_id + 1;
+    NEW.hash := sha256(head.hash || audit_row_encoding(NEW.id, NEW.at, NEW.actor, NEW.role,
+                                                       NEW.action, NEW.target, NEW.detail));
+    UPDATE audit_chain SET last_id = NEW.id, hash = NEW.hash WHERE one;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER audit_chain_append BEFORE INSERT ON audit
+    FOR EACH ROW EXECUTE FUNCTION audit_chain_append();
+CREATE TRIGGER audit_chain_no_delete BEFORE DELETE ON audit_chain
+    FOR EACH ROW EXECUTE FUNCTION audit_append_only();
+"#;
 
 /// A failure of the PostgreSQL store. Messages never contain the password of the URL.
 #[derive(Debug, thiserror::Error)]
@@ -492,6 +559,12 @@ impl PostgresStore {
     /// host does).
     pub fn writer(&self) -> &Writer {
         &self.writer
+    }
+
+    /// A session of its own on `url`, without migrations or a writer, for tools that only
+    /// read (`ringfence audit verify`).
+    pub async fn connect_reader(url: &str) -> Result<Client, PostgresError> {
+        Connector::parse(url)?.connect().await
     }
 
     /// A connection of the read pool for modules that keep their own statements (cases,
