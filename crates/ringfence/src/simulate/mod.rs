@@ -83,6 +83,10 @@ pub struct SimulateArgs {
     /// API key sent as `Authorization: Bearer` (with --target; a key with the `ingest` role).
     #[arg(long, env = "RINGFENCE_API_KEY", hide_env_values = true)]
     pub api_key: Option<crate::config::Secret>,
+    /// PEM file of the certificate authority an `https://` target's certificate is checked
+    /// against (a private CA); the system's trust store otherwise.
+    #[arg(long, env = "RINGFENCE_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     /// Simulated start time for --out, RFC 3339 (--profile handbook: 2018-04-01 00:00:00
     /// unless given).
     #[arg(long, default_value = "2026-01-01T00:00:00Z")]
@@ -112,6 +116,7 @@ impl Default for SimulateArgs {
             out: None,
             concurrency: 16,
             api_key: None,
+            ca_cert: None,
             start: "2026-01-01T00:00:00Z".to_string(),
             customers: None,
             terminals: None,
@@ -252,7 +257,9 @@ pub async fn run(args: SimulateArgs) -> Result<(), SimulateError> {
         }
         Destination::Target { base, url } => {
             // Fail fast, with the real reason, when nothing listens there.
-            HttpClient::new()
+            let client = HttpClient::new().with_optional_ca_cert(args.ca_cert.as_deref())?;
+            client
+                .clone()
                 .with_timeout(Duration::from_secs(10))
                 .ping(&base)
                 .await?;
@@ -260,7 +267,7 @@ pub async fn run(args: SimulateArgs) -> Result<(), SimulateError> {
                 "sending ~{} tx/s to {url} for {} s (Ctrl-C stops early)",
                 args.tps, args.duration
             );
-            let totals = send_to_target(&args, url, ctrl_c()).await;
+            let totals = send_to_target(&args, client, url, ctrl_c()).await;
             println!("{}", totals.summary());
             Ok(())
         }
@@ -295,9 +302,11 @@ fn write_file(args: &SimulateArgs, path: &std::path::Path) -> Result<String, Sim
     ))
 }
 
-/// Target mode: paced sending until the duration, the count or `shutdown`.
+/// Target mode: paced sending with `client` (its trust already set) until the duration, the
+/// count or `shutdown`.
 async fn send_to_target(
     args: &SimulateArgs,
+    client: HttpClient,
     url: String,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Totals {
@@ -309,7 +318,7 @@ async fn send_to_target(
         duration: Some(Duration::from_secs_f64(args.duration)),
         count: args.count,
     };
-    let mut client = HttpClient::new().with_timeout(Duration::from_secs(10));
+    let mut client = client.with_timeout(Duration::from_secs(10));
     if let Some(key) = &args.api_key {
         client = client.with_bearer(key.expose());
     }
@@ -426,7 +435,7 @@ mod tests {
         let Ok(Destination::Target { url, .. }) = args.check() else {
             panic!("target expected");
         };
-        let totals = send_to_target(&args, url, std::future::pending()).await;
+        let totals = send_to_target(&args, HttpClient::new(), url, std::future::pending()).await;
         assert_eq!(totals.sent, 120);
         assert_eq!(seen.requests.load(Ordering::Relaxed), 120);
         assert_eq!(totals.errors.get("503"), Some(&12));
@@ -451,6 +460,7 @@ mod tests {
         let totals = feed::feed(
             &base,
             config,
+            None,
             None,
             Some(Duration::from_millis(2_300)),
             std::future::pending(),
@@ -485,6 +495,7 @@ mod tests {
         let totals = feed::feed(
             &base,
             GeneratorConfig::default(),
+            None,
             None,
             None,
             shutdown,
