@@ -79,11 +79,26 @@ fn needles(pans: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// The needles found in `haystack`.
+/// The needles found in `haystack`. Every needle is digits, spaces and dashes, so only the
+/// runs of those bytes long enough to hold one are searched (one pass over megabytes of
+/// database files, instead of a comparison per needle at every byte).
 fn found_in(haystack: &[u8], needles: &[String]) -> Vec<String> {
+    let shortest = needles.iter().map(String::len).min().unwrap_or(0);
+    let mut found: Vec<&String> = Vec::new();
+    for run in haystack
+        .split(|b| !(b.is_ascii_digit() || *b == b' ' || *b == b'-'))
+        .filter(|run| run.len() >= shortest)
+    {
+        for n in needles {
+            if !found.contains(&n) && run.windows(n.len()).any(|w| w == n.as_bytes()) {
+                found.push(n);
+            }
+        }
+    }
+    // In the needles' order, so a result compares equal to an expected list.
     needles
         .iter()
-        .filter(|n| haystack.windows(n.len()).any(|w| w == n.as_bytes()))
+        .filter(|n| found.contains(n))
         .cloned()
         .collect()
 }
