@@ -146,7 +146,8 @@ pub struct ServeArgs {
     /// state and replicates its records with its `--peer` sites in both directions.
     #[arg(long, env = "RINGFENCE_SITE")]
     pub site: Option<String>,
-    /// Base URL of a peer site (`http://host:port`); repeat for several (the environment
+    /// Base URL of a peer site (`http://host:port` or `https://host:port`, see
+    /// `--peer-ca-cert`); repeat for several (the environment
     /// variable takes a comma-separated list). Needs `--site`.
     #[arg(long = "peer", env = "RINGFENCE_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,

@@ -266,3 +266,45 @@ async fn unusable_certificate_settings_stop_the_start() {
     };
     assert!(e.contains("nowhere.key"), "{e}");
 }
+
+#[test]
+fn the_demo_serves_https_and_its_traffic_trusts_the_ca() {
+    let certs_dir = tempfile::tempdir().expect("dir");
+    let certs = certificates(certs_dir.path());
+    let data = tempfile::tempdir().expect("dir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringfence"))
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--duration",
+            "3",
+            "--tps",
+            "50",
+        ])
+        .arg("--tls-cert")
+        .arg(&certs.cert)
+        .arg("--tls-key")
+        .arg(&certs.key)
+        .arg("--ca-cert")
+        .arg(&certs.ca)
+        .arg("--data")
+        .arg(data.path())
+        .output()
+        .expect("run the demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("dashboard   https://127.0.0.1:"),
+        "{stdout}"
+    );
+    let ticks: Vec<&str> = stdout.lines().filter(|l| l.contains("tx/s |")).collect();
+    assert!(
+        ticks.iter().any(|l| !l.contains(" 0 tx/s")),
+        "traffic flowed over https: {stdout}"
+    );
+}

@@ -58,9 +58,11 @@ impl SslMode {
             "verify-ca" => SslMode::VerifyCa,
             "verify-full" => SslMode::VerifyFull,
             // `allow` (plain first, TLS as a fallback) gives no protection worth a mode.
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "sslmode `{other}` is not one of disable, prefer, require, verify-ca, verify-full"
-            )),
+            ))
+            }
         })
     }
 
