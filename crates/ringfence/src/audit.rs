@@ -40,6 +40,10 @@ pub struct VerifyArgs {
         hide_env_values = true
     )]
     pub postgres: Option<Secret>,
+    /// PEM file of the certificate authority the PostgreSQL server's certificate is checked
+    /// against (`sslmode=verify-ca|verify-full` in the URL).
+    #[arg(long, value_name = "PEM", env = "RINGFENCE_POSTGRES_CA_CERT")]
+    pub postgres_ca_cert: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -63,7 +67,11 @@ pub async fn verify(args: &VerifyArgs) -> Result<VerifyReport, AuditError> {
             "give either --data (the SQLite store) or --postgres (RINGFENCE_POSTGRES), not both"
                 .into(),
         )),
-        (None, Some(url)) => Ok(crate::cases::postgres::verify_chain(url.expose()).await?),
+        (None, Some(url)) => Ok(crate::cases::postgres::verify_chain(
+            url.expose(),
+            args.postgres_ca_cert.as_deref(),
+        )
+        .await?),
         (data, None) => {
             let dir = data.clone().unwrap_or_else(|| PathBuf::from("./data"));
             let path = dir.join("ringfence.db");

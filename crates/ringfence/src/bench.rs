@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// API key sent as `Authorization: Bearer` (with --target; a key with the `ingest` role).
     #[arg(long, env = "RINGFENCE_API_KEY", hide_env_values = true)]
     pub api_key: Option<crate::config::Secret>,
+    /// PEM file of the certificate authority an `https://` target's certificate is checked
+    /// against (a private CA); the system's trust store otherwise.
+    #[arg(long, env = "RINGFENCE_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Seconds of measurement after the warm-up.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
@@ -98,6 +102,7 @@ impl Default for BenchArgs {
         BenchArgs {
             target: None,
             api_key: None,
+            ca_cert: None,
             duration: 10.0,
             batch: 0,
             concurrency: 32,
@@ -471,7 +476,7 @@ pub async fn run_http(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         "/v1/transactions/batch"
     };
     let url = endpoint_url(base, path)?;
-    let mut client = HttpClient::new();
+    let mut client = HttpClient::new().with_optional_ca_cert(args.ca_cert.as_deref())?;
     if let Some(key) = &args.api_key {
         client = client.with_bearer(key.expose());
     }

@@ -4,16 +4,19 @@
 //! It wraps hyper-util's legacy `Client`, which keeps a pool of keep-alive connections per
 //! host, so a closed-loop benchmark does not pay a TCP handshake per request. Every request has
 //! a deadline covering connect, send and reading the whole body, and response bodies are capped
-//! so a misbehaving server cannot make the caller buffer without bound. Plain `http://` only:
-//! Ringfence is reached on a private network or through a TLS-terminating proxy.
+//! so a misbehaving server cannot make the caller buffer without bound. `http://` and
+//! `https://` (rustls with ring): servers are checked against the system's roots, or only
+//! against a private CA given with [`HttpClient::with_ca_cert`] (`--ca-cert`).
 
 use std::error::Error as StdError;
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{HeaderMap, Method, Request, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -28,7 +31,7 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// Why a request produced no usable response.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The URL cannot be requested (malformed, not `http://`, no host).
+    /// The URL cannot be requested (malformed, not `http://` or `https://`, no host).
     #[error("invalid URL `{url}`: {reason}")]
     InvalidUrl {
         /// The URL as given.
@@ -68,6 +71,9 @@ pub enum ClientError {
         /// The underlying cause.
         reason: String,
     },
+    /// The trusted CA certificate could not be loaded.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// A request value could not be encoded as JSON.
     #[error("could not encode the request body as JSON: {0}")]
     Encode(#[source] serde_json::Error),
@@ -91,6 +97,7 @@ impl ClientError {
             ClientError::Transport { .. } => "transport",
             ClientError::Timeout { .. } => "timeout",
             ClientError::Body { .. } => "body",
+            ClientError::Tls(_) => "tls",
             ClientError::Encode(_) => "encode",
             ClientError::Decode { .. } => "decode",
         }
@@ -143,7 +150,7 @@ impl HttpResponse {
 /// An HTTP/1.1 client with a keep-alive connection pool; cheap to clone (clones share the pool).
 #[derive(Clone, Debug)]
 pub struct HttpClient {
-    inner: Client<HttpConnector, Full<Bytes>>,
+    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
     max_body_bytes: usize,
     /// `Authorization: Bearer <key>` sent with every request, when set.
@@ -157,21 +164,37 @@ impl Default for HttpClient {
 }
 
 impl HttpClient {
-    /// A client with [`DEFAULT_TIMEOUT`] and [`DEFAULT_MAX_BODY_BYTES`].
+    /// A client with [`DEFAULT_TIMEOUT`] and [`DEFAULT_MAX_BODY_BYTES`], trusting the
+    /// system's root certificates for `https://`.
     pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        // Requests are small and latency-sensitive: do not let Nagle hold them back.
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(10)));
-        let inner = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let tls = crate::tls::client_config(None).unwrap_or_else(|e| {
+            // ring supports the default protocol versions, so this is not expected; should it
+            // happen, plain http:// still works and https:// fails per request.
+            tracing::warn!(error = %e, "TLS client setup failed; https:// requests will fail");
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        });
         HttpClient {
-            inner,
+            inner: pooled_client(tls),
             timeout: DEFAULT_TIMEOUT,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             bearer: None,
+        }
+    }
+
+    /// The same settings with a new pool whose `https://` connections trust only the
+    /// certificate authority in `ca` (PEM): a server with a private CA.
+    pub fn with_ca_cert(mut self, ca: &Path) -> Result<Self, ClientError> {
+        self.inner = pooled_client(crate::tls::client_config(Some(ca))?);
+        Ok(self)
+    }
+
+    /// [`HttpClient::with_ca_cert`] when `ca` is given, the same client otherwise.
+    pub fn with_optional_ca_cert(self, ca: Option<&Path>) -> Result<Self, ClientError> {
+        match ca {
+            Some(ca) => self.with_ca_cert(ca),
+            None => Ok(self),
         }
     }
 
@@ -314,6 +337,25 @@ impl HttpClient {
     }
 }
 
+/// hyper's pooled client over TCP, with TLS for `https://` URLs.
+fn pooled_client(tls: rustls::ClientConfig) -> Client<HttpsConnector<HttpConnector>, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    // Requests are small and latency-sensitive: do not let Nagle hold them back.
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(10)));
+    // The TLS layer above decides by the scheme; this one only opens the TCP connection.
+    connector.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector)
+}
+
 /// `base` (like `http://127.0.0.1:8080/`) joined with `path` (like `/v1/transactions`), checked
 /// to be a URL this client can request.
 pub fn endpoint_url(base: &str, path: &str) -> Result<String, ClientError> {
@@ -341,9 +383,8 @@ fn check_uri(url: &str, uri: &Uri) -> Result<(), ClientError> {
         reason: reason.to_string(),
     };
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(invalid("https is not supported; use http://")),
-        Some(_) => return Err(invalid("only http:// URLs are supported")),
+        Some("http" | "https") => {}
+        Some(_) => return Err(invalid("only http:// and https:// URLs are supported")),
         None => return Err(invalid("missing scheme; expected http://host:port/path")),
     }
     if uri.host().is_none_or(str::is_empty) {
@@ -459,7 +500,7 @@ mod tests {
         let e = small.get(&format!("{base}/big")).await.unwrap_err();
         assert_eq!(e.kind(), "body");
 
-        for bad in ["not a url", "https://example.com/", "ftp://x/", "/relative"] {
+        for bad in ["not a url", "ftp://x/", "/relative"] {
             let e = client.get(bad).await.unwrap_err();
             assert_eq!(e.kind(), "invalid_url", "{bad}");
         }

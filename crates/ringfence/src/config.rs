@@ -154,7 +154,8 @@ pub struct ServeArgs {
     /// state and replicates its records with its `--peer` sites in both directions.
     #[arg(long, env = "RINGFENCE_SITE")]
     pub site: Option<String>,
-    /// Base URL of a peer site (`http://host:port`); repeat for several (the environment
+    /// Base URL of a peer site (`http://host:port` or `https://host:port`, see
+    /// `--peer-ca-cert`); repeat for several (the environment
     /// variable takes a comma-separated list). Needs `--site`.
     #[arg(long = "peer", env = "RINGFENCE_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
@@ -194,6 +195,22 @@ pub struct ServeArgs {
     /// Signing key of `--webhook-url`'s `Ringfence-Signature` header (at least 16 characters).
     #[arg(long, env = "RINGFENCE_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<Secret>,
+    /// Serve HTTPS with this certificate chain (PEM, the leaf first); needs `--tls-key`.
+    /// Plain HTTP without it.
+    #[arg(long, env = "RINGFENCE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "RINGFENCE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM file of the certificate authority PostgreSQL's certificate is checked against
+    /// under `sslmode=verify-ca`/`verify-full` (or `require`, which then verifies the CA);
+    /// the system's trust store otherwise.
+    #[arg(long, env = "RINGFENCE_POSTGRES_CA_CERT")]
+    pub postgres_ca_cert: Option<PathBuf>,
+    /// PEM file of the certificate authority `https://` peer sites' certificates are checked
+    /// against; the system's trust store otherwise.
+    #[arg(long, env = "RINGFENCE_PEER_CA_CERT")]
+    pub peer_ca_cert: Option<PathBuf>,
 }
 
 /// The same keys as read from the config file.
@@ -241,6 +258,10 @@ struct FileConfig {
     public_url: Option<String>,
     webhook_url: Option<Secret>,
     webhook_secret: Option<Secret>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    postgres_ca_cert: Option<PathBuf>,
+    peer_ca_cert: Option<PathBuf>,
     /// `[[webhook]]` tables.
     webhook: Option<Vec<crate::alerts::settings::WebhookFile>>,
     /// The `[email]` table.
@@ -329,6 +350,21 @@ pub struct Settings {
     pub webhooks: Vec<crate::alerts::settings::WebhookSettings>,
     /// Alert mails, when configured.
     pub email: Option<crate::alerts::settings::EmailSettings>,
+    /// The HTTPS certificate and key, when serving TLS.
+    pub tls: Option<TlsFiles>,
+    /// CA certificate (PEM) for PostgreSQL's TLS, when not the system's trust store.
+    pub postgres_ca_cert: Option<PathBuf>,
+    /// CA certificate (PEM) for `https://` peer sites, when not the system's trust store.
+    pub peer_ca_cert: Option<PathBuf>,
+}
+
+/// The HTTPS listener's certificate chain and private key (PEM files, read at start).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain, the leaf first.
+    pub cert: PathBuf,
+    /// Its private key.
+    pub key: PathBuf,
 }
 
 /// What access control needs from the configuration.
@@ -388,7 +424,8 @@ fn access_settings(
 const MAX_SITE_LEN: usize = 64;
 
 /// Checks the site name and peer URLs: a site decides on its embedded state (Redis and
-/// PostgreSQL make several nodes one site instead), and a peer is a plain `http://` base URL.
+/// PostgreSQL make several nodes one site instead), and a peer is an `http://` or `https://`
+/// base URL.
 fn check_sites(
     site: Option<&str>,
     peers: &[String],
@@ -420,9 +457,14 @@ fn check_sites(
         ));
     }
     for peer in peers {
-        let rest = peer.strip_prefix("http://").ok_or_else(|| {
-            ConfigError::Invalid(format!("peer `{peer}` must be an http:// base URL"))
-        })?;
+        let rest = peer
+            .strip_prefix("http://")
+            .or_else(|| peer.strip_prefix("https://"))
+            .ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "peer `{peer}` must be an http:// or https:// base URL"
+                ))
+            })?;
         let host = rest.trim_end_matches('/');
         if host.is_empty() || host.contains('/') {
             return Err(ConfigError::Invalid(format!(
@@ -628,6 +670,29 @@ impl Settings {
             args.webhook_secret.clone().or(file.webhook_secret),
         )?;
         let email = crate::alerts::settings::resolve_email(file.email)?;
+        let tls = match (
+            args.tls_cert.clone().or(file.tls_cert),
+            args.tls_key.clone().or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "tls_cert and tls_key go together: give both to serve HTTPS".into(),
+                ))
+            }
+        };
+        let postgres_ca_cert = args.postgres_ca_cert.clone().or(file.postgres_ca_cert);
+        if postgres_ca_cert.is_some() && postgres.is_none() {
+            return Err(ConfigError::Invalid(
+                "postgres_ca_cert applies with --postgres only".into(),
+            ));
+        }
+        let peer_ca_cert = args.peer_ca_cert.clone().or(file.peer_ca_cert);
+        if let Some(ca) = &peer_ca_cert {
+            crate::tls::root_store(Some(ca))
+                .map_err(|e| ConfigError::Invalid(format!("peer_ca_cert: {e}")))?;
+        }
         Ok(Settings {
             listen: pick!(listen, SocketAddr::from(([127, 0, 0, 1], 8080))),
             data: pick!(data, PathBuf::from("./data")),
@@ -666,6 +731,9 @@ impl Settings {
             public_url,
             webhooks,
             email,
+            tls,
+            postgres_ca_cert,
+            peer_ca_cert,
         })
     }
 }

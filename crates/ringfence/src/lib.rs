@@ -27,6 +27,8 @@
 //!   from the start so their features are those the engine computed then.
 //! - [`simulate`]: synthetic traffic with ground truth, the simulator CLI and the demo feed.
 //! - [`client`]: a small HTTP client (simulator, benchmarks, tests).
+//! - [`tls`]: rustls (ring) for the HTTPS listener and for clients' trust (system or a
+//!   private CA).
 //! - [`bench`]: the HTTP load generator; [`engine_bench`]: the engine-only benchmark;
 //!   [`bench_feed`]: live-feed sockets held open during a benchmark.
 
@@ -60,4 +62,5 @@ pub mod simulate;
 pub mod sites;
 pub mod startup;
 pub mod store;
+pub mod tls;
 pub mod train;

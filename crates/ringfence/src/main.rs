@@ -68,10 +68,10 @@ fn print_first_login(app: &mut Application) {
     if let Some(login) = app.take_first_login() {
         if login.generated {
             eprintln!(
-                "One-time login (shown only now): user `{}`, password `{}` at http://{}/ ; create the analysts' own accounts, then change this password.",
+                "One-time login (shown only now): user `{}`, password `{}` at {}/ ; create the analysts' own accounts, then change this password.",
                 login.user,
                 login.password.expose(),
-                app.local_addr()
+                app.base_url()
             );
         } else {
             eprintln!(

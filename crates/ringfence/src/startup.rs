@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 
 use crate::alerts::deliveries::{AlertSinks, SinkError};
@@ -39,6 +40,8 @@ pub struct Application {
     worker: Option<(redis::Client, StreamConfig)>,
     /// Production mode: the task shipping the local buffer to PostgreSQL.
     shipper: Option<(Shipper, tokio::task::JoinHandle<()>)>,
+    /// HTTPS: the certificate and key loaded at build (plain HTTP when `None`).
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// How long shutdown tries to ship what is buffered (the rest ships at the next start).
@@ -76,12 +79,20 @@ pub enum AppError {
     /// Serving failed.
     #[error("server error: {0}")]
     Serve(std::io::Error),
+    /// The HTTPS certificate or key is unusable.
+    #[error("https: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl Application {
     /// Opens the store, rebuilds state and binds the listener.
     pub async fn build(settings: Settings) -> Result<Application, AppError> {
         let addr = settings.listen;
+        // Certificate problems show before anything binds or opens.
+        let tls = match &settings.tls {
+            Some(files) => Some(crate::tls::server_config(&files.cert, &files.key)?),
+            None => None,
+        };
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| AppError::Bind { addr, source })?;
@@ -89,9 +100,10 @@ impl Application {
         let local = SqliteStore::open(&settings.data).map_err(|e| AppError::Start(e.into()))?;
         let (store, shipper) = match &settings.postgres {
             Some(url) => {
-                let shared = PostgresStore::connect(url.expose())
-                    .await
-                    .map_err(|e| AppError::Start(StartError::Store(e.into())))?;
+                let shared =
+                    PostgresStore::connect_with(url.expose(), settings.postgres_ca_cert.as_deref())
+                        .await
+                        .map_err(|e| AppError::Start(StartError::Store(e.into())))?;
                 // What this node buffered last time and did not ship goes first, so the
                 // state rebuilt from PostgreSQL includes it.
                 let shipper = Shipper::new(local.clone(), shared.clone(), &settings.data);
@@ -136,6 +148,7 @@ impl Application {
             alert_writers,
             worker: None,
             shipper: shipper.zip(shipper_task),
+            tls,
         })
     }
 
@@ -157,6 +170,12 @@ impl Application {
         self.listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The address clients use: `https://<addr>` when serving TLS, `http://<addr>` otherwise.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.local_addr())
     }
 
     /// The bound port.
@@ -246,10 +265,21 @@ impl Application {
         let router = http::router(Arc::clone(&self.host), Arc::clone(&self.auth));
         // The peer address feeds the sign-in throttle (per user and address).
         let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let mut result = axum::serve(self.listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(AppError::Serve);
+        let mut result = match self.tls.take() {
+            None => axum::serve(self.listener, service)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .map_err(AppError::Serve),
+            Some(config) => match crate::tls::TlsListener::new(self.listener, config) {
+                // `tap_io` only so axum hands the peer address to handlers (`ConnectInfo`),
+                // which it does for its own TCP listener and for tapped ones.
+                Ok(listener) => axum::serve(listener.tap_io(|_| {}), service)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                    .map_err(AppError::Serve),
+                Err(e) => Err(AppError::Serve(e)),
+            },
+        };
         watcher.abort();
         follower.abort();
         ticker.abort();

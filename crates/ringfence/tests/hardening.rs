@@ -416,7 +416,7 @@ async fn the_postgres_audit_chain_serialises_nodes_and_catches_tampering() {
     }
     ids.sort_unstable();
     assert_eq!(ids, (1..=40).collect::<Vec<i64>>());
-    let report = ringfence::cases::postgres::verify_chain(&url)
+    let report = ringfence::cases::postgres::verify_chain(&url, None)
         .await
         .expect("verify");
     assert_eq!(report.broken, None, "{}", report.to_text());
@@ -427,7 +427,7 @@ async fn the_postgres_audit_chain_serialises_nodes_and_catches_tampering() {
         .expect("connect");
     tokio::spawn(connection);
     let verify = || async {
-        ringfence::cases::postgres::verify_chain(&url)
+        ringfence::cases::postgres::verify_chain(&url, None)
             .await
             .expect("verify")
     };
@@ -524,7 +524,7 @@ async fn postgres_rows_written_before_the_chain_are_chained_by_the_migration() {
         .await
         .expect("old schema");
     let cases = PostgresCases::new(PostgresStore::connect(&url).await.expect("migrate 4"));
-    let report = ringfence::cases::postgres::verify_chain(&url)
+    let report = ringfence::cases::postgres::verify_chain(&url, None)
         .await
         .expect("verify");
     assert_eq!(report.broken, None, "{}", report.to_text());
@@ -532,7 +532,7 @@ async fn postgres_rows_written_before_the_chain_are_chained_by_the_migration() {
     // The hashes the database computed are the ones Rust computes (the verifier is Rust).
     let appended = cases.audit(entry(1)).await.expect("append");
     assert_eq!(appended.id, 6);
-    let report = ringfence::cases::postgres::verify_chain(&url)
+    let report = ringfence::cases::postgres::verify_chain(&url, None)
         .await
         .expect("verify");
     assert_eq!(report.broken, None, "{}", report.to_text());

@@ -1,5 +1,6 @@
 //! `rediss://` against a real Redis serving TLS with a private certificate authority: a node
-//! given the CA (`--redis-ca-cert`) runs in shared mode over TLS, with a password; a node
+//! given the CA (`--redis-ca-cert`) runs in shared mode over TLS, with a password (shared log,
+//! alerts, and a `ringfence worker` consuming the transactions stream); a node
 //! without it refuses the server's certificate at start, and neither error repeats the
 //! password.
 
@@ -9,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use helpers::services::{free_port, RedisServer};
-use helpers::spawn_app_with;
+use helpers::{spawn_app_with, spawn_worker_with};
 use ringfence::config::{Secret, ServeArgs, Settings};
 use ringfence::startup::Application;
 use serde_json::Value;
@@ -153,6 +154,56 @@ async fn shared_mode_runs_over_tls_and_checks_the_servers_certificate() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     app.stop().await;
+
+    // Streams too: a `ringfence worker` consumes the transactions stream over TLS and writes
+    // its decision to the decisions stream.
+    let worker_dir = tempfile::tempdir().expect("dir");
+    let stream = ringfence::ingest::redis_stream::StreamArgs {
+        stream: "transactions".into(),
+        group: "scorers".into(),
+        consumer: Some("tls-worker".into()),
+        decisions_stream: "decisions".into(),
+        dead_letter_stream: None,
+        batch: 10,
+        claim_idle_ms: 30_000,
+    };
+    let (u, c) = (url.clone(), ca.clone());
+    let worker = spawn_worker_with(worker_dir.path(), stream.resolve(), |a| {
+        a.redis = Some(Secret::new(u));
+        a.redis_ca_cert = Some(c);
+    })
+    .await;
+    let _: String = redis::cmd("XADD")
+        .arg("transactions")
+        .arg("*")
+        .arg("transaction_id")
+        .arg("tls-stream-1")
+        .arg("user_id")
+        .arg("tls-3")
+        .arg("amount")
+        .arg("12.50")
+        .query_async(&mut con)
+        .await
+        .expect("XADD");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let decided: usize = redis::cmd("XLEN")
+            .arg("decisions")
+            .query_async(&mut con)
+            .await
+            .expect("XLEN");
+        if decided == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the worker never decided the stream entry over TLS"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (status, stored) = worker.get("/v1/transactions/tls-stream-1").await;
+    assert_eq!(status, 200, "{stored}");
+    worker.stop().await;
 
     // Without the CA the server's certificate is not trusted: the node does not start, and
     // the error does not quote the password.

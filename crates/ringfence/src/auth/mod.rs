@@ -147,7 +147,7 @@ pub struct Auth {
     /// The origin (`scheme://host[:port]`) of `--public-url`, accepted for signed-in changes
     /// besides the request's own host (behind a proxy that rewrites `Host`).
     public_origin: Option<String>,
-    /// `--public-url` is `https://`: cookies are Secure.
+    /// Served over TLS, or `--public-url` is `https://`: cookies are Secure.
     public_https: bool,
     /// A hash to verify unknown users' passwords against, so that a sign-in with an unknown
     /// name takes as long as one with a wrong password.
@@ -232,10 +232,12 @@ impl Auth {
                 .map(|k| digest(k.expose())),
             settings: settings.access.clone(),
             public_origin: settings.public_url.as_deref().map(origin_of),
-            public_https: settings
-                .public_url
-                .as_deref()
-                .is_some_and(|u| u.starts_with("https://")),
+            // Served over TLS itself, or behind a proxy that people reach by https://.
+            public_https: settings.tls.is_some()
+                || settings
+                    .public_url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("https://")),
             decoy: tokio::sync::OnceCell::new(),
         };
         let first = auth.create_first_admin().await?;

@@ -238,8 +238,11 @@ impl PostgresCases {
 /// Walks the audit chain of the database at `url` in one read-only repeatable-read
 /// transaction (one snapshot: the head and the rows agree even while nodes append), a page of
 /// rows at a time, and reports the first broken row. Applies no migrations.
-pub async fn verify_chain(url: &str) -> Result<VerifyReport, StoreError> {
-    let mut client = PostgresStore::connect_reader(url).await?;
+pub async fn verify_chain(
+    url: &str,
+    ca: Option<&std::path::Path>,
+) -> Result<VerifyReport, StoreError> {
+    let mut client = PostgresStore::connect_reader(url, ca).await?;
     let t = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)

@@ -42,6 +42,17 @@ pub struct DemoArgs {
     /// fresh data directory); a random one is made and printed otherwise.
     #[arg(long, env = "RINGFENCE_ADMIN_PASSWORD", hide_env_values = true)]
     pub admin_password: Option<crate::config::Secret>,
+    /// Serve the demo over HTTPS with this certificate chain (PEM); needs `--tls-key`. Not
+    /// with `--stores`.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// The CA (PEM) the demo's traffic trusts for its own HTTPS server (default: the
+    /// certificates of `--tls-cert`, enough for a self-signed one).
+    #[arg(long)]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// Errors of the demo.
@@ -106,6 +117,11 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         std::fs::write(&rules, DEFAULT_RULES)?;
     }
     if args.stores {
+        if args.tls_cert.is_some() || args.tls_key.is_some() {
+            return Err(DemoError::Feed(
+                "--tls-cert applies to the card demo, not to --stores".into(),
+            ));
+        }
         return stores::run(args, &data, &rules).await;
     }
     let tps = args.tps.unwrap_or(200.0);
@@ -114,6 +130,8 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         data: Some(data.clone()),
         rules: Some(rules.clone()),
         admin_password: args.admin_password.clone(),
+        tls_cert: args.tls_cert.clone(),
+        tls_key: args.tls_key.clone(),
         ..ServeArgs::default()
     };
     let mut app = match Application::build(Settings::resolve(&serve)?).await {
@@ -125,7 +143,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         }
         Err(e) => return Err(e.into()),
     };
-    let base = format!("http://{}", app.local_addr());
+    let base = app.base_url();
     let login = sign_in_line(app.take_first_login());
     // The traffic generator is a client like any other: an ingest key of its own.
     let key = demo_key(&app, "demo traffic", crate::auth::Role::Ingest).await?;
@@ -153,8 +171,16 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         let _ = stop_rx.await;
     }));
     let duration = args.duration.map(Duration::from_secs);
-    let feed =
-        crate::simulate::run_demo_feed(base, Some(&key), args.seed, tps, args.fraud_rate, duration);
+    let trust = args.ca_cert.as_ref().or(args.tls_cert.as_ref());
+    let feed = crate::simulate::run_demo_feed(
+        base,
+        Some(&key),
+        trust.map(PathBuf::as_path),
+        args.seed,
+        tps,
+        args.fraud_rate,
+        duration,
+    );
     let result = tokio::select! {
         r = feed => r.map_err(|e| DemoError::Feed(e.to_string())),
         _ = shutdown_signal() => Ok(()),

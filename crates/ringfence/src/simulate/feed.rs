@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::io::Write;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,12 +18,14 @@ use crate::client::{endpoint_url, HttpClient};
 /// Requests in flight at most; far above what a demo rate needs, low enough to stay polite.
 const DEMO_CONCURRENCY: usize = 64;
 
-/// Sends paced simulated traffic to `base_url` (with `api_key` as a bearer key, when given)
-/// until `duration` passes or Ctrl-C, printing a status line every second and a summary at the
-/// end.
+/// Sends paced simulated traffic to `base_url` (with `api_key` as a bearer key, when given;
+/// trusting only the CA in `ca_cert` for `https://`, when given) until `duration` passes or
+/// Ctrl-C, printing a status line every second and a summary at the end.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_demo_feed(
     base_url: String,
     api_key: Option<&str>,
+    ca_cert: Option<&Path>,
     seed: u64,
     tps: f64,
     fraud_rate: f64,
@@ -35,10 +38,18 @@ pub async fn run_demo_feed(
         customers: GeneratorConfig::customers_for_rate(tps),
         ..GeneratorConfig::default()
     };
-    let totals = feed(&base_url, config, api_key, duration, ctrl_c(), |line| {
-        // A closed stdout (piped into `head`) must not kill the feed.
-        let _ = writeln!(std::io::stdout().lock(), "{line}");
-    })
+    let totals = feed(
+        &base_url,
+        config,
+        api_key,
+        ca_cert,
+        duration,
+        ctrl_c(),
+        |line| {
+            // A closed stdout (piped into `head`) must not kill the feed.
+            let _ = writeln!(std::io::stdout().lock(), "{line}");
+        },
+    )
     .await?;
     let _ = writeln!(std::io::stdout().lock(), "{}", totals.summary());
     Ok(())
@@ -49,6 +60,7 @@ pub(crate) async fn feed<F>(
     base_url: &str,
     mut config: GeneratorConfig,
     api_key: Option<&str>,
+    ca_cert: Option<&Path>,
     duration: Option<Duration>,
     shutdown: F,
     mut print: impl FnMut(&str),
@@ -68,7 +80,9 @@ where
         count: None,
         acked: None,
     };
-    let mut client = HttpClient::new().with_timeout(Duration::from_secs(10));
+    let mut client = HttpClient::new()
+        .with_optional_ca_cert(ca_cert)?
+        .with_timeout(Duration::from_secs(10));
     if let Some(key) = api_key {
         client = client.with_bearer(key);
     }

@@ -87,6 +87,10 @@ pub struct SimulateArgs {
     /// API key sent as `Authorization: Bearer` (with --target; a key with the `ingest` role).
     #[arg(long, env = "RINGFENCE_API_KEY", hide_env_values = true)]
     pub api_key: Option<crate::config::Secret>,
+    /// PEM file of the certificate authority an `https://` target's certificate is checked
+    /// against (a private CA); the system's trust store otherwise.
+    #[arg(long, env = "RINGFENCE_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     /// Simulated start time for --out, RFC 3339 (--profile handbook: 2018-04-01 00:00:00
     /// unless given).
     #[arg(long, default_value = "2026-01-01T00:00:00Z")]
@@ -117,6 +121,7 @@ impl Default for SimulateArgs {
             acked_out: None,
             concurrency: 16,
             api_key: None,
+            ca_cert: None,
             start: "2026-01-01T00:00:00Z".to_string(),
             customers: None,
             terminals: None,
@@ -263,7 +268,9 @@ pub async fn run(args: SimulateArgs) -> Result<(), SimulateError> {
         }
         Destination::Target { base, url } => {
             // Fail fast, with the real reason, when nothing listens there.
-            HttpClient::new()
+            let client = HttpClient::new().with_optional_ca_cert(args.ca_cert.as_deref())?;
+            client
+                .clone()
                 .with_timeout(Duration::from_secs(10))
                 .ping(&base)
                 .await?;
@@ -271,7 +278,7 @@ pub async fn run(args: SimulateArgs) -> Result<(), SimulateError> {
                 "sending ~{} tx/s to {url} for {} s (Ctrl-C stops early)",
                 args.tps, args.duration
             );
-            let totals = send_to_target(&args, url, ctrl_c()).await?;
+            let totals = send_to_target(&args, client, url, ctrl_c()).await?;
             println!("{}", totals.summary());
             Ok(())
         }
@@ -306,9 +313,11 @@ fn write_file(args: &SimulateArgs, path: &std::path::Path) -> Result<String, Sim
     ))
 }
 
-/// Target mode: paced sending until the duration, the count or `shutdown`.
+/// Target mode: paced sending with `client` (its trust already set) until the duration, the
+/// count or `shutdown`.
 async fn send_to_target(
     args: &SimulateArgs,
+    client: HttpClient,
     url: String,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Totals, SimulateError> {
@@ -328,7 +337,7 @@ async fn send_to_target(
         count: args.count,
         acked,
     };
-    let mut client = HttpClient::new().with_timeout(Duration::from_secs(10));
+    let mut client = client.with_timeout(Duration::from_secs(10));
     if let Some(key) = &args.api_key {
         client = client.with_bearer(key.expose());
     }
@@ -445,7 +454,7 @@ mod tests {
         let Ok(Destination::Target { url, .. }) = args.check() else {
             panic!("target expected");
         };
-        let totals = send_to_target(&args, url, std::future::pending())
+        let totals = send_to_target(&args, HttpClient::new(), url, std::future::pending())
             .await
             .unwrap();
         assert_eq!(totals.sent, 120);
@@ -479,7 +488,7 @@ mod tests {
         let Ok(Destination::Target { url, .. }) = args.check() else {
             panic!("target expected");
         };
-        let totals = send_to_target(&args, url, std::future::pending())
+        let totals = send_to_target(&args, HttpClient::new(), url, std::future::pending())
             .await
             .unwrap();
         assert_eq!(totals.accepted, 40);
@@ -517,6 +526,7 @@ mod tests {
             &base,
             config,
             None,
+            None,
             Some(Duration::from_millis(2_300)),
             std::future::pending(),
             |line| lines.push(line.to_string()),
@@ -550,6 +560,7 @@ mod tests {
         let totals = feed::feed(
             &base,
             GeneratorConfig::default(),
+            None,
             None,
             None,
             shutdown,

@@ -37,7 +37,22 @@ enum LinkError {
 
 /// Pulls `peer`'s records into `host` until the task is aborted (or storage fails).
 pub async fn follow(host: Arc<EngineHost>, peer: Arc<Peer>) {
-    let mut client = HttpClient::new().with_timeout(Duration::from_millis(WAIT_MS + 10_000));
+    // `--peer-ca-cert` was read when the settings were resolved; unreadable since, the link
+    // cannot be trusted and stays down, said so in the site's status.
+    let client = match HttpClient::new()
+        .with_optional_ca_cert(host.settings().peer_ca_cert.as_deref())
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(peer = %peer.url, error = %e, "replication stopped: the peers' CA certificate is unusable");
+            peer.update(|s| {
+                s.connected = false;
+                s.last_error = Some(e.to_string());
+            });
+            return;
+        }
+    };
+    let mut client = client.with_timeout(Duration::from_millis(WAIT_MS + 10_000));
     // The peer's feed needs the `analyst` role there: `--peer-key`.
     if let Some(key) = &host.settings().peer_key {
         client = client.with_bearer(key.expose());

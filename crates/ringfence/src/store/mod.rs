@@ -3,7 +3,8 @@
 //! # Layout
 //! - this module: the record types shared by every backend.
 //! - [`sqlite`]: the embedded default (WAL, one writer thread, group commit).
-//! - [`postgres`]: production (batched multi-row inserts, migrations on start).
+//! - [`postgres`]: production (batched multi-row inserts, migrations on start);
+//!   [`postgres_tls`]: its TLS, by the URL's `sslmode`.
 //! - [`records`]: [`Records`], whichever of the two a node runs on.
 //! - [`shipper`]: production mode's write path, local buffer to PostgreSQL.
 //! - [`writer`]: the write queue both share.
@@ -14,6 +15,7 @@
 
 pub mod cursor;
 pub mod postgres;
+pub mod postgres_tls;
 pub mod records;
 pub mod shipper;
 pub mod sqlite;

@@ -34,6 +34,8 @@ use ringfence_core::event::{Timestamp, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, Config, IsolationLevel, NoTls, Statement};
 
+use super::postgres_tls::{split_sslmode, PgTls};
+
 use super::{
     AlertQuery, AlertRow, HistoryItem, LabelRecord, StoreCounts, StoreSeen, TxSummary, WriteOp,
 };
@@ -414,11 +416,13 @@ fn target(config: &Config) -> String {
     )
 }
 
-/// How to open a session: the parsed config and the URL to name in errors, already redacted.
+/// How to open a session: the parsed config, the URL to name in errors (already redacted)
+/// and the TLS its `sslmode` asks for.
 #[derive(Clone)]
 struct Connector {
     config: Config,
     redacted: String,
+    tls: Option<PgTls>,
 }
 
 impl fmt::Debug for Connector {
@@ -430,10 +434,21 @@ impl fmt::Debug for Connector {
 }
 
 impl Connector {
-    fn parse(url: &str) -> Result<Connector, PostgresError> {
+    /// `ca` is the `--postgres-ca-cert` file, for the `sslmode`s that check certificates.
+    fn parse(url: &str, ca: Option<&std::path::Path>) -> Result<Connector, PostgresError> {
+        let (url, mode) = split_sslmode(url).map_err(PostgresError::Url)?;
         let mut config: Config = url
             .parse()
             .map_err(|e| PostgresError::Url(parse_detail(&e)))?;
+        let tls = match mode {
+            Some(mode) => {
+                config.ssl_mode(mode.driver_mode());
+                PgTls::for_mode(mode, ca).map_err(|e| PostgresError::Url(e.to_string()))?
+            }
+            // No sslmode: plain, as before TLS support (tokio-postgres' default `prefer`
+            // never upgrades without a TLS connector).
+            None => None,
+        };
         // Errors name the server from the parsed config, not from the string: whatever the
         // string's form and quoting, the password is not in what we print.
         let redacted = redact_url(&target(&config));
@@ -443,25 +458,41 @@ impl Connector {
         if config.get_application_name().is_none() {
             config.application_name("ringfence");
         }
-        Ok(Connector { config, redacted })
+        Ok(Connector {
+            config,
+            redacted,
+            tls,
+        })
     }
 
     /// Opens a session and runs its connection on a task of its own.
     async fn connect(&self) -> Result<Client, PostgresError> {
-        let (client, connection) =
-            self.config
-                .connect(NoTls)
-                .await
-                .map_err(|e| PostgresError::Connect {
-                    url: self.redacted.clone(),
-                    detail: describe(&e),
-                })?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %describe(&e), "a PostgreSQL connection ended");
+        let failed = |e: tokio_postgres::Error| PostgresError::Connect {
+            url: self.redacted.clone(),
+            detail: describe(&e),
+        };
+        // The connection's stream type differs with TLS, so each runs on its own task here.
+        match &self.tls {
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await.map_err(failed)?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::warn!(error = %describe(&e), "a PostgreSQL connection ended");
+                    }
+                });
+                Ok(client)
             }
-        });
-        Ok(client)
+            Some(tls) => {
+                let (client, connection) =
+                    self.config.connect(tls.clone()).await.map_err(failed)?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::warn!(error = %describe(&e), "a PostgreSQL connection ended");
+                    }
+                });
+                Ok(client)
+            }
+        }
     }
 }
 
@@ -533,7 +564,16 @@ impl PostgresStore {
     /// Connects to `url`, applies pending migrations and starts the writer task. Must be
     /// called inside a tokio runtime. Fails when the server cannot be reached.
     pub async fn connect(url: &str) -> Result<PostgresStore, PostgresError> {
-        let connector = Connector::parse(url)?;
+        Self::connect_with(url, None).await
+    }
+
+    /// [`PostgresStore::connect`], with `ca` (PEM) as the authority the server's certificate
+    /// must chain to under the URL's `sslmode` (see [`super::postgres_tls`]).
+    pub async fn connect_with(
+        url: &str,
+        ca: Option<&std::path::Path>,
+    ) -> Result<PostgresStore, PostgresError> {
+        let connector = Connector::parse(url, ca)?;
         let mut client = connector.connect().await?;
         migrate(&mut client).await?;
         let first = WriteConn::prepare(client).await?;
@@ -561,10 +601,13 @@ impl PostgresStore {
         &self.writer
     }
 
-    /// A session of its own on `url`, without migrations or a writer, for tools that only
-    /// read (`ringfence audit verify`).
-    pub async fn connect_reader(url: &str) -> Result<Client, PostgresError> {
-        Connector::parse(url)?.connect().await
+    /// A session of its own on `url` (TLS by its `sslmode`, checked against `ca` when given),
+    /// without migrations or a writer, for tools that only read (`ringfence audit verify`).
+    pub async fn connect_reader(
+        url: &str,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Client, PostgresError> {
+        Connector::parse(url, ca)?.connect().await
     }
 
     /// A connection of the read pool for modules that keep their own statements (cases,
@@ -916,7 +959,7 @@ impl PostgresStore {
         until: Timestamp,
         mut emit: impl FnMut(usize, ExportRow) -> Result<(), E>,
     ) -> Result<(), E> {
-        let connector = Connector::parse(url)?;
+        let connector = Connector::parse(url, None)?;
         let mut client = connector.connect().await?;
         let t = client
             .build_transaction()
@@ -1531,7 +1574,7 @@ mod tests {
             "postgres://u:secretpart@host:notaport/db",
             "host=db password='secretpart",
         ] {
-            let err = match Connector::parse(url) {
+            let err = match Connector::parse(url, None) {
                 Ok(_) => panic!("{url} parsed"),
                 Err(e) => e,
             };

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod receiver;
 pub mod services;
 pub mod smtp;
@@ -68,7 +69,8 @@ pub async fn spawn_worker_with(
 }
 
 fn serve(app: Application, data: &Path) -> TestApp {
-    let base = format!("http://{}", app.local_addr());
+    // `https://` when the test gave a certificate (its client then needs the CA).
+    let base = app.base_url();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         app.run_until(async {

@@ -182,6 +182,13 @@ fn running_as_root() -> bool {
 impl PostgresServer {
     /// Creates a cluster with trust auth on loopback and starts it.
     pub fn start() -> PostgresServer {
+        Self::start_with_tls(None)
+    }
+
+    /// Creates a cluster that serves TLS with `cert` and `key` (PEM) and accepts only TLS
+    /// sessions over TCP (`hostssl` in pg_hba.conf; plain TCP sessions are rejected), and
+    /// starts it; without them, as [`PostgresServer::start`].
+    pub fn start_with_tls(tls: Option<(&Path, &Path)>) -> PostgresServer {
         let dir = tempfile::Builder::new()
             .prefix("postgres-")
             .tempdir()
@@ -213,8 +220,48 @@ impl PostgresServer {
                 "UTF8",
             ],
         );
+        if let Some((cert, key)) = tls {
+            // PostgreSQL wants its key readable by its own user only.
+            let data = PathBuf::from(server.data());
+            std::fs::copy(cert, data.join("server.crt")).expect("copy certificate");
+            std::fs::copy(key, data.join("server.key")).expect("copy key");
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\n\
+                 hostssl all all 127.0.0.1/32 trust\n\
+                 hostnossl all all 127.0.0.1/32 reject\n",
+            )
+            .expect("write pg_hba.conf");
+            let mut conf = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("postgresql.conf"))
+                .expect("postgresql.conf");
+            std::io::Write::write_all(
+                &mut conf,
+                b"ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+            )
+            .expect("write postgresql.conf");
+            let key = data.join("server.key");
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod key");
+            if running_as_root() {
+                for file in ["server.crt", "server.key", "pg_hba.conf"] {
+                    let status = Command::new("chown")
+                        .arg("postgres:postgres")
+                        .arg(data.join(file))
+                        .status()
+                        .expect("chown");
+                    assert!(status.success(), "chown {file} to postgres failed");
+                }
+            }
+        }
         server.resume();
         server
+    }
+
+    /// The cluster's directory (data, log), for scans of what reached its files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     fn data(&self) -> String {
