@@ -27,6 +27,7 @@
 //! - [`simulate`]: synthetic traffic with ground truth, the simulator CLI and the demo feed.
 //! - [`client`]: a small HTTP client (simulator, benchmarks, tests).
 //! - [`bench`]: the HTTP load generator; [`engine_bench`]: the engine-only benchmark;
+//!   [`memory_bench`]: bytes of entity state per entity, and its growth over a simulated week;
 //!   [`bench_feed`]: live-feed sockets held open during a benchmark.
 
 pub mod alerts;
@@ -46,6 +47,7 @@ pub mod http;
 pub mod ingest;
 pub mod investigate;
 pub mod live;
+pub mod memory_bench;
 pub mod metrics;
 pub mod metrics_eval;
 pub mod models;
