@@ -993,8 +993,11 @@ mod tests {
         });
         apply(
             &mut s,
-            &tx(r#"{"card_id":"idle","amount":1,"timestamp":"2024-01-01T00:00:00Z"}"#),
+            &tx(
+                r#"{"card_id":"idle","user_id":"idle-user","device_id":"idle-device","amount":1,"timestamp":"2024-01-01T00:00:00Z"}"#,
+            ),
         );
+        assert_eq!(s.counts().graph_nodes, 3, "the idle ring is linked");
         // Eleven days of traffic on another card, enough events to trigger sweeps.
         let start = Timestamp::parse("2024-01-01T00:00:00Z")
             .expect("ts")
@@ -1012,6 +1015,16 @@ mod tests {
         assert!(!s.contains(EntityKind::Card, entity_key(EntityKind::Card, "idle")));
         assert!(s.contains(EntityKind::Card, entity_key(EntityKind::Card, "busy")));
         assert_eq!(s.counts().cards, 1);
+        assert_eq!(s.counts().users, 0);
+        assert_eq!(s.counts().graph_nodes, 0, "its ring went with it");
+        let again = tx(
+            r#"{"card_id":"idle","user_id":"idle-user","amount":1,"timestamp":"2024-01-12T00:00:00Z"}"#,
+        );
+        assert_eq!(
+            read(&s, &again).get(Num::RingSize),
+            2.0,
+            "a returning card starts afresh"
+        );
     }
 
     #[test]
