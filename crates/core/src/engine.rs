@@ -411,10 +411,18 @@ impl Engine {
 
 /// The model's reason: its probability and the features that pushed it up most (fast path
 /// attribution; exact TreeSHAP is for on-demand explanations).
+///
+/// Attributions are computed here, only for the decisions that list the model as a reason
+/// (see [`ModelPolicy::min_reason_points`]): scoring walks the trees once for the probability,
+/// and this walks them again with the attributions. Most traffic is far below the threshold,
+/// so one walk per transaction is the common case.
 fn model_reason(model: &Model, f: &FeatureValues<'_>, p: f64, points: f64, top: usize) -> Reason {
     let names = model.feature_names();
-    let mut contrib: Vec<f64> = vec![0.0; names.len()];
-    model.path_contributions(f, &mut contrib);
+    // A model's features are distinct catalog features, so they fit in a catalog-sized buffer.
+    let mut buf = [0.0; features::NUM_COUNT];
+    let contrib = &mut buf[..names.len()];
+    let again = model.predict_with_path(f, contrib);
+    debug_assert_eq!(again.to_bits(), p.to_bits(), "one walk, one probability");
     let mut order: Vec<usize> = (0..names.len()).filter(|&i| contrib[i] > 0.0).collect();
     order.sort_by(|&a, &b| contrib[b].total_cmp(&contrib[a]));
     let factors: Vec<Factor> = order

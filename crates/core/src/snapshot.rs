@@ -34,7 +34,7 @@ use crate::state::{EntityState, StateConfig};
 pub const MAGIC: [u8; 8] = *b"RFSTATE\0";
 /// The snapshot format version this build writes and reads. Bump it whenever the serialized
 /// shape of [`EntityState`] or anything inside it changes.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 
 const HEADER_LEN: usize = MAGIC.len() + 4;
 const CHECKSUM_LEN: usize = 8;
@@ -270,12 +270,12 @@ pub(crate) mod fixed_array {
 /// same bytes (a `HashMap`'s iteration order differs from one process to the next).
 pub(crate) mod sorted_map {
     use std::collections::HashMap;
-    use std::hash::Hash;
+    use std::hash::{BuildHasher, Hash};
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     /// Writes the entries in key order.
-    pub fn serialize<S, K, V>(map: &HashMap<K, V>, s: S) -> Result<S::Ok, S::Error>
+    pub fn serialize<S, K, V, H>(map: &HashMap<K, V, H>, s: S) -> Result<S::Ok, S::Error>
     where
         S: Serializer,
         K: Serialize + Ord,
@@ -287,11 +287,12 @@ pub(crate) mod sorted_map {
     }
 
     /// Reads the entries back into a map.
-    pub fn deserialize<'de, D, K, V>(d: D) -> Result<HashMap<K, V>, D::Error>
+    pub fn deserialize<'de, D, K, V, H>(d: D) -> Result<HashMap<K, V, H>, D::Error>
     where
         D: Deserializer<'de>,
         K: Deserialize<'de> + Eq + Hash,
         V: Deserialize<'de>,
+        H: BuildHasher + Default,
     {
         HashMap::deserialize(d)
     }

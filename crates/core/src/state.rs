@@ -86,6 +86,16 @@ impl EntityKind {
     }
 }
 
+/// A map keyed by [`entity_key`]s.
+///
+/// The keys are already SipHash outputs, so hashing them again with SipHash (std's default)
+/// cost about as much as the rest of a lookup, a dozen lookups per transaction. foldhash is a
+/// multiply and a fold. It is seeded per process, not an identity: the entity-key SipHash key
+/// is fixed and public, so ids crafted to collide in the low bits would pile into one bucket
+/// of an identity-hashed table. Iteration order is not relied on (snapshots sort by key;
+/// sweeps only filter), so a per-process seed does not touch determinism.
+pub(crate) type KeyMap<V> = HashMap<u64, V, foldhash::fast::RandomState>;
+
 /// The stable 64-bit key of an entity.
 pub fn entity_key(kind: EntityKind, id: &str) -> u64 {
     let mut h = SipHasher13::new_with_keys(0x5269_6e67_6665_6e63, 0x6b65_7973_2d76_3031);
@@ -319,17 +329,17 @@ pub struct StateCounts {
 pub struct EntityState {
     config: StateConfig,
     #[serde(with = "crate::snapshot::sorted_map")]
-    cards: HashMap<u64, CardState>,
+    cards: KeyMap<CardState>,
     #[serde(with = "crate::snapshot::sorted_map")]
-    users: HashMap<u64, UserState>,
+    users: KeyMap<UserState>,
     #[serde(with = "crate::snapshot::sorted_map")]
-    devices: HashMap<u64, DeviceState>,
+    devices: KeyMap<DeviceState>,
     #[serde(with = "crate::snapshot::sorted_map")]
-    ips: HashMap<u64, Plain>,
+    ips: KeyMap<Plain>,
     #[serde(with = "crate::snapshot::sorted_map")]
-    merchants: HashMap<u64, PointOfSale>,
+    merchants: KeyMap<PointOfSale>,
     #[serde(with = "crate::snapshot::sorted_map")]
-    terminals: HashMap<u64, PointOfSale>,
+    terminals: KeyMap<PointOfSale>,
     graph: LinkGraph,
     /// Receipts and return history (purchases and returns).
     retail: RetailState,
@@ -386,12 +396,12 @@ impl EntityState {
     pub fn new(config: StateConfig) -> Self {
         EntityState {
             config,
-            cards: HashMap::new(),
-            users: HashMap::new(),
-            devices: HashMap::new(),
-            ips: HashMap::new(),
-            merchants: HashMap::new(),
-            terminals: HashMap::new(),
+            cards: KeyMap::default(),
+            users: KeyMap::default(),
+            devices: KeyMap::default(),
+            ips: KeyMap::default(),
+            merchants: KeyMap::default(),
+            terminals: KeyMap::default(),
             graph: LinkGraph::default(),
             watermark: i64::MIN,
             last_sweep: i64::MIN,
@@ -735,7 +745,7 @@ impl EntityState {
         }; 3];
         let n = keys.ring_nodes(&mut nodes);
         if n > 1 {
-            self.graph.link(&nodes[..n]);
+            self.graph.link(&nodes[..n], ts);
         }
 
         self.watermark = self.watermark.max(ts);
@@ -756,7 +766,7 @@ impl EntityState {
         }; 3];
         let n = keys.ring_nodes(&mut nodes);
         for node in &nodes[..n] {
-            self.graph.label(*node, fraud);
+            self.graph.label(*node, fraud, tx.timestamp.millis());
         }
         let delta = if fraud { 1 } else { -1 };
         let mut plain = false;
@@ -776,8 +786,8 @@ impl EntityState {
         }
     }
 
-    /// Forgets entities idle for longer than the time to live, at most once per hour of event
-    /// time.
+    /// Forgets entities idle for longer than the time to live, and link-graph rings all of
+    /// whose members are, at most once per hour of event time.
     fn sweep_idle(&mut self) {
         if self.watermark.saturating_sub(self.last_sweep) < 3_600_000 {
             return;
@@ -790,6 +800,8 @@ impl EntityState {
         self.ips.retain(|_, e| e.last_ms >= cutoff);
         self.merchants.retain(|_, e| e.last_ms >= cutoff);
         self.terminals.retain(|_, e| e.last_ms >= cutoff);
+        // Rings go when all their members have been idle as long (see `graph`).
+        self.graph.expire(cutoff);
     }
 
     /// Newest event time applied so far, if any.
@@ -981,8 +993,11 @@ mod tests {
         });
         apply(
             &mut s,
-            &tx(r#"{"card_id":"idle","amount":1,"timestamp":"2024-01-01T00:00:00Z"}"#),
+            &tx(
+                r#"{"card_id":"idle","user_id":"idle-user","device_id":"idle-device","amount":1,"timestamp":"2024-01-01T00:00:00Z"}"#,
+            ),
         );
+        assert_eq!(s.counts().graph_nodes, 3, "the idle ring is linked");
         // Eleven days of traffic on another card, enough events to trigger sweeps.
         let start = Timestamp::parse("2024-01-01T00:00:00Z")
             .expect("ts")
@@ -1000,6 +1015,16 @@ mod tests {
         assert!(!s.contains(EntityKind::Card, entity_key(EntityKind::Card, "idle")));
         assert!(s.contains(EntityKind::Card, entity_key(EntityKind::Card, "busy")));
         assert_eq!(s.counts().cards, 1);
+        assert_eq!(s.counts().users, 0);
+        assert_eq!(s.counts().graph_nodes, 0, "its ring went with it");
+        let again = tx(
+            r#"{"card_id":"idle","user_id":"idle-user","amount":1,"timestamp":"2024-01-12T00:00:00Z"}"#,
+        );
+        assert_eq!(
+            read(&s, &again).get(Num::RingSize),
+            2.0,
+            "a returning card starts afresh"
+        );
     }
 
     #[test]

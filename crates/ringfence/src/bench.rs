@@ -95,6 +95,26 @@ pub struct BenchArgs {
     /// this pool under run-unique ids, going round it again when a run is longer.
     #[arg(long, default_value_t = crate::bench_pool::DEFAULT_POOL)]
     pub pool: usize,
+    /// Engine mode: measure the state's memory instead of speed (see `memory_bench`).
+    #[arg(long)]
+    pub memory: bool,
+    /// With --memory: active cards (each with a user, device and IP shared by two cards).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub cards: u64,
+    /// With --memory: payments per card per day.
+    #[arg(long, default_value_t = 4)]
+    pub tx_per_card: u64,
+    /// With --memory: simulated days of traffic from a churning population (0: one day, to
+    /// measure bytes per entity).
+    #[arg(long, default_value_t = 0)]
+    pub days: u64,
+    /// With --memory --days: share of the active cards replaced by new ones every day.
+    #[arg(long, default_value_t = 0.2)]
+    pub churn: f64,
+    /// With --memory: idle entities are forgotten after this many days (default: the
+    /// engine's own time to live).
+    #[arg(long)]
+    pub idle_ttl_days: Option<f64>,
 }
 
 impl Default for BenchArgs {
@@ -115,6 +135,12 @@ impl Default for BenchArgs {
             feed_sockets: 0,
             rate: None,
             pool: crate::bench_pool::DEFAULT_POOL,
+            memory: false,
+            cards: 1_000_000,
+            tx_per_card: 4,
+            days: 0,
+            churn: 0.2,
+            idle_ttl_days: None,
         }
     }
 }

@@ -30,6 +30,7 @@
 //! - [`tls`]: rustls (ring) for the HTTPS listener and for clients' trust (system or a
 //!   private CA).
 //! - [`bench`]: the HTTP load generator; [`engine_bench`]: the engine-only benchmark;
+//!   [`memory_bench`]: bytes of entity state per entity, and its growth over a simulated week;
 //!   [`bench_feed`]: live-feed sockets held open during a benchmark.
 
 pub mod alerts;
@@ -51,6 +52,7 @@ pub mod http;
 pub mod ingest;
 pub mod investigate;
 pub mod live;
+pub mod memory_bench;
 pub mod metrics;
 pub mod metrics_eval;
 pub mod models;

@@ -186,6 +186,9 @@ async fn main() -> std::process::ExitCode {
                     .await
                     .map(|r| print_report(&r, args.json, r.to_text()))
                     .map_err(|e| e.to_string()),
+                None if args.memory => ringfence::memory_bench::run_args(&args)
+                    .map(|r| print_report(&r, args.json, r.to_text()))
+                    .map_err(|e| e.to_string()),
                 None => ringfence::engine_bench::run(
                     args.count,
                     args.engine_warmup,

@@ -417,9 +417,31 @@ impl Model {
             self.feature_names.len(),
             "path_contributions needs one slot per model feature"
         );
-        out.fill(0.0);
-        self.forest.path_contributions(&f.num, out);
+        self.predict_with_path(f, out);
         self.bias
+    }
+
+    /// [`Model::predict`] and [`Model::path_contributions`] in one walk of the trees: returns
+    /// exactly what `predict` returns and writes exactly what `path_contributions` writes to
+    /// `out` (zeroed first; one slot per model feature), for little more than the cost of
+    /// `predict` alone. The bias is [`Model::path_contributions`]'.
+    ///
+    /// # Panics
+    /// If `out.len()` is not `feature_names().len()`.
+    pub fn predict_with_path(&self, f: &FeatureValues<'_>, out: &mut [f64]) -> f64 {
+        assert_eq!(
+            out.len(),
+            self.feature_names.len(),
+            "path contributions need one slot per model feature"
+        );
+        let mut by_num = [0.0; features::NUM_COUNT];
+        let sum = self.forest.sum_with_path(&f.num, &mut by_num);
+        // Model features are distinct catalog features (checked at load), so each slot takes
+        // the credits of exactly one catalog index, added in the same order as before.
+        for (slot, def) in out.iter_mut().zip(&self.features) {
+            *slot = by_num[def.index];
+        }
+        sigmoid(self.base_margin + sum)
     }
 
     /// The anomaly detector carried with the model, if any.

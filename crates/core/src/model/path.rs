@@ -16,23 +16,31 @@ use super::tree::Forest;
 use crate::features::NUM_COUNT;
 
 impl Forest {
-    /// Adds every tree's path attributions for `num` into `out` (one slot per model feature).
+    /// The sum of the leaves `num` reaches (exactly [`Forest::sum`]: same walk, same order)
+    /// and, in the same walk, every tree's path attributions added into `by_num`, which is
+    /// indexed like `num` (by catalog feature, not model feature).
     ///
-    /// Uses the same walk as scoring ([`Forest::walk`]): a leaf steps to itself, and crediting
-    /// that step adds `E[leaf] - E[leaf] = 0` to `out[0]` (a leaf's feature slot). `out[0]`
-    /// exists whenever a step is taken: a tree with a split means a model feature.
+    /// One walk instead of two: the attributions need the expected value of each node the
+    /// walk visits, and that value sits in the node the step loads anyway (see `tree::Node`),
+    /// so explaining costs a subtraction and an add per step, not a second pass over the
+    /// trees. A leaf steps to itself and credits `E[leaf] - E[leaf] = +0.0` to `by_num[0]`,
+    /// which changes nothing (a sum that starts at `+0.0` never becomes `-0.0`).
     #[inline]
-    pub(super) fn path_contributions(&self, num: &[f64; NUM_COUNT], out: &mut [f64]) {
-        self.walk(|at| self.credit_step(at, num, out), |_| {});
-    }
-
-    /// Steps from node `at` to the child `num` takes, crediting the change in expected value
-    /// to the feature split on; returns the child.
-    #[inline(always)]
-    fn credit_step(&self, at: usize, num: &[f64; NUM_COUNT], out: &mut [f64]) -> usize {
-        let node = self.nodes[at];
-        let next = node.next(at, num[node.num()]);
-        out[self.split_feature[at] as usize] += self.values[next] - self.values[at];
-        next
+    pub(super) fn sum_with_path(
+        &self,
+        num: &[f64; NUM_COUNT],
+        by_num: &mut [f64; NUM_COUNT],
+    ) -> f64 {
+        let mut sum = 0.0;
+        self.walk(
+            |at| {
+                let node = self.nodes[at];
+                let next = node.next(at, num[node.num()]);
+                by_num[node.num()] += self.nodes[next].value - node.value;
+                next
+            },
+            |leaf| sum += self.nodes[leaf].value,
+        );
+        sum
     }
 }

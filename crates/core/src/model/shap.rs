@@ -83,7 +83,7 @@ impl Walk<'_> {
 
         let node = forest.nodes[at];
         if node.is_leaf() {
-            let value = forest.values[at];
+            let value = node.value;
             for i in 1..=depth {
                 let w = unwound_sum(here, depth, i);
                 let el = here[i];

@@ -1184,3 +1184,84 @@ fn path_contributions_equal_treeshap_on_depth_one_trees() {
 fn path_contributions_need_one_slot_per_feature() {
     two_trees().path_contributions(&values(&[]), &mut [0.0; 3]);
 }
+
+/// Path attributions computed straight from the specs, by recursion: an oracle independent
+/// of the flat layout and its walk.
+fn reference_path(trees: &[TreeSpec], x: &[f64], out: &mut [f64]) -> f64 {
+    fn expected(nodes: &[NodeSpec], i: usize) -> (f64, f64) {
+        match nodes[i] {
+            NodeSpec::Leaf { value, cover } => (value, cover),
+            NodeSpec::Split {
+                left, right, cover, ..
+            } => {
+                let (l, lc) = expected(nodes, left);
+                let (r, rc) = expected(nodes, right);
+                ((l * lc + r * rc) / cover, cover)
+            }
+        }
+    }
+    out.fill(0.0);
+    let mut sum = 0.0;
+    for tree in trees {
+        let mut at = 0;
+        while let NodeSpec::Split {
+            feature,
+            threshold,
+            left,
+            right,
+            default_left,
+            ..
+        } = tree.nodes[at]
+        {
+            let v = x[feature];
+            let next = if v.is_nan() {
+                if default_left {
+                    left
+                } else {
+                    right
+                }
+            } else if v < threshold {
+                left
+            } else {
+                right
+            };
+            out[feature] += expected(&tree.nodes, next).0 - expected(&tree.nodes, at).0;
+            at = next;
+        }
+        sum += expected(&tree.nodes, at).0;
+    }
+    sum
+}
+
+#[test]
+fn predict_with_path_is_predict_plus_path_attributions_in_one_walk() {
+    let mut rng = Rng(23);
+    let mut fused = [0.0; SHAP_FEATURES.len()];
+    let mut alone = [0.0; SHAP_FEATURES.len()];
+    let mut oracle = [0.0; SHAP_FEATURES.len()];
+    for _ in 0..40 {
+        // More than one lane group of trees, and a remainder, at mixed depths.
+        let trees: Vec<TreeSpec> = (0..1 + rng.below(40))
+            .map(|_| {
+                let depth = 1 + rng.below(9);
+                random_tree(&mut rng, SHAP_FEATURES.len(), depth)
+            })
+            .collect();
+        let base = rng.unit() - 0.5;
+        let m =
+            Model::from_trees(names(&SHAP_FEATURES), trees.clone(), base, meta()).expect("valid");
+        for _ in 0..25 {
+            let x = random_x(&mut rng);
+            let f = feature_values(&x);
+            let p = m.predict_with_path(&f, &mut fused);
+            assert_eq!(p.to_bits(), m.predict(&f).to_bits(), "the same probability");
+            m.path_contributions(&f, &mut alone);
+            assert_eq!(fused, alone, "the same attributions");
+            let sum = reference_path(&trees, &x, &mut oracle);
+            assert!((m.margin(&f) - base - sum).abs() < 1e-9);
+            for (a, b) in fused.iter().zip(&oracle) {
+                assert!((a - b).abs() < 1e-9, "{fused:?} vs {oracle:?}");
+            }
+        }
+    }
+}

@@ -31,17 +31,24 @@ pub(crate) fn f32_split_boundary(t: f32) -> f64 {
     }
 }
 
-/// One node as scoring reads it: 16 bytes, so a depth-6 tree spans a few cache lines.
+/// One node as scoring reads it: 24 bytes, everything a walk needs in one place.
 ///
 /// Nodes are in preorder, so a split's left child is always the next node and only the right
-/// child needs an index. Leaf values live in [`Forest::values`], off the walk's path. A leaf
-/// steps to itself (its threshold is NaN and its right child is itself), so scoring can take
-/// a fixed number of steps per tree without asking whether it has arrived.
+/// child needs an index. A leaf steps to itself (its threshold is NaN and its right child is
+/// itself), so scoring can take a fixed number of steps per tree without asking whether it has
+/// arrived.
+///
+/// The value sits in the node (not in a parallel array, as it did until issue 7) because the
+/// walk ends on the leaf's cache line anyway: a separate array cost one more cache miss per
+/// tree, and path attributions read the expected value of every node the walk visits.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Node {
     /// Go left iff `x < threshold`. Models with XGBoost's single-precision rule store the
     /// boundary from [`f32_split_boundary`], which makes this comparison exact for them too.
     threshold: f64,
+    /// A leaf's value; for a split, the cover-weighted mean of its subtree's leaves (the
+    /// expected value TreeSHAP and path attributions start from).
+    pub(super) value: f64,
     /// Index into `FeatureValues::num` of the feature split on.
     num: u16,
     /// `LEAF` and `DEFAULT_LEFT` bits.
@@ -91,9 +98,6 @@ impl Node {
 #[derive(Clone, Debug, Default)]
 pub(super) struct Forest {
     pub(super) nodes: Vec<Node>,
-    /// A leaf's value; for a split, the cover-weighted mean of its subtree's leaves (the
-    /// expected value TreeSHAP starts from).
-    pub(super) values: Vec<f64>,
     /// Training weight that reached each node.
     pub(super) covers: Vec<f64>,
     /// Model feature index (into the feature names) of each split; 0 for leaves.
@@ -193,11 +197,11 @@ impl Forest {
                     }
                     self.nodes.push(Node {
                         threshold: f64::NAN,
+                        value,
                         num: 0,
                         flags: LEAF,
                         right: at as u32,
                     });
-                    self.values.push(value);
                     self.covers.push(cover);
                     self.split_feature.push(0);
                 }
@@ -257,11 +261,11 @@ impl Forest {
                     }
                     self.nodes.push(Node {
                         threshold,
+                        value: 0.0, // the expected value, filled in below
                         num,
                         flags: if default_left { DEFAULT_LEFT } else { 0 },
                         right: 0, // patched when the right child is laid out
                     });
-                    self.values.push(0.0); // the expected value, filled in below
                     self.covers.push(cover);
                     self.split_feature.push(feature as u16);
                     // Left on top, so it is laid out next: at `at + 1`.
@@ -289,8 +293,8 @@ impl Forest {
             let node = self.nodes[i];
             if !node.is_leaf() {
                 let (l, r) = (i + 1, node.right as usize);
-                self.values[i] = (self.values[l] * self.covers[l]
-                    + self.values[r] * self.covers[r])
+                self.nodes[i].value = (self.nodes[l].value * self.covers[l]
+                    + self.nodes[r].value * self.covers[r])
                     / self.covers[i];
             }
         }
@@ -304,7 +308,10 @@ impl Forest {
 
     /// Sum over trees of their cover-weighted mean leaf value.
     pub(super) fn expected_value(&self) -> f64 {
-        self.roots.iter().map(|&r| self.values[r as usize]).sum()
+        self.roots
+            .iter()
+            .map(|&r| self.nodes[r as usize].value)
+            .sum()
     }
 
     /// Sum over trees of the leaf `num` reaches.
@@ -316,7 +323,7 @@ impl Forest {
                 let node = self.nodes[at];
                 node.next(at, num[node.num as usize])
             },
-            |leaf| sum += self.values[leaf],
+            |leaf| sum += self.nodes[leaf].value,
         );
         sum
     }
@@ -375,7 +382,7 @@ impl Forest {
                         let node = self.nodes[i];
                         if node.is_leaf() {
                             NodeSpec::Leaf {
-                                value: self.values[i],
+                                value: node.value,
                                 cover: self.covers[i],
                             }
                         } else {
