@@ -2,7 +2,9 @@
 //!
 //! # Layout
 //! - this module: the record types shared by every backend.
-//! - [`sqlite`]: the embedded default (WAL, one writer thread, group commit).
+//! - [`sqlite`]: the embedded default: the record log acknowledged on fsync, SQLite (WAL)
+//!   indexed from it off the acknowledgement path.
+//! - [`log`]: the record log's segment files, entry framing and payload encoding.
 //! - [`postgres`]: production (batched multi-row inserts, migrations on start).
 //! - [`records`]: [`Records`], whichever of the two a node runs on.
 //! - [`shipper`]: production mode's write path, local buffer to PostgreSQL.
@@ -13,6 +15,7 @@
 //! them in.
 
 pub mod cursor;
+pub mod log;
 pub mod postgres;
 pub mod records;
 pub mod shipper;
