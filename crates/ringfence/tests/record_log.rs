@@ -122,13 +122,13 @@ async fn start_up_indexes_what_the_log_holds_beyond_sqlite() {
         assert_eq!(status, 200, "{body}");
         decided.push(body);
     }
-    let (status, _) = app
+    let (status, label) = app
         .post_json(
             "/v1/labels",
-            &json!({"transaction_id": "tail-7", "fraud": true}),
+            &json!({"transaction_id": "tail-7", "label": "fraud"}),
         )
         .await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 201, "{label}");
     app.stop().await;
     let alerts_before = count(dir.path(), "alerts");
     assert!(alerts_before > 0, "the mixed stream raises alerts");
