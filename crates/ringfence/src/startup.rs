@@ -246,6 +246,8 @@ impl Application {
             live.close();
         };
         let follower = tokio::spawn(Arc::clone(&self.host).follow_shared_log());
+        // Brings the node back after a full disk or a failed write, without a restart.
+        let storage_watch = tokio::spawn(Arc::clone(&self.host).watch_storage());
         // Sites: one task pulling each peer's records.
         let links: Vec<_> = self
             .host
@@ -282,6 +284,7 @@ impl Application {
         };
         watcher.abort();
         follower.abort();
+        storage_watch.abort();
         ticker.abort();
         for link in links {
             link.abort();

@@ -146,6 +146,8 @@ impl SqliteCases {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        // Cases join the records: read them once every acknowledged write is indexed.
+        self.records.caught_up().await;
         let store = self.records.clone();
         tokio::task::spawn_blocking(move || store.read_blocking(f))
             .await

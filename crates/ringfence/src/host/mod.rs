@@ -66,10 +66,13 @@ pub enum HostError {
     /// The write queue is full: try again shortly.
     #[error("the server is at capacity; retry shortly")]
     Overloaded,
-    /// A write failed; the node refuses new work until restarted (its state may hold events
-    /// that are not stored).
+    /// Storage fails (a write failed, or the data directory is read-only or broken): nothing
+    /// new is taken until it works again and the state is rebuilt from what is stored.
     #[error("storage is unavailable: {0}")]
     Storage(String),
+    /// The disk holding the data directory is full: nothing new is taken until there is space.
+    #[error("storage is full: {0}")]
+    StorageFull(String),
     /// The shared state (Redis) is unreachable and the policy is to fail closed.
     #[error("the shared state is unreachable; retry shortly")]
     SharedUnavailable,
@@ -676,16 +679,13 @@ impl EngineHost {
     /// Decides transactions in order, each durable before this returns. Ids decided before
     /// return their stored decision, marked `duplicate`.
     pub async fn submit(&self, batch: Vec<Parsed>) -> Result<Vec<Submitted>, HostError> {
-        if !self.ready() {
-            return Err(HostError::Storage(
-                "an earlier write failed; restart the node to recover".into(),
-            ));
-        }
+        self.admit()?;
         let received = Instant::now();
         let scored_before = self.scored_total.load(Ordering::Acquire);
+        // Only ids the store may hold are looked up: a fresh id costs no read.
         let lookups: Vec<String> = batch
             .iter()
-            .filter(|p| !p.generated_id)
+            .filter(|p| !p.generated_id && self.store.may_hold(p.tx.transaction_id.as_str()))
             .map(|p| p.tx.transaction_id.as_str().to_owned())
             .collect();
         let stored = if lookups.is_empty() {
@@ -719,6 +719,11 @@ impl EngineHost {
                 }
             };
             let mut guard = self.lock();
+            // Checked again under the lock: once a write has failed nothing more is applied,
+            // so the state rebuilt from what is stored (see `watch_storage`) misses nothing.
+            if !self.ready() {
+                return Err(self.refusal_error());
+            }
             let locked = &mut *guard;
             let second = (now().millis() / 1000) as u64;
             // If so many transactions were scored since our store lookup that `recent` may
@@ -737,7 +742,7 @@ impl EngineHost {
                     slots.push(Slot::Decided(Outcome::InFlight(id.to_owned())));
                     continue;
                 }
-                if recent_may_have_evicted && !p.generated_id {
+                if recent_may_have_evicted && !p.generated_id && self.store.may_hold(id) {
                     if let Some(decision) = self.store.decision_blocking(id)? {
                         slots.push(Slot::Stored(decision));
                         continue;
@@ -1190,8 +1195,137 @@ impl EngineHost {
 
     fn storage_failed(&self, e: String) -> HostError {
         self.storage_failed.store(true, Ordering::Relaxed);
-        tracing::error!(error = %e, "write failed: refusing new work until restart");
-        HostError::Storage(e)
+        tracing::error!(error = %e, "write failed: refusing new work until storage works again and the state is rebuilt");
+        match self.store.local().fault() {
+            Some(f) if f.full => HostError::StorageFull(e),
+            _ => HostError::Storage(e),
+        }
+    }
+
+    /// Why new work is refused while the node is not ready.
+    fn refusal_error(&self) -> HostError {
+        match self.store.local().fault() {
+            Some(f) if f.full => HostError::StorageFull(f.message),
+            Some(f) => HostError::Storage(f.message),
+            None => HostError::Storage(
+                "an earlier write failed; the state is being rebuilt from what is stored".into(),
+            ),
+        }
+    }
+
+    /// Whether new work may be applied now: storage healthy and the indexer close enough
+    /// behind the log. Checked before anything is applied.
+    fn admit(&self) -> Result<(), HostError> {
+        if !self.ready() {
+            return Err(self.refusal_error());
+        }
+        match self.store.local().admit() {
+            Ok(()) => Ok(()),
+            Err(records::sqlite::Refusal::Lagging) => {
+                self.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
+                Err(HostError::Overloaded)
+            }
+            Err(records::sqlite::Refusal::Fault(f)) if f.full => {
+                Err(HostError::StorageFull(f.message))
+            }
+            Err(records::sqlite::Refusal::Fault(f)) => Err(HostError::Storage(f.message)),
+        }
+    }
+
+    /// Brings the node back after storage failed, without a restart: repairs the record log
+    /// once writing works again (space freed, the disk writable again), then, if the engine
+    /// applied transactions whose records were not stored, rebuilds its state from what is
+    /// stored, and takes work again. Runs until aborted (one per node).
+    pub async fn watch_storage(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            let local = self.store.local().clone();
+            if local.fault().is_some() {
+                let repaired = tokio::task::spawn_blocking(move || local.try_repair()).await;
+                match repaired {
+                    Ok(Ok(())) => tracing::info!("storage writes work again"),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "storage still failing");
+                        continue;
+                    }
+                    Err(_) => continue,
+                }
+            }
+            if !self.ready() && self.store.local().fault().is_none() {
+                if let Err(e) = self.rebuild_after_failure().await {
+                    tracing::error!(error = %e, "rebuilding the state after a storage failure failed; retrying");
+                }
+            }
+        }
+    }
+
+    /// Replaces the engine's state with one rebuilt from stored history (the engine applied
+    /// transactions whose writes failed). New work stays refused until it is done.
+    async fn rebuild_after_failure(&self) -> Result<(), String> {
+        if self.shared.is_some() {
+            // The shared log, not this node's records, is the state there: nothing to undo.
+            self.storage_failed.store(false, Ordering::Relaxed);
+            return Ok(());
+        }
+        if matches!(self.store, Records::Postgres { .. }) {
+            // The state comes from PostgreSQL there, which the buffer has not reached yet.
+            return Err("production mode: restart the node to rebuild its state".into());
+        }
+        // Writes queued before the failure are written or refused first.
+        while self.store.writer().backlog() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let store = self.store.local().clone();
+        store.caught_up().await;
+        if !store.is_caught_up() {
+            return Err("the indexer is behind the log".into());
+        }
+        let (config, rules, models) = {
+            let locked = self.lock();
+            (
+                *locked.engine.config(),
+                locked.engine.rules().clone(),
+                locked.engine.models().clone(),
+            )
+        };
+        let began = Instant::now();
+        let rebuilt = tokio::task::spawn_blocking(move || {
+            let mut engine = Engine::new(config, rules);
+            engine.set_models(models);
+            let n = store
+                .for_each_history(|item| match item {
+                    HistoryItem::Tx { tx, alert, blocked } => {
+                        engine.apply_recorded(&tx, alert, blocked);
+                        engine.take_conflicts();
+                    }
+                    HistoryItem::Label {
+                        tx,
+                        fraud,
+                        previous,
+                    } => engine.apply_label(&tx, fraud, previous),
+                })
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((engine, n))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let (mut engine, n) = rebuilt;
+        let mut locked = self.lock();
+        // Rules or models switched meanwhile: the rebuilt engine takes those in force.
+        engine.set_rules(locked.engine.rules().clone());
+        engine.set_models(locked.engine.models().clone());
+        locked.engine = engine;
+        // Ids of failed writes were remembered as decided: forget them (stored ones are in
+        // the store's id filter).
+        locked.recent = RecentIds::default();
+        self.storage_failed.store(false, Ordering::Relaxed);
+        drop(locked);
+        tracing::info!(
+            transactions = n,
+            ms = began.elapsed().as_millis() as u64,
+            "state rebuilt from stored history after a storage failure; taking work again"
+        );
+        Ok(())
     }
 
     /// Records a verdict on a stored transaction and updates ring membership.
@@ -1202,9 +1336,7 @@ impl EngineHost {
         source: Option<String>,
         note: Option<String>,
     ) -> Result<LabelRecord, HostError> {
-        if !self.ready() {
-            return Err(HostError::Storage("an earlier write failed".into()));
-        }
+        self.admit()?;
         // Labels are rare: serialise them so "previous verdict" is never stale.
         let _one_at_a_time = self.labels.lock().await;
         let Some((tx, previous)) = self.store.event_and_label(transaction_id.clone()).await? else {
@@ -1228,6 +1360,9 @@ impl EngineHost {
             match &self.shared {
                 None => {
                     let mut locked = self.lock();
+                    if !self.ready() {
+                        return Err(self.refusal_error());
+                    }
                     locked.engine.apply_label(&tx, fraud, previous);
                 }
                 Some(shared) => {
@@ -1323,6 +1458,7 @@ impl EngineHost {
             "watermark": locked.engine.watermark(),
             "rules": locked.engine.rules().len(),
             "write_backlog": self.store.writer().backlog(),
+            "log": self.store.local().log_stats(),
         })
     }
 }

@@ -93,14 +93,11 @@ impl EngineHost {
         origin: &str,
         records: &mut Vec<FeedRecord>,
     ) -> Result<Applied, HostError> {
-        if !self.ready() {
-            return Err(HostError::Storage(
-                "an earlier write failed; restart the node to recover".into(),
-            ));
-        }
+        self.admit()?;
         let ids: Vec<String> = records
             .iter()
             .map(|r| r.event.transaction_id.as_str().to_owned())
+            .filter(|id| self.store.may_hold(id))
             .collect();
         let stored = self.store.decisions_of(ids).await?;
         let mut applied = Applied::default();
@@ -111,6 +108,9 @@ impl EngineHost {
                 return Err(HostError::Overloaded);
             };
             let mut guard = self.lock();
+            if !self.ready() {
+                return Err(self.refusal_error());
+            }
             let locked = &mut *guard;
             let offset = locked.site_offsets.entry(origin.to_owned()).or_insert(0);
             for (rec, permit) in records.drain(..).zip(permits) {

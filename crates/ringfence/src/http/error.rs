@@ -42,6 +42,9 @@ pub enum ApiError {
     /// The node cannot store decisions.
     #[error("storage is unavailable")]
     StorageUnavailable,
+    /// The disk holding the node's data is full.
+    #[error("storage is full")]
+    StorageFull,
     /// The shared state is unreachable and the node fails closed.
     #[error("the shared state is unreachable; retry shortly")]
     SharedUnavailable,
@@ -110,6 +113,10 @@ impl From<HostError> for ApiError {
                 tracing::error!(%cause, "storage unavailable");
                 ApiError::StorageUnavailable
             }
+            HostError::StorageFull(cause) => {
+                tracing::error!(%cause, "storage full");
+                ApiError::StorageFull
+            }
             HostError::NotFound(m) => ApiError::NotFound(m),
             HostError::SharedUnavailable => ApiError::SharedUnavailable,
             HostError::Store(e) => ApiError::Internal(e.to_string()),
@@ -127,9 +134,10 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Overloaded | ApiError::StorageUnavailable | ApiError::SharedUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Overloaded
+            | ApiError::StorageUnavailable
+            | ApiError::StorageFull
+            | ApiError::SharedUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InvalidRules(_) | ApiError::InvalidModel(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -167,6 +175,9 @@ impl ApiError {
             }
             ApiError::StorageUnavailable => {
                 json!({"code": "storage_unavailable", "message": "decisions cannot be stored right now; nothing was recorded"})
+            }
+            ApiError::StorageFull => {
+                json!({"code": "storage_full", "message": "the disk holding the records is full: decisions cannot be stored until space is freed; nothing was recorded"})
             }
             ApiError::InvalidRules(errors) => json!({
                 "code": "invalid_rules",
@@ -233,7 +244,7 @@ impl IntoResponse for ApiError {
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
-            ApiError::StorageUnavailable => {
+            ApiError::StorageUnavailable | ApiError::StorageFull => {
                 res.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }

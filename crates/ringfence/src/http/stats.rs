@@ -49,7 +49,9 @@ pub async fn readyz(State(cx): State<ApiContext>) -> impl IntoResponse {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not_ready", "reason": "storage failed; restart the node" })),
+            Json(
+                json!({ "status": "not_ready", "reason": "storage failed; the node takes work again once storage works and its state is rebuilt" }),
+            ),
         )
     }
 }
@@ -86,6 +88,26 @@ pub async fn metrics(State(cx): State<ApiContext>) -> impl IntoResponse {
             g(&engine["write_backlog"]),
         ),
         ("ringfence_rules", "Active rules.", g(&engine["rules"])),
+        (
+            "ringfence_log_lag_records",
+            "Records acknowledged (durable in the record log) but not yet indexed into SQLite.",
+            g(&engine["log"]["lag_records"]),
+        ),
+        (
+            "ringfence_log_lag_bytes",
+            "Record log bytes acknowledged but not yet indexed into SQLite.",
+            g(&engine["log"]["lag_bytes"]),
+        ),
+        (
+            "ringfence_log_fsync_groups",
+            "Groups appended to the record log since start (one write and one fdatasync each).",
+            g(&engine["log"]["fsync_groups"]),
+        ),
+        (
+            "ringfence_log_fsync_records",
+            "Records in those groups (records / groups = the mean fsync group size).",
+            g(&engine["log"]["fsync_records"]),
+        ),
         (
             "ringfence_ready",
             "1 when the node can store decisions.",

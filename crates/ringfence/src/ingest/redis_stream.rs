@@ -280,7 +280,8 @@ async fn process(
     } else {
         match host.submit(batch).await {
             Ok(d) => d,
-            Err(HostError::Overloaded) => return Err(Failure::Busy),
+            // A full disk clears when space returns: retry, as when at capacity.
+            Err(HostError::Overloaded | HostError::StorageFull(_)) => return Err(Failure::Busy),
             Err(e) => return Err(Failure::Storage(e.to_string())),
         }
     };

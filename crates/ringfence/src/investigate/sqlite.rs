@@ -11,6 +11,8 @@ async fn read<T: Send + 'static>(
     store: &SqliteStore,
     f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
+    // Reads see every acknowledged write (the indexer may be a few records behind the log).
+    store.caught_up().await;
     let store = store.clone();
     tokio::task::spawn_blocking(move || store.read_blocking(f))
         .await

@@ -183,7 +183,9 @@ async fn pull(
         let applied = loop {
             match host.apply_remote(&origin, &mut page.records).await {
                 Ok(a) => break a,
-                Err(HostError::Overloaded) => tokio::time::sleep(BUSY_PAUSE).await,
+                Err(HostError::Overloaded | HostError::StorageFull(_)) => {
+                    tokio::time::sleep(BUSY_PAUSE).await
+                }
                 Err(e) => return Err(LinkError::Storage(e.to_string())),
             }
         };

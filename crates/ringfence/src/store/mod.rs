@@ -2,7 +2,9 @@
 //!
 //! # Layout
 //! - this module: the record types shared by every backend.
-//! - [`sqlite`]: the embedded default (WAL, one writer thread, group commit).
+//! - [`sqlite`]: the embedded default: the record log acknowledged on fsync, SQLite (WAL)
+//!   indexed from it off the acknowledgement path.
+//! - [`log`]: the record log's segment files, entry framing and payload encoding.
 //! - [`postgres`]: production (batched multi-row inserts, migrations on start);
 //!   [`postgres_tls`]: its TLS, by the URL's `sslmode`.
 //! - [`records`]: [`Records`], whichever of the two a node runs on.
@@ -14,6 +16,7 @@
 //! them in.
 
 pub mod cursor;
+pub mod log;
 pub mod postgres;
 pub mod postgres_tls;
 pub mod records;

@@ -60,6 +60,15 @@ impl Records {
         self.local().writer()
     }
 
+    /// Whether a transaction id may be stored (false: certainly not, known without IO). In
+    /// production mode other nodes store ids this node never sees: always true there.
+    pub fn may_hold(&self, id: &str) -> bool {
+        match self {
+            Records::Sqlite(s) => s.may_hold(id),
+            Records::Postgres { .. } => true,
+        }
+    }
+
     /// This node's own SQLite (the store, or in production mode the buffer): its outboxes.
     pub fn local(&self) -> &SqliteStore {
         match self {

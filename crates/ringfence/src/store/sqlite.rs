@@ -1,19 +1,34 @@
-//! The embedded records store: SQLite in WAL mode with one writer thread and group commit.
+//! The embedded records store: an append-only record log acknowledged on fsync, and SQLite
+//! (WAL) built from it by an indexer thread, off the acknowledgement path.
 //!
-//! Why one writer thread: SQLite allows a single writer at a time anyway, and a dedicated
-//! thread turns many concurrent requests into one transaction and one fsync (group commit),
-//! which is what makes durable acknowledgements cheap. `synchronous = FULL` makes each commit
-//! durable before the writer acknowledges it. Reads use a small pool of separate connections
-//! (WAL lets them run alongside the writer) on tokio's blocking threads.
+//! Why two threads and a log: a decision is acknowledged once durable, and the cheapest
+//! durable write is one sequential append and one `fdatasync` per group of records (the
+//! log-writer thread; see [`super::log`]). SQLite's B-tree inserts, WAL frames and
+//! checkpoints are the expensive part; the indexer does them in large transactions with
+//! `synchronous = NORMAL`, storing how far it got (`meta.log_indexed_seq`) in the same commit,
+//! and deletes a log segment once a checkpoint has made its records durable in SQLite. At
+//! open, the log's tail beyond that position is indexed before anything reads, so a crash
+//! anywhere loses nothing acknowledged and replays exactly once.
+//!
+//! Reads use a small pool of separate connections (WAL lets them run alongside the indexer)
+//! on tokio's blocking threads; each first waits (bounded) until the indexer has passed
+//! everything acknowledged when the read began, so a caller reads its own writes.
+//!
+//! Duplicate ids are checked without a read per request: [`SqliteStore::may_hold`] answers
+//! from a filter of every stored id's hash, and only a hit reads the store.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ringfence_core::event::Transaction;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
-use tokio::sync::{mpsc, oneshot};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
 
+use super::log::{self, LogFiles};
 pub use super::writer::{send, QueuedWrite, WritePermit, Writer};
 use super::{
     AlertQuery, AlertRow, HistoryItem, LabelRecord, StoreCounts, StoreError, StoreSeen, TxRecord,
@@ -21,7 +36,7 @@ use super::{
 };
 use ringfence_core::retail::ReturnConflict;
 
-/// Most writes committed in one SQLite transaction.
+/// Most writes appended (and fsynced) as one group.
 const MAX_GROUP: usize = 2048;
 /// Writes that may wait for the writer before submitters are turned away.
 pub const WRITE_QUEUE: usize = 100_000;
@@ -111,6 +126,7 @@ pub struct SqliteStore {
     path: PathBuf,
     readers: Arc<Mutex<Vec<Connection>>>,
     writer: Writer,
+    log: Arc<LogState>,
 }
 
 fn open_reader(path: &Path) -> Result<Connection, StoreError> {
@@ -127,33 +143,140 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the store in `data_dir` and starts its writer thread.
+    /// Opens (creating if needed) the store in `data_dir`, indexes what its record log holds
+    /// beyond SQLite, and starts the log-writer and indexer threads.
     pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(data_dir, log::SEGMENT_BYTES)
+    }
+
+    /// [`SqliteStore::open`] with log segments of `segment_bytes` (tests use small ones).
+    pub fn open_with(data_dir: &Path, segment_bytes: u64) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(data_dir)?;
         let path = data_dir.join("ringfence.db");
-        let conn = Connection::open(&path)?;
+        let mut conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        // The log holds every acknowledged record until a checkpoint has made SQLite's copy
+        // durable, so SQLite's commits need not be synced one by one.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         // SQLite's default 2 MB page cache makes every index insert re-read pages through
         // syscalls once the tables outgrow it; 64 MB keeps the hot index pages resident.
         conn.pragma_update(None, "cache_size", -65_536)?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
-        let next_seq: i64 = conn.query_row(
+        let stored_max: i64 = conn.query_row(
             "SELECT MAX(COALESCE((SELECT MAX(seq) FROM transactions), 0),
-                        COALESCE((SELECT MAX(seq) FROM labels), 0)) + 1",
+                        COALESCE((SELECT MAX(seq) FROM labels), 0))",
             [],
             |r| r.get(0),
         )?;
+        let indexed: i64 = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'log_indexed_seq'",
+                [],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .and_then(|v| v.parse().ok())
+            // A data directory from before the log: everything in it is indexed.
+            .unwrap_or(stored_max);
+        let log_dir = data_dir.join("log");
+        let mut replayed = 0u64;
+        let mut last_replayed = indexed;
+        let (opened, closed) =
+            LogFiles::open(&log_dir, segment_bytes, indexed, |bytes, offsets| {
+                let Some(&last_at) = offsets.last() else {
+                    return Ok(());
+                };
+                let t = conn.transaction()?;
+                index_frames(&t, bytes, Some(offsets))?;
+                let last = log::frame_at(bytes, last_at).map_or(last_replayed, |f| f.seq);
+                set_indexed(&t, last)?;
+                t.commit()?;
+                replayed += offsets.len() as u64;
+                last_replayed = last;
+                Ok(())
+            })?;
+        if replayed > 0 {
+            tracing::info!(
+                records = replayed,
+                "indexed the record log's tail left by the last run"
+            );
+        }
+        let mut files = opened.files;
+        let log_last = opened.last_seq.unwrap_or(0);
+        let last = stored_max.max(log_last).max(last_replayed);
+        // Every segment but the current one is wholly indexed now: once SQLite has it on
+        // disk, it goes.
+        let closed: std::collections::VecDeque<(u64, i64)> = closed.into();
+        let checkpointed = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .map(|(busy, frames, done)| busy == 0 && done >= frames)
+            .unwrap_or(false);
+        let mut closed = closed;
+        if checkpointed {
+            while let Some(&(n, _)) = closed.front() {
+                log::delete_segment(&log_dir, n)?;
+                closed.pop_front();
+            }
+        }
+        let ids = log::IdFilter::default();
+        {
+            let mut stmt = conn.prepare("SELECT id FROM transactions")?;
+            let mut rows = stmt.query([])?;
+            let mut chunk: Vec<String> = Vec::with_capacity(4096);
+            while let Some(row) = rows.next()? {
+                chunk.push(row.get(0)?);
+                if chunk.len() == 4096 {
+                    ids.insert(chunk.iter().map(String::as_str));
+                    chunk.clear();
+                }
+            }
+            ids.insert(chunk.iter().map(String::as_str));
+        }
+        let space = files
+            .ensure_spare()
+            .err()
+            .map(|e| Fault::io("allocating the next log segment", &e));
+        let log = Arc::new(LogState {
+            dir: log_dir,
+            files: Mutex::new(files),
+            closed: Mutex::new(closed),
+            ids,
+            acked: AtomicI64::new(last),
+            indexed: watch::Sender::new(last),
+            acked_bytes: AtomicU64::new(0),
+            indexed_bytes: AtomicU64::new(0),
+            groups: AtomicU64::new(0),
+            grouped: AtomicU64::new(0),
+            faulty: AtomicBool::new(false),
+            faults: Mutex::new(Faults::default()),
+        });
+        if let Some(fault) = space {
+            tracing::error!(error = %fault.message, "new work is refused until there is space");
+            log.set_fault(|f| f.space = Some(fault));
+        }
         let (queue, rx) = mpsc::channel(WRITE_QUEUE);
+        let (index_tx, index_rx) = std::sync::mpsc::channel();
+        let for_indexer = log.clone();
         std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, next_seq))?;
+            .name("sqlite-indexer".into())
+            .spawn(move || indexer_loop(conn, index_rx, for_indexer))?;
+        let for_writer = log.clone();
+        std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || log_writer_loop(for_writer, rx, index_tx, last + 1))?;
         Ok(SqliteStore {
             path,
             readers: Arc::new(Mutex::new(Vec::new())),
             writer: Writer::new(queue),
+            log,
         })
     }
 
@@ -196,6 +319,7 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.log.wait_indexed().await;
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.read_blocking(f))
             .await
@@ -244,6 +368,7 @@ impl SqliteStore {
 
     /// The stored decision of one id, on the current thread.
     pub fn decision_blocking(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.log.wait_indexed_blocking();
         self.read_blocking(|c| {
             Ok(
                 c.prepare_cached("SELECT decision FROM transactions WHERE id = ?1")?
@@ -617,6 +742,7 @@ impl SqliteStore {
         after: i64,
         limit: usize,
     ) -> Result<Vec<(i64, String)>, StoreError> {
+        self.log.wait_indexed().await;
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             this.read_blocking(|c| {
@@ -638,6 +764,7 @@ impl SqliteStore {
         after: i64,
         limit: usize,
     ) -> Result<Vec<(i64, WriteOp)>, StoreError> {
+        self.log.wait_indexed().await;
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             this.read_blocking(|c| {
@@ -735,10 +862,304 @@ fn parse_json(s: &str) -> Result<serde_json::Value, StoreError> {
 
 type Ack = oneshot::Sender<Result<i64, String>>;
 
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<QueuedWrite>, mut next_seq: i64) {
-    let mut conn = Some(conn);
+/// Most records the indexer writes in one SQLite transaction (by log bytes).
+const INDEX_BATCH_BYTES: usize = 16 << 20;
+/// Most records acknowledged but not yet indexed: past it, ingest is refused (503 with
+/// Retry-After) before anything is applied, so the lag (and the replay after a crash, and the
+/// wait of a read) stays bounded.
+pub const MAX_LAG_RECORDS: i64 = 100_000;
+/// Most log bytes acknowledged but not yet indexed.
+pub const MAX_LAG_BYTES: u64 = 128 << 20;
+/// Longest a read waits for the indexer to pass what was acknowledged when it began.
+const READ_WAIT: Duration = Duration::from_secs(2);
+
+/// Why the store cannot take a write right now.
+#[derive(Clone, Debug)]
+pub struct Fault {
+    /// The disk (or quota) is full.
+    pub full: bool,
+    /// What failed.
+    pub message: String,
+}
+
+impl Fault {
+    fn io(what: &str, e: &std::io::Error) -> Fault {
+        Fault {
+            full: log::is_full(e),
+            message: format!("{what}: {e}"),
+        }
+    }
+
+    fn sqlite(e: &StoreError) -> Fault {
+        let full = match e {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
+                f.code == rusqlite::ErrorCode::DiskFull
+            }
+            StoreError::Io(io) => log::is_full(io),
+            _ => false,
+        };
+        Fault {
+            full,
+            message: format!("indexing records: {e}"),
+        }
+    }
+}
+
+/// Why [`SqliteStore::admit`] turned work away.
+#[derive(Clone, Debug)]
+pub enum Refusal {
+    /// The indexer is too far behind the log: retry shortly.
+    Lagging,
+    /// Storage fails: full (`fault.full`) or otherwise unavailable.
+    Fault(Fault),
+}
+
+#[derive(Debug, Default)]
+struct Faults {
+    /// An append or its fdatasync failed: appends are refused until repaired.
+    write: Option<Fault>,
+    /// The next segment could not be allocated.
+    space: Option<Fault>,
+    /// The indexer cannot write to SQLite (it retries on its own).
+    index: Option<Fault>,
+}
+
+/// The record log's shared state: positions, counters, faults, the id filter.
+#[derive(Debug)]
+pub struct LogState {
+    dir: PathBuf,
+    files: Mutex<LogFiles>,
+    closed: log::ClosedSegments,
+    ids: log::IdFilter,
+    /// Last sequence number acknowledged (durable in the log).
+    acked: AtomicI64,
+    /// Last sequence number indexed into SQLite.
+    indexed: watch::Sender<i64>,
+    acked_bytes: AtomicU64,
+    indexed_bytes: AtomicU64,
+    groups: AtomicU64,
+    grouped: AtomicU64,
+    faulty: AtomicBool,
+    faults: Mutex<Faults>,
+}
+
+impl LogState {
+    fn set_fault(&self, f: impl FnOnce(&mut Faults)) {
+        if let Ok(mut faults) = self.faults.lock() {
+            f(&mut faults);
+            let any = faults.write.is_some() || faults.space.is_some() || faults.index.is_some();
+            self.faulty.store(any, Ordering::Release);
+        }
+    }
+
+    fn fault(&self) -> Option<Fault> {
+        if !self.faulty.load(Ordering::Acquire) {
+            return None;
+        }
+        let faults = self.faults.lock().ok()?;
+        faults
+            .write
+            .clone()
+            .or_else(|| faults.space.clone())
+            .or_else(|| faults.index.clone())
+    }
+
+    /// Encodes `batch` as entries from `first_seq` and appends them with one write and one
+    /// fdatasync. Returns the frames (for the indexer).
+    fn append_group(&self, batch: &[QueuedWrite], first_seq: i64) -> Result<Vec<u8>, String> {
+        let mut frames = Vec::with_capacity(batch.len() * 1024);
+        for (i, (op, _)) in batch.iter().enumerate() {
+            log::append_entry(&mut frames, first_seq + i as i64, op).map_err(|e| e.to_string())?;
+        }
+        let last = first_seq + batch.len() as i64 - 1;
+        let mut files = self
+            .files
+            .lock()
+            .map_err(|_| "log lock poisoned".to_string())?;
+        if let Some(f) = self.faults.lock().ok().and_then(|f| f.write.clone()) {
+            return Err(f.message);
+        }
+        match files.append(&frames, last) {
+            Ok(closed) => {
+                if let Some(c) = closed {
+                    if let Ok(mut q) = self.closed.lock() {
+                        q.push_back(c);
+                    }
+                    // The next segment is allocated now, ahead of need: no space for it is
+                    // found while this one still holds room for what is accepted.
+                    match files.ensure_spare() {
+                        Ok(()) => self.set_fault(|f| f.space = None),
+                        Err(e) => {
+                            let fault = Fault::io("allocating the next log segment", &e);
+                            tracing::error!(error = %fault.message, "new work is refused until there is space");
+                            self.set_fault(|f| f.space = Some(fault));
+                        }
+                    }
+                }
+                Ok(frames)
+            }
+            Err(e) => {
+                let fault = Fault::io("appending to the record log", &e);
+                let msg = fault.message.clone();
+                self.set_fault(|f| f.write = Some(fault));
+                Err(msg)
+            }
+        }
+    }
+
+    /// Waits (at most [`READ_WAIT`]) until the indexer has passed what was acknowledged
+    /// when this was called.
+    async fn wait_indexed(&self) {
+        let target = self.acked.load(Ordering::Acquire);
+        if *self.indexed.borrow() >= target {
+            return;
+        }
+        let mut rx = self.indexed.subscribe();
+        if tokio::time::timeout(READ_WAIT, rx.wait_for(|&i| i >= target))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                target,
+                indexed = *self.indexed.borrow(),
+                "read waited for the indexer in vain; it may miss the newest records"
+            );
+        }
+    }
+
+    /// [`LogState::wait_indexed`] for a thread that cannot await.
+    fn wait_indexed_blocking(&self) {
+        let target = self.acked.load(Ordering::Acquire);
+        let began = Instant::now();
+        while *self.indexed.borrow() < target && began.elapsed() < READ_WAIT {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+/// The record log's numbers, for `/metrics` and `/v1/stats`.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct LogStats {
+    /// Last sequence number acknowledged (durable in the log).
+    pub acked_seq: i64,
+    /// Last sequence number indexed into SQLite.
+    pub indexed_seq: i64,
+    /// Records acknowledged but not indexed.
+    pub lag_records: i64,
+    /// Log bytes acknowledged but not indexed.
+    pub lag_bytes: u64,
+    /// Groups appended (one write and one fdatasync each) since start.
+    pub fsync_groups: u64,
+    /// Records in those groups.
+    pub fsync_records: u64,
+    /// Stored ids held by the duplicate filter.
+    pub ids_held: usize,
+}
+
+impl SqliteStore {
+    /// Whether new work can be taken: `Err` when the indexer is too far behind or storage
+    /// fails. Checked before the engine applies anything.
+    pub fn admit(&self) -> Result<(), Refusal> {
+        if let Some(f) = self.log.fault() {
+            return Err(Refusal::Fault(f));
+        }
+        let lag = self.log.acked.load(Ordering::Acquire) - *self.log.indexed.borrow();
+        let lag_bytes = self
+            .log
+            .acked_bytes
+            .load(Ordering::Acquire)
+            .saturating_sub(self.log.indexed_bytes.load(Ordering::Acquire));
+        if lag > MAX_LAG_RECORDS || lag_bytes > MAX_LAG_BYTES {
+            return Err(Refusal::Lagging);
+        }
+        Ok(())
+    }
+
+    /// The current storage fault, if any.
+    pub fn fault(&self) -> Option<Fault> {
+        self.log.fault()
+    }
+
+    /// After a failed append or a full disk: zeroes what a failed append may have left,
+    /// allocates the next segment, and clears the fault when both work (blocking IO).
+    pub fn try_repair(&self) -> Result<(), String> {
+        let mut files = self
+            .log
+            .files
+            .lock()
+            .map_err(|_| "log lock poisoned".to_string())?;
+        match files.repair() {
+            Ok(()) => {
+                self.log.set_fault(|f| {
+                    f.write = None;
+                    f.space = None;
+                });
+                Ok(())
+            }
+            Err(e) => Err(Fault::io("repairing the record log", &e).message),
+        }
+    }
+
+    /// Whether `id` may be stored (false: certainly not; no IO).
+    pub fn may_hold(&self, id: &str) -> bool {
+        self.log.ids.may_contain(id)
+    }
+
+    /// Waits until everything acknowledged so far is indexed (bounded).
+    pub async fn caught_up(&self) {
+        self.log.wait_indexed().await
+    }
+
+    /// Whether everything acknowledged is indexed.
+    pub fn is_caught_up(&self) -> bool {
+        *self.log.indexed.borrow() >= self.log.acked.load(Ordering::Acquire)
+    }
+
+    /// The record log's numbers.
+    pub fn log_stats(&self) -> LogStats {
+        let acked = self.log.acked.load(Ordering::Acquire);
+        let indexed = *self.log.indexed.borrow();
+        LogStats {
+            acked_seq: acked,
+            indexed_seq: indexed,
+            lag_records: (acked - indexed).max(0),
+            lag_bytes: self
+                .log
+                .acked_bytes
+                .load(Ordering::Acquire)
+                .saturating_sub(self.log.indexed_bytes.load(Ordering::Acquire)),
+            fsync_groups: self.log.groups.load(Ordering::Relaxed),
+            fsync_records: self.log.grouped.load(Ordering::Relaxed),
+            ids_held: self.log.ids.len(),
+        }
+    }
+
+    /// The directory of the record log.
+    pub fn log_dir(&self) -> &Path {
+        &self.log.dir
+    }
+}
+
+/// What the log writer hands the indexer.
+enum IndexMsg {
+    /// Frames appended (and acknowledged), the last with this sequence number.
+    Group { last_seq: i64, frames: Vec<u8> },
+    /// Index what is pending, close the database, then acknowledge.
+    Close(Ack),
+}
+
+/// The log writer: takes groups off the queue, appends each with one write and one
+/// fdatasync, acknowledges each record with its sequence number, and hands the group to
+/// the indexer.
+fn log_writer_loop(
+    log: Arc<LogState>,
+    mut rx: mpsc::Receiver<QueuedWrite>,
+    index: std::sync::mpsc::Sender<IndexMsg>,
+    mut next_seq: i64,
+) {
     let mut batch: Vec<QueuedWrite> = Vec::with_capacity(MAX_GROUP);
     let mut closing: Option<Ack> = None;
+    let mut closed = false;
     while let Some(first) = rx.blocking_recv() {
         match first {
             (WriteOp::Close, ack) => closing = Some(ack),
@@ -751,174 +1172,334 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<QueuedWrite>, mut next_s
                 Err(_) => break,
             }
         }
-        let result = match conn.as_mut() {
-            Some(c) if !batch.is_empty() => write_group(c, &batch, next_seq),
-            Some(_) => Ok(()),
-            None => Err(StoreError::Closed),
-        };
-        match result {
-            Ok(()) => {
-                for (_, ack) in batch.drain(..) {
-                    let _ = ack.send(Ok(next_seq));
-                    next_seq += 1;
+        if !batch.is_empty() {
+            let result = if closed {
+                Err(StoreError::Closed.to_string())
+            } else {
+                log.append_group(&batch, next_seq)
+            };
+            match result {
+                Ok(frames) => {
+                    let n = batch.len() as i64;
+                    let last = next_seq + n - 1;
+                    // Known stored before anyone hears it is: the duplicate check relies on it.
+                    log.ids.insert(batch.iter().filter_map(|(op, _)| match op {
+                        WriteOp::Tx(r) => Some(r.tx.transaction_id.as_str()),
+                        _ => None,
+                    }));
+                    log.acked_bytes
+                        .fetch_add(frames.len() as u64, Ordering::AcqRel);
+                    log.acked.store(last, Ordering::Release);
+                    log.groups.fetch_add(1, Ordering::Relaxed);
+                    log.grouped.fetch_add(n as u64, Ordering::Relaxed);
+                    let _ = index.send(IndexMsg::Group {
+                        last_seq: last,
+                        frames,
+                    });
+                    for (i, (_, ack)) in batch.drain(..).enumerate() {
+                        let _ = ack.send(Ok(next_seq + i as i64));
+                    }
+                    next_seq = last + 1;
                 }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, writes = batch.len(), "group commit failed");
-                let msg = e.to_string();
-                for (_, ack) in batch.drain(..) {
-                    let _ = ack.send(Err(msg.clone()));
+                Err(msg) => {
+                    tracing::error!(error = %msg, writes = batch.len(), "append to the record log failed");
+                    for (_, ack) in batch.drain(..) {
+                        let _ = ack.send(Err(msg.clone()));
+                    }
                 }
             }
         }
         if let Some(ack) = closing.take() {
-            if let Some(c) = conn.take() {
-                if let Err((_, e)) = c.close() {
-                    tracing::error!(error = %e, "closing the database failed");
-                }
+            closed = true;
+            if let Err(std::sync::mpsc::SendError(IndexMsg::Close(ack))) =
+                index.send(IndexMsg::Close(ack))
+            {
+                let _ = ack.send(Ok(next_seq));
             }
-            let _ = ack.send(Ok(next_seq));
         }
     }
 }
 
-fn write_group(
-    conn: &mut Connection,
-    batch: &[(WriteOp, Ack)],
-    first_seq: i64,
-) -> Result<(), StoreError> {
-    let t = conn.transaction()?;
-    {
-        let mut ins_tx = t.prepare_cached(
-            "INSERT INTO transactions (seq, id, ts, amount, action, score, alert, event, decision, origin, origin_seq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (id) DO NOTHING",
-        )?;
-        let mut set_offset = t.prepare_cached(
-            "INSERT INTO site_offsets (origin, seq) VALUES (?1, ?2)
-             ON CONFLICT (origin) DO UPDATE SET seq = MAX(seq, excluded.seq)",
-        )?;
-        let mut ins_conflict = t.prepare_cached(
-            "INSERT INTO site_conflicts (key, seq, conflict) VALUES (?1, ?2, ?3)
-             ON CONFLICT (key) DO NOTHING",
-        )?;
-        let mut ins_entity =
-            t.prepare_cached("INSERT OR IGNORE INTO tx_entities (entity, seq) VALUES (?1, ?2)")?;
-        let mut ins_alert = t.prepare_cached(
-            "INSERT INTO alerts (seq, transaction_id, ts, account, action, score, category, amount, reasons)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?;
-        let mut ins_outbox =
-            t.prepare_cached("INSERT INTO alert_outbox (seq, event) VALUES (?1, ?2)")?;
-        let mut ins_log_outbox = t.prepare_cached("INSERT INTO log_outbox (seq) VALUES (?1)")?;
-        let mut ins_label = t.prepare_cached(
-            "INSERT INTO labels (seq, transaction_id, fraud, previous, source, note, labeled_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?;
-        for (i, (op, _)) in batch.iter().enumerate() {
-            let seq = first_seq + i as i64;
-            match op {
-                WriteOp::Tx(rec) => {
-                    let tx = &rec.tx;
-                    let d = &rec.decision.decision;
-                    let event = serde_json::to_string(tx)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    let decision = serde_json::to_string(&rec.decision)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    let inserted = ins_tx.execute(params![
-                        seq,
-                        tx.transaction_id.as_str(),
-                        tx.timestamp.millis(),
-                        tx.amount,
-                        d.decision.as_str(),
-                        d.score,
-                        d.alert,
-                        event,
-                        decision,
-                        rec.origin.as_ref().map(|o| o.site.as_str()),
-                        rec.origin.as_ref().map(|o| o.seq),
-                    ])?;
-                    // Replicated: the offset moves in the same commit as the record, so a
-                    // restart resumes exactly after what is stored.
-                    if let Some(o) = &rec.origin {
-                        set_offset.execute(params![o.site, o.seq])?;
+/// The indexer: writes the log's entries into SQLite in large transactions (the indexed
+/// sequence number in the same commit), publishes how far it got, and deletes segments once
+/// SQLite holds them durably. A failure (a full disk) is retried: the entries stay in the
+/// log, and ingest is refused meanwhile.
+fn indexer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<IndexMsg>, log: Arc<LogState>) {
+    let mut pending: Vec<(i64, Vec<u8>)> = Vec::new();
+    let mut close: Option<Ack> = None;
+    let mut disconnected = false;
+    let mut failures = 0u32;
+    let take = |m: IndexMsg, pending: &mut Vec<(i64, Vec<u8>)>, close: &mut Option<Ack>| match m {
+        IndexMsg::Group { last_seq, frames } => pending.push((last_seq, frames)),
+        IndexMsg::Close(ack) => *close = Some(ack),
+    };
+    loop {
+        if pending.is_empty() {
+            if close.is_some() || disconnected {
+                break;
+            }
+            match rx.recv() {
+                Ok(m) => take(m, &mut pending, &mut close),
+                Err(_) => disconnected = true,
+            }
+            continue;
+        }
+        let mut bytes: usize = pending.iter().map(|(_, f)| f.len()).sum();
+        while bytes < INDEX_BATCH_BYTES && close.is_none() {
+            match rx.try_recv() {
+                Ok(m) => {
+                    if let IndexMsg::Group { frames, .. } = &m {
+                        bytes += frames.len();
                     }
-                    if inserted == 0 {
-                        // The host checks ids before scoring, so this means a duplicate got
-                        // past it: the first record stands, and the breach is loud.
-                        tracing::error!(
-                            transaction_id = tx.transaction_id.as_str(),
-                            "duplicate transaction id reached the writer; the first record stands"
-                        );
-                        continue;
-                    }
-                    for entity in super::entity_keys(tx) {
-                        ins_entity.execute(params![entity, seq])?;
-                    }
-                    if let Some(event) = &rec.alert_event {
-                        ins_outbox.execute(params![seq, event])?;
-                    }
-                    // Decided while the shared log was unreachable: owed to the log.
-                    if rec.decision.degraded {
-                        ins_log_outbox.execute(params![seq])?;
-                    }
-                    for c in &rec.conflicts {
-                        let json = serde_json::to_string(c)
-                            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                        // Both sites find the same conflict; each raises it once.
-                        if ins_conflict.execute(params![c.key(), seq, json])? == 1 {
-                            let reasons = serde_json::to_string(&[conflict_reason(c)])
-                                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                            ins_alert.execute(params![
-                                seq,
-                                tx.transaction_id.as_str(),
-                                tx.timestamp.millis(),
-                                None::<&str>,
-                                "review",
-                                100.0,
-                                CONFLICT_CATEGORY,
-                                tx.amount,
-                                reasons
-                            ])?;
-                        }
-                    }
-                    // Every decision above approve is queued for analysts, escalations included;
-                    // `alert` (the ladder's count) is stored with the transaction.
-                    if d.decision > ringfence_core::decision::Action::Approve {
-                        let category = d.reasons.first().map_or("score", |r| r.category.as_str());
-                        let reasons = serde_json::to_string(&d.reasons)
-                            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                        ins_alert.execute(params![
-                            seq,
-                            tx.transaction_id.as_str(),
-                            tx.timestamp.millis(),
-                            d.account,
-                            d.decision.as_str(),
-                            d.score,
-                            category,
-                            tx.amount,
-                            reasons
-                        ])?;
-                    }
+                    take(m, &mut pending, &mut close);
                 }
-                WriteOp::Close => {}
-                WriteOp::SiteOffset(o) => {
-                    set_offset.execute(params![o.site, o.seq])?;
-                }
-                WriteOp::Label(l) => {
-                    ins_label.execute(params![
-                        seq,
-                        l.transaction_id,
-                        l.fraud,
-                        l.previous,
-                        l.source,
-                        l.note,
-                        l.labeled_at.millis()
-                    ])?;
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    disconnected = true;
+                    break;
                 }
             }
         }
+        match index_groups(&mut conn, &pending) {
+            Ok(last) => {
+                pending.clear();
+                failures = 0;
+                log.indexed_bytes.fetch_add(bytes as u64, Ordering::AcqRel);
+                log.indexed.send_replace(last);
+                if log.faulty.load(Ordering::Acquire) {
+                    log.set_fault(|f| f.index = None);
+                }
+                retire_segments(&conn, &log, last);
+            }
+            Err(e) => {
+                failures += 1;
+                let fault = Fault::sqlite(&e);
+                if failures == 1 {
+                    tracing::error!(error = %fault.message, "indexing failed; the records are safe in the log, retrying");
+                }
+                log.set_fault(|f| f.index = Some(fault));
+                if (close.is_some() || disconnected) && failures >= 3 {
+                    // Shutting down: what is left stays in the log and is indexed at the
+                    // next start.
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50 * u64::from(failures.min(20))));
+            }
+        }
     }
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    let indexed = *log.indexed.borrow();
+    if let Err((_, e)) = conn.close() {
+        tracing::error!(error = %e, "closing the database failed");
+    }
+    if let Some(ack) = close {
+        let _ = ack.send(Ok(indexed + 1));
+    }
+}
+
+/// Deletes the closed segments wholly indexed, once a checkpoint has put everything in the
+/// WAL into the database file (durable: `synchronous = NORMAL` syncs at checkpoints).
+fn retire_segments(conn: &Connection, log: &LogState, indexed: i64) {
+    let ready = log
+        .closed
+        .lock()
+        .ok()
+        .and_then(|q| q.front().map(|&(_, last)| last <= indexed))
+        .unwrap_or(false);
+    if !ready {
+        return;
+    }
+    let checkpoint = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    });
+    match checkpoint {
+        Ok((0, frames, done)) if done >= frames => {}
+        Ok(_) => return, // readers hold part of the WAL: next time
+        Err(e) => {
+            tracing::warn!(error = %e, "checkpoint failed; log segments kept");
+            return;
+        }
+    }
+    let Ok(mut q) = log.closed.lock() else { return };
+    while let Some(&(n, last)) = q.front() {
+        if last > indexed {
+            break;
+        }
+        if let Err(e) = log::delete_segment(&log.dir, n) {
+            tracing::warn!(segment = n, error = %e, "deleting an indexed log segment failed");
+            break;
+        }
+        q.pop_front();
+    }
+}
+
+/// Indexes groups of frames in one transaction; returns the last sequence number.
+fn index_groups(conn: &mut Connection, groups: &[(i64, Vec<u8>)]) -> Result<i64, StoreError> {
+    let t = conn.transaction()?;
+    let mut last = 0;
+    for (last_seq, frames) in groups {
+        index_frames(&t, frames, None)?;
+        last = *last_seq;
+    }
+    set_indexed(&t, last)?;
     t.commit()?;
+    Ok(last)
+}
+
+fn set_indexed(conn: &Connection, seq: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO meta (key, value) VALUES ('log_indexed_seq', ?1)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )?
+    .execute([seq.to_string()])?;
+    Ok(())
+}
+
+/// Indexes the frames of `buf` (those at `offsets`, or all of them in order).
+fn index_frames(
+    conn: &Connection,
+    buf: &[u8],
+    offsets: Option<&[usize]>,
+) -> Result<(), StoreError> {
+    let each = |pos: usize| -> Result<Option<usize>, StoreError> {
+        let Some(f) = log::frame_at(buf, pos) else {
+            return Ok(None);
+        };
+        index_entry(conn, f.seq, log::decode(f.payload)?)?;
+        Ok(Some(f.next))
+    };
+    match offsets {
+        Some(offsets) => {
+            for &o in offsets {
+                if each(o)?.is_none() {
+                    return Err(StoreError::Corrupt(format!(
+                        "log frame at {o} does not check"
+                    )));
+                }
+            }
+        }
+        None => {
+            let mut pos = 0;
+            while let Some(next) = each(pos)? {
+                pos = next;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes one log entry's rows: the same tables and statements every reader uses.
+fn index_entry(conn: &Connection, seq: i64, op: log::IndexOp<'_>) -> Result<(), StoreError> {
+    match op {
+        log::IndexOp::Tx(tx) => {
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO transactions (seq, id, ts, amount, action, score, alert, event, decision, origin, origin_seq)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (id) DO NOTHING",
+                )?
+                .execute(params![
+                    seq,
+                    tx.id,
+                    tx.ts,
+                    tx.amount,
+                    tx.action,
+                    tx.score,
+                    tx.alert,
+                    tx.event,
+                    tx.decision,
+                    tx.origin.map(|o| o.0),
+                    tx.origin.map(|o| o.1),
+                ])?;
+            // Replicated: the offset moves in the same commit as the record, so a restart
+            // resumes exactly after what is stored.
+            if let Some((site, origin_seq)) = tx.origin {
+                set_site_offset(conn, site, origin_seq)?;
+            }
+            if inserted == 0 {
+                // The host checks ids before scoring, so this means a duplicate got past it:
+                // the first record stands, and the breach is loud.
+                tracing::error!(
+                    transaction_id = tx.id,
+                    "duplicate transaction id reached the writer; the first record stands"
+                );
+                return Ok(());
+            }
+            let mut ins_entity = conn.prepare_cached(
+                "INSERT OR IGNORE INTO tx_entities (entity, seq) VALUES (?1, ?2)",
+            )?;
+            for entity in &tx.entities {
+                ins_entity.execute(params![entity, seq])?;
+            }
+            if let Some(event) = tx.alert_event {
+                conn.prepare_cached("INSERT INTO alert_outbox (seq, event) VALUES (?1, ?2)")?
+                    .execute(params![seq, event])?;
+            }
+            // Decided while the shared log was unreachable: owed to the log.
+            if tx.degraded {
+                conn.prepare_cached("INSERT INTO log_outbox (seq) VALUES (?1)")?
+                    .execute(params![seq])?;
+            }
+            let insert_alert = "INSERT INTO alerts (seq, transaction_id, ts, account, action, score, category, amount, reasons)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+            for (key, json, reasons) in &tx.conflicts {
+                // Both sites find the same conflict; each raises it once.
+                let new = conn
+                    .prepare_cached(
+                        "INSERT INTO site_conflicts (key, seq, conflict) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (key) DO NOTHING",
+                    )?
+                    .execute(params![key, seq, json])?;
+                if new == 1 {
+                    conn.prepare_cached(insert_alert)?.execute(params![
+                        seq,
+                        tx.id,
+                        tx.ts,
+                        None::<&str>,
+                        "review",
+                        100.0,
+                        CONFLICT_CATEGORY,
+                        tx.amount,
+                        reasons
+                    ])?;
+                }
+            }
+            // Every decision above approve is queued for analysts, escalations included;
+            // `alert` (the ladder's count) is stored with the transaction.
+            if let Some((account, category, reasons)) = tx.alert_row {
+                conn.prepare_cached(insert_alert)?.execute(params![
+                    seq, tx.id, tx.ts, account, tx.action, tx.score, category, tx.amount, reasons
+                ])?;
+            }
+        }
+        log::IndexOp::SiteOffset { site, seq: at } => set_site_offset(conn, site, at)?,
+        log::IndexOp::Label {
+            transaction_id,
+            fraud,
+            previous,
+            source,
+            note,
+            labeled_at,
+        } => {
+            conn.prepare_cached(
+                "INSERT INTO labels (seq, transaction_id, fraud, previous, source, note, labeled_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![seq, transaction_id, fraud, previous, source, note, labeled_at])?;
+        }
+    }
+    Ok(())
+}
+
+fn set_site_offset(conn: &Connection, site: &str, seq: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO site_offsets (origin, seq) VALUES (?1, ?2)
+         ON CONFLICT (origin) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+    )?
+    .execute(params![site, seq])?;
     Ok(())
 }
 
@@ -928,7 +1509,7 @@ pub const CONFLICT_CATEGORY: &str = "duplicate_return_across_sites";
 
 /// The alert reason of a conflict: its claims in words, and the claiming transactions and the
 /// whole conflict as data.
-fn conflict_reason(c: &ReturnConflict) -> serde_json::Value {
+pub(crate) fn conflict_reason(c: &ReturnConflict) -> serde_json::Value {
     let item = match &c.serial {
         Some(serial) => format!("{} (serial {serial})", c.sku),
         None => c.sku.clone(),
