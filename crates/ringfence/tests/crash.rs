@@ -25,12 +25,16 @@ use serde_json::{Map, Value};
 
 /// Kills the test must reach.
 const KILLS: usize = 200;
-/// The whole kill loop must finish within this.
-const TIME_LIMIT: Duration = Duration::from_secs(600);
+/// The whole kill loop must finish within this. Each restart rebuilds state from a history
+/// that grows through the run (a debug build in the test suite): the loop took 388 s at load 12
+/// on the old write path and 479 s in a CI run; the bound leaves room for a slower machine.
+const TIME_LIMIT: Duration = Duration::from_secs(900);
 /// Card-hash key shared by the crashed server and the replay (tokens must agree).
 const CARD_KEY: &str = "crash-test-card-hash-key-0123456789";
-/// Offered load while the server is up, in transactions per second.
-const TPS: &str = "600";
+/// Offered load while the server is up, in transactions per second (32 requests in flight at
+/// most): enough that every kill lands among requests in flight, low enough that the history
+/// each restart rebuilds stays small.
+const TPS: &str = "400";
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_ringfence")
