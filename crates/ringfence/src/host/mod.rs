@@ -57,6 +57,27 @@ const OWED_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a node may hold the snapshot lease (encoding and saving a large state included).
 const SNAPSHOT_LEASE: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// Applies one item of stored history to `engine`, as at start-up and after a storage
+/// failure; returns whether it was a label.
+fn apply_history(engine: &mut Engine, item: HistoryItem) -> bool {
+    match item {
+        HistoryItem::Tx { tx, alert, blocked } => {
+            engine.apply_recorded(&tx, alert, blocked);
+            // Found again on replay; stored (and alerted) when first found.
+            engine.take_conflicts();
+            false
+        }
+        HistoryItem::Label {
+            tx,
+            fraud,
+            previous,
+        } => {
+            engine.apply_label(&tx, fraud, previous);
+            true
+        }
+    }
+}
+
 /// Transaction ids remembered in memory to catch duplicates still on their way to disk.
 const RECENT_IDS: usize = 1 << 18;
 
@@ -500,21 +521,7 @@ impl EngineHost {
         } else {
             let mut labels = 0u64;
             let txs = store
-                .for_each_history(|item| match item {
-                    HistoryItem::Tx { tx, alert, blocked } => {
-                        engine.apply_recorded(&tx, alert, blocked);
-                        // Found again on replay; stored (and alerted) when first found.
-                        engine.take_conflicts();
-                    }
-                    HistoryItem::Label {
-                        tx,
-                        fraud,
-                        previous,
-                    } => {
-                        labels += 1;
-                        engine.apply_label(&tx, fraud, previous);
-                    }
-                })
+                .for_each_history(|item| labels += u64::from(apply_history(&mut engine, item)))
                 .await?;
             tracing::info!(
                 transactions = txs,
@@ -1293,16 +1300,8 @@ impl EngineHost {
             let mut engine = Engine::new(config, rules);
             engine.set_models(models);
             let n = store
-                .for_each_history(|item| match item {
-                    HistoryItem::Tx { tx, alert, blocked } => {
-                        engine.apply_recorded(&tx, alert, blocked);
-                        engine.take_conflicts();
-                    }
-                    HistoryItem::Label {
-                        tx,
-                        fraud,
-                        previous,
-                    } => engine.apply_label(&tx, fraud, previous),
+                .for_each_history(|item| {
+                    apply_history(&mut engine, item);
                 })
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>((engine, n))
