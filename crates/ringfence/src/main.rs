@@ -1,12 +1,17 @@
 //! The `ringfence` command: `serve`, `demo`, `simulate`, `bench`.
 
 use clap::{Parser, Subcommand};
+
 use ringfence::bench::BenchArgs;
 use ringfence::config::{ServeArgs, Settings};
 use ringfence::demo::DemoArgs;
 use ringfence::simulate::SimulateArgs;
 use ringfence::startup::Application;
 use tracing_subscriber::EnvFilter;
+
+/// See the `mimalloc` entry of Cargo.toml: the request path allocates often and small.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Ringfence: real-time fraud detection.
 #[derive(Parser, Debug)]

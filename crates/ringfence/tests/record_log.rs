@@ -1,24 +1,17 @@
 //! The durable write path: records acknowledged once in the record log, SQLite indexed from
 //! it. Start-up indexes what the log holds beyond SQLite; reads see acknowledged writes;
 //! duplicate ids stay exact across restarts without a read per request; a full disk gets a
-//! clear 503 (nothing acknowledged is lost) and the node takes work again once space returns.
+//! clear 503 (nothing acknowledged is lost) and the node takes work again once space returns
+//! (a read-only data directory: `tests/read_only.rs`).
 
 mod helpers;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use helpers::{mixed_tx, spawn_app_at, TestApp};
+use helpers::{mixed_tx, post_tx, post_until_accepted_again, post_until_refused, spawn_app_at};
 use ringfence::store::sqlite::SqliteStore;
-use serde_json::{json, Value};
-
-async fn post_tx(app: &TestApp, tx: &Value) -> (u16, Value, Option<String>) {
-    let r = app.post("/v1/transactions", &tx.to_string()).await;
-    let retry_after = r.header("retry-after").map(str::to_owned);
-    let v = r.json::<Value>().unwrap_or(Value::Null);
-    (r.status, v, retry_after)
-}
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_decision_reads_back_at_once() {
@@ -238,31 +231,7 @@ async fn a_full_disk_is_refused_clearly_and_the_node_recovers_when_space_returns
     }
     fill(&mount.at.join("filler"));
     // Keep sending: what is acknowledged must be stored; the refusal must be a clear 503.
-    let mut refused = None;
-    let began = Instant::now();
-    while refused.is_none() && began.elapsed() < Duration::from_secs(60) {
-        let tx = mixed_tx("full", 12, next);
-        next += 1;
-        let (status, body, retry_after) = post_tx(&app, &tx).await;
-        match status {
-            200 => acked.push(tx["transaction_id"].as_str().expect("id").to_owned()),
-            503 => {
-                let code = body["error"]["code"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned();
-                if code == "storage_full" {
-                    assert!(retry_after.is_some(), "503 without Retry-After: {body}");
-                    refused = Some(body);
-                } else {
-                    assert_eq!(code, "overloaded", "{body}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-            other => panic!("unexpected {other}: {body}"),
-        }
-    }
-    let refused = refused.expect("a full disk must be refused with storage_full");
+    let refused = post_until_refused(&app, "full", "storage_full", &mut acked, &mut next).await;
     assert!(
         refused["error"]["message"]
             .as_str()
@@ -277,20 +246,7 @@ async fn a_full_disk_is_refused_clearly_and_the_node_recovers_when_space_returns
     assert_eq!(status, 404);
     // Space returns: the node takes work again without a restart.
     std::fs::remove_file(mount.at.join("filler")).expect("free space");
-    let began = Instant::now();
-    loop {
-        let tx = mixed_tx("full-after", 12, 0);
-        let (status, body, _) = post_tx(&app, &tx).await;
-        if status == 200 {
-            break;
-        }
-        assert_eq!(status, 503, "{body}");
-        assert!(
-            began.elapsed() < Duration::from_secs(30),
-            "still refused 30 s after space returned: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    post_until_accepted_again(&app, &mixed_tx("full-after", 12, 0), "space returned").await;
     for id in &acked {
         let (status, stored) = app.get(&format!("/v1/transactions/{id}")).await;
         assert_eq!(status, 200, "acknowledged {id} is not stored: {stored}");

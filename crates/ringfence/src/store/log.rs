@@ -109,8 +109,14 @@ fn put_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
-fn json<T: serde::Serialize + ?Sized>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+/// [`put_str`] of `v`'s JSON, encoded in place (no string of its own).
+fn put_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) -> Result<(), StoreError> {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    serde_json::to_writer(&mut *out, v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    Ok(())
 }
 
 /// Encodes what the indexer writes for `op` (see [`IndexOp`]).
@@ -126,8 +132,8 @@ pub fn encode(out: &mut Vec<u8>, op: &WriteOp) -> Result<(), StoreError> {
             put_str(out, d.decision.as_str());
             out.extend_from_slice(&d.score.to_le_bytes());
             out.push(d.alert as u8);
-            put_str(out, &json(tx)?);
-            put_str(out, &json(&rec.decision)?);
+            put_json(out, tx)?;
+            put_json(out, &rec.decision)?;
             match &rec.origin {
                 Some(o) => {
                     out.push(1);
@@ -146,8 +152,8 @@ pub fn encode(out: &mut Vec<u8>, op: &WriteOp) -> Result<(), StoreError> {
             out.extend_from_slice(&(rec.conflicts.len() as u32).to_le_bytes());
             for c in &rec.conflicts {
                 put_str(out, &c.key());
-                put_str(out, &json(c)?);
-                put_str(out, &json(&[super::sqlite::conflict_reason(c)])?);
+                put_json(out, c)?;
+                put_json(out, &[super::sqlite::conflict_reason(c)])?;
             }
             // Every decision above approve is queued for analysts, escalations included.
             if d.decision > ringfence_core::decision::Action::Approve {
@@ -157,7 +163,7 @@ pub fn encode(out: &mut Vec<u8>, op: &WriteOp) -> Result<(), StoreError> {
                     out,
                     d.reasons.first().map_or("score", |r| r.category.as_str()),
                 );
-                put_str(out, &json(&d.reasons)?);
+                put_json(out, &d.reasons)?;
             } else {
                 out.push(0);
             }

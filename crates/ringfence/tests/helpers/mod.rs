@@ -166,6 +166,63 @@ pub fn mixed_tx(prefix: &str, hour: u32, i: usize) -> Value {
     })
 }
 
+/// Posts `tx` to `/v1/transactions`: status, JSON body, `Retry-After`.
+pub async fn post_tx(app: &TestApp, tx: &Value) -> (u16, Value, Option<String>) {
+    let r = app.post("/v1/transactions", &tx.to_string()).await;
+    let retry_after = r.header("retry-after").map(str::to_owned);
+    let v = r.json::<Value>().unwrap_or(Value::Null);
+    (r.status, v, retry_after)
+}
+
+/// Posts `mixed_tx(prefix, 12, *next)` and on until one is refused with 503 `code` and a
+/// `Retry-After` (within 60 s), and returns that refusal; the ids acknowledged meanwhile are
+/// added to `acked`. A 503 `overloaded` on the way is waited out; any other answer fails.
+pub async fn post_until_refused(
+    app: &TestApp,
+    prefix: &str,
+    code: &str,
+    acked: &mut Vec<String>,
+    next: &mut usize,
+) -> Value {
+    let began = std::time::Instant::now();
+    while began.elapsed() < Duration::from_secs(60) {
+        let tx = mixed_tx(prefix, 12, *next);
+        *next += 1;
+        let (status, body, retry_after) = post_tx(app, &tx).await;
+        match status {
+            200 => acked.push(tx["transaction_id"].as_str().expect("id").to_owned()),
+            503 if body["error"]["code"] == "overloaded" && code != "overloaded" => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            503 => {
+                assert_eq!(body["error"]["code"], code, "{body}");
+                assert!(retry_after.is_some(), "503 without Retry-After: {body}");
+                return body;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    panic!("no 503 {code} within 60 s");
+}
+
+/// Posts `tx` until it is accepted: every answer before is a 503, for at most 30 s (`why`
+/// says what should have ended the refusals).
+pub async fn post_until_accepted_again(app: &TestApp, tx: &Value, why: &str) {
+    let began = std::time::Instant::now();
+    loop {
+        let (status, body, _) = post_tx(app, tx).await;
+        if status == 200 {
+            return;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "still refused 30 s after {why}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The fields two decisions of the same transaction must agree on.
 pub fn decision_essence(d: &Value) -> Value {
     serde_json::json!([
