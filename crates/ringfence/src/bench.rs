@@ -624,6 +624,24 @@ struct BatchEntry {
     error: Option<IgnoredAny>,
 }
 
+/// How late tokio's timer may wake a sleeper through no fault of the server: it fires on
+/// millisecond ticks.
+const TIMER_SLACK: Duration = Duration::from_millis(1);
+
+/// Where an open-loop request's latency starts: its due time, except that a worker which slept
+/// until then (it was ahead of schedule) counts from when the timer woke it, by at most
+/// [`TIMER_SLACK`] later. Counting the timer's tick against the server added up to a
+/// millisecond to every request. A worker behind schedule (its previous answer came late)
+/// always counts from the due time, so the server's delays are never hidden (no coordinated
+/// omission), and neither is a generator starved of CPU for longer than a tick.
+fn latency_origin(due: Instant, woke: Instant, slept: bool) -> Instant {
+    if slept {
+        woke.clamp(due, due + TIMER_SLACK)
+    } else {
+        due
+    }
+}
+
 /// One closed-loop worker.
 struct Worker {
     client: HttpClient,
@@ -665,8 +683,11 @@ impl Worker {
                     if due >= self.end {
                         break;
                     }
-                    tokio::time::sleep_until(due.into()).await;
-                    due
+                    let slept = Instant::now() < due;
+                    if slept {
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    latency_origin(due, Instant::now(), slept)
                 }
                 None => Instant::now(),
             };
@@ -877,6 +898,21 @@ mod tests {
             run_http(&bad).await,
             Err(BenchError::InvalidArgs(m)) if m.contains("--rate")
         ));
+    }
+
+    #[test]
+    fn open_loop_latency_forgives_the_timer_tick_and_nothing_else() {
+        let due = Instant::now();
+        let us = Duration::from_micros;
+        // Slept and woke within the tick: counted from the wake-up.
+        assert_eq!(latency_origin(due, due + us(300), true), due + us(300));
+        // Slept and woke late: at most the tick is forgiven.
+        assert_eq!(
+            latency_origin(due, due + us(5_000), true),
+            due + TIMER_SLACK
+        );
+        // Behind schedule: from the due time, however late it is sent.
+        assert_eq!(latency_origin(due, due + us(5_000), false), due);
     }
 
     #[test]
