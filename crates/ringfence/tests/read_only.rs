@@ -7,7 +7,10 @@ mod helpers;
 
 use std::process::Command;
 
-use helpers::{mixed_tx, post_tx, post_until_accepted_again, post_until_refused, spawn_app_at};
+use helpers::{
+    assert_all_stored, assert_stored_after_restart, mixed_tx, post_accepted, post_tx,
+    post_until_accepted_again, post_until_refused, spawn_app_at,
+};
 
 /// Every write, sync and allocation this process makes on files fails with EROFS while it
 /// lives, as on a file system remounted read-only after an error (`errors=remount-ro`): strace
@@ -50,13 +53,7 @@ async fn a_read_only_data_directory_is_refused_clearly_and_the_node_recovers_whe
     let app = spawn_app_at(dir.path(), None).await;
     let mut acked: Vec<String> = Vec::new();
     let mut next = 0usize;
-    for _ in 0..20 {
-        let tx = mixed_tx("ro", 12, next);
-        next += 1;
-        let (status, body, _) = post_tx(&app, &tx).await;
-        assert_eq!(status, 200, "{body}");
-        acked.push(tx["transaction_id"].as_str().expect("id").to_owned());
-    }
+    post_accepted(&app, "ro", 20, &mut acked, &mut next).await;
     let read_only = ReadOnlyWrites::inject();
     // Keep sending: what is acknowledged must be stored, the refusal a clear 503. Requests
     // answered before strace has attached to every thread are acknowledged as usual.
@@ -79,18 +76,8 @@ async fn a_read_only_data_directory_is_refused_clearly_and_the_node_recovers_whe
     post_until_accepted_again(&app, &mixed_tx("ro-after", 12, 0), "writes worked again").await;
     let (status, _) = app.get("/v1/transactions/ro-refused-0").await;
     assert_eq!(status, 404, "a refused transaction was stored");
-    for id in &acked {
-        let (status, stored) = app.get(&format!("/v1/transactions/{id}")).await;
-        assert_eq!(status, 200, "acknowledged {id} is not stored: {stored}");
-    }
+    assert_all_stored(&app, &acked).await;
     app.stop().await;
     // And after a restart, everything acknowledged (and the one after) is there.
-    let app = spawn_app_at(dir.path(), None).await;
-    let (_, stats) = app.get("/v1/stats").await;
-    assert_eq!(
-        stats["stored"]["transactions"],
-        acked.len() as u64 + 1,
-        "{stats}"
-    );
-    app.stop().await;
+    assert_stored_after_restart(dir.path(), acked.len() as u64 + 1).await;
 }

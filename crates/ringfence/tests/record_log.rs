@@ -9,7 +9,10 @@ mod helpers;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use helpers::{mixed_tx, post_tx, post_until_accepted_again, post_until_refused, spawn_app_at};
+use helpers::{
+    assert_all_stored, assert_stored_after_restart, mixed_tx, post_accepted, post_tx,
+    post_until_accepted_again, post_until_refused, spawn_app_at,
+};
 use ringfence::store::sqlite::SqliteStore;
 use serde_json::json;
 
@@ -222,13 +225,7 @@ async fn a_full_disk_is_refused_clearly_and_the_node_recovers_when_space_returns
     let app = spawn_app_at(&data, None).await;
     let mut acked: Vec<String> = Vec::new();
     let mut next = 0usize;
-    for _ in 0..20 {
-        let tx = mixed_tx("full", 12, next);
-        next += 1;
-        let (status, body, _) = post_tx(&app, &tx).await;
-        assert_eq!(status, 200, "{body}");
-        acked.push(tx["transaction_id"].as_str().expect("id").to_owned());
-    }
+    post_accepted(&app, "full", 20, &mut acked, &mut next).await;
     fill(&mount.at.join("filler"));
     // Keep sending: what is acknowledged must be stored; the refusal must be a clear 503.
     let refused = post_until_refused(&app, "full", "storage_full", &mut acked, &mut next).await;
@@ -247,21 +244,11 @@ async fn a_full_disk_is_refused_clearly_and_the_node_recovers_when_space_returns
     // Space returns: the node takes work again without a restart.
     std::fs::remove_file(mount.at.join("filler")).expect("free space");
     post_until_accepted_again(&app, &mixed_tx("full-after", 12, 0), "space returned").await;
-    for id in &acked {
-        let (status, stored) = app.get(&format!("/v1/transactions/{id}")).await;
-        assert_eq!(status, 200, "acknowledged {id} is not stored: {stored}");
-    }
+    assert_all_stored(&app, &acked).await;
     let (status, ready) = app.get("/readyz").await;
     assert_eq!(status, 200, "{ready}");
     app.stop().await;
     // And after a restart, everything acknowledged is still there.
-    let app = spawn_app_at(&data, None).await;
-    let (_, stats) = app.get("/v1/stats").await;
-    assert_eq!(
-        stats["stored"]["transactions"],
-        acked.len() as u64 + 1,
-        "{stats}"
-    );
-    app.stop().await;
+    assert_stored_after_restart(&data, acked.len() as u64 + 1).await;
     drop(mount);
 }

@@ -174,6 +174,40 @@ pub async fn post_tx(app: &TestApp, tx: &Value) -> (u16, Value, Option<String>) 
     (r.status, v, retry_after)
 }
 
+/// Posts `n` transactions `mixed_tx(prefix, 12, *next)` and on, each of which must be
+/// accepted; their ids are added to `acked`.
+pub async fn post_accepted(
+    app: &TestApp,
+    prefix: &str,
+    n: usize,
+    acked: &mut Vec<String>,
+    next: &mut usize,
+) {
+    for _ in 0..n {
+        let tx = mixed_tx(prefix, 12, *next);
+        *next += 1;
+        let (status, body, _) = post_tx(app, &tx).await;
+        assert_eq!(status, 200, "{body}");
+        acked.push(tx["transaction_id"].as_str().expect("id").to_owned());
+    }
+}
+
+/// Every id in `acked` reads back as a stored transaction.
+pub async fn assert_all_stored(app: &TestApp, acked: &[String]) {
+    for id in acked {
+        let (status, stored) = app.get(&format!("/v1/transactions/{id}")).await;
+        assert_eq!(status, 200, "acknowledged {id} is not stored: {stored}");
+    }
+}
+
+/// A server started again on `data` holds exactly `transactions` stored transactions.
+pub async fn assert_stored_after_restart(data: &Path, transactions: u64) {
+    let app = spawn_app_at(data, None).await;
+    let (_, stats) = app.get("/v1/stats").await;
+    assert_eq!(stats["stored"]["transactions"], transactions, "{stats}");
+    app.stop().await;
+}
+
 /// Posts `mixed_tx(prefix, 12, *next)` and on until one is refused with 503 `code` and a
 /// `Retry-After` (within 60 s), and returns that refusal; the ids acknowledged meanwhile are
 /// added to `acked`. A 503 `overloaded` on the way is waited out; any other answer fails.
