@@ -1268,9 +1268,17 @@ fn indexer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<IndexMsg>, l
     let mut close: Option<Ack> = None;
     let mut disconnected = false;
     let mut failures = 0u32;
+    // Takes one message; returns the log bytes it added to `pending`.
     let take = |m: IndexMsg, pending: &mut Vec<(i64, Vec<u8>)>, close: &mut Option<Ack>| match m {
-        IndexMsg::Group { last_seq, frames } => pending.push((last_seq, frames)),
-        IndexMsg::Close(ack) => *close = Some(ack),
+        IndexMsg::Group { last_seq, frames } => {
+            let n = frames.len();
+            pending.push((last_seq, frames));
+            n
+        }
+        IndexMsg::Close(ack) => {
+            *close = Some(ack);
+            0
+        }
     };
     loop {
         if pending.is_empty() {
@@ -1278,7 +1286,9 @@ fn indexer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<IndexMsg>, l
                 break;
             }
             match rx.recv() {
-                Ok(m) => take(m, &mut pending, &mut close),
+                Ok(m) => {
+                    take(m, &mut pending, &mut close);
+                }
                 Err(_) => disconnected = true,
             }
             continue;
@@ -1295,10 +1305,7 @@ fn indexer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<IndexMsg>, l
             if log.flush_wanted.swap(false, Ordering::AcqRel) {
                 // Whatever arrived meanwhile goes in too; then write.
                 while let Ok(m) = rx.try_recv() {
-                    if let IndexMsg::Group { frames, .. } = &m {
-                        bytes += frames.len();
-                    }
-                    take(m, &mut pending, &mut close);
+                    bytes += take(m, &mut pending, &mut close);
                 }
                 break;
             }
@@ -1307,12 +1314,7 @@ fn indexer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<IndexMsg>, l
                 break;
             }
             match rx.recv_timeout(left.min(INDEX_POLL)) {
-                Ok(m) => {
-                    if let IndexMsg::Group { frames, .. } = &m {
-                        bytes += frames.len();
-                    }
-                    take(m, &mut pending, &mut close);
-                }
+                Ok(m) => bytes += take(m, &mut pending, &mut close),
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => disconnected = true,
             }
