@@ -115,6 +115,16 @@ pub struct BenchArgs {
     /// engine's own time to live).
     #[arg(long)]
     pub idle_ttl_days: Option<f64>,
+    /// Kafka bootstrap servers: publish --count transactions to --topic and time their
+    /// decisions on --decisions-topic (running `worker --kafka` members decide them).
+    #[arg(long, value_name = "BROKERS")]
+    pub kafka: Option<String>,
+    /// With --kafka: the topic the workers consume.
+    #[arg(long, default_value = "transactions")]
+    pub topic: String,
+    /// With --kafka: the topic the workers produce decisions to.
+    #[arg(long, default_value = "decisions")]
+    pub decisions_topic: String,
 }
 
 impl Default for BenchArgs {
@@ -141,6 +151,9 @@ impl Default for BenchArgs {
             days: 0,
             churn: 0.2,
             idle_ttl_days: None,
+            kafka: None,
+            topic: "transactions".into(),
+            decisions_topic: "decisions".into(),
         }
     }
 }

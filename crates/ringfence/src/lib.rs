@@ -51,6 +51,8 @@ pub mod host;
 pub mod http;
 pub mod ingest;
 pub mod investigate;
+#[cfg(feature = "kafka")]
+pub mod kafka_bench;
 pub mod live;
 pub mod memory_bench;
 pub mod metrics;

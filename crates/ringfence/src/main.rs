@@ -25,8 +25,8 @@ struct Cli {
 enum Command {
     /// Run the engine: HTTP API, rules, embedded storage.
     Serve(Box<ServeArgs>),
-    /// Run the engine and score a Redis stream as a member of a consumer group (plus the HTTP
-    /// API, as `serve`).
+    /// Run the engine and score a Redis stream or a Kafka topic (`--kafka`) as a member of a
+    /// consumer group (plus the HTTP API, as `serve`).
     Worker(Box<WorkerArgs>),
     /// Run the engine with live simulated traffic and print what it catches.
     Demo(DemoArgs),
@@ -53,6 +53,8 @@ struct WorkerArgs {
     serve: ServeArgs,
     #[command(flatten)]
     stream: ringfence::ingest::redis_stream::StreamArgs,
+    #[command(flatten)]
+    kafka: ringfence::ingest::kafka::KafkaArgs,
 }
 
 fn init_logging(default: &str, json: bool) {
@@ -99,6 +101,29 @@ fn print_report(report: &impl serde::Serialize, json: bool, text: String) {
     }
 }
 
+/// `ringfence worker`: the engine, its HTTP API, and a consumer of Kafka (with `--kafka`) or
+/// of a Redis stream.
+async fn run_worker(
+    settings: Settings,
+    stream: ringfence::ingest::redis_stream::StreamConfig,
+    kafka: Option<ringfence::ingest::kafka::KafkaConfig>,
+) -> Result<(), String> {
+    let built = Application::build(settings)
+        .await
+        .and_then(|app| match kafka {
+            Some(kafka) => app.with_kafka_worker(kafka),
+            None => app.with_stream_worker(stream),
+        });
+    match built {
+        Err(e) => Err(e.to_string()),
+        Ok(mut app) => {
+            print_first_login(&mut app);
+            tracing::info!(address = %app.local_addr(), "ringfence worker serving");
+            app.run_until_stopped().await.map_err(|e| e.to_string())
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -121,17 +146,14 @@ async fn main() -> std::process::ExitCode {
             Err(e) => Err(e.to_string()),
             Ok(settings) => {
                 init_logging("info", settings.log_format == "json");
-                let stream = args.stream.resolve();
-                match Application::build(settings)
-                    .await
-                    .and_then(|app| app.with_stream_worker(stream))
-                {
-                    Err(e) => Err(e.to_string()),
-                    Ok(mut app) => {
-                        print_first_login(&mut app);
-                        tracing::info!(address = %app.local_addr(), "ringfence worker serving");
-                        app.run_until_stopped().await.map_err(|e| e.to_string())
-                    }
+                let kafka = args.kafka.resolve(
+                    args.stream.group.as_deref(),
+                    args.stream.consumer.as_deref(),
+                    args.stream.batch,
+                );
+                match kafka {
+                    Err(e) => Err(e),
+                    Ok(kafka) => run_worker(settings, args.stream.resolve(), kafka).await,
                 }
             }
         },
@@ -186,6 +208,9 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Bench(args) => {
             init_logging("warn", false);
+            if let Some(brokers) = &args.kafka {
+                return exit(run_kafka_bench(&args, brokers).await);
+            }
             match &args.target {
                 Some(_) => ringfence::bench::run_http(&args)
                     .await
@@ -205,6 +230,10 @@ async fn main() -> std::process::ExitCode {
             }
         }
     };
+    exit(result)
+}
+
+fn exit(result: Result<(), String>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -212,4 +241,21 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// `ringfence bench --kafka`: end to end through running Kafka workers.
+#[cfg(feature = "kafka")]
+async fn run_kafka_bench(args: &BenchArgs, brokers: &str) -> Result<(), String> {
+    ringfence::kafka_bench::run(args, brokers, &args.topic, &args.decisions_topic)
+        .await
+        .map(|r| print_report(&r, args.json, r.to_text()))
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn run_kafka_bench(_: &BenchArgs, _: &str) -> Result<(), String> {
+    Err(
+        "this ringfence was built without Kafka support (cargo feature `kafka`, on by default)"
+            .into(),
+    )
 }

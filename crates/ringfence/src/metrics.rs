@@ -85,6 +85,8 @@ pub struct Metrics {
     pub site_conflicts: AtomicU64,
     /// Alert deliveries by sink (webhooks, e-mail) and outcome.
     pub deliveries: crate::alerts::counters::DeliveryCounters,
+    /// The Kafka worker's counters, lag and throughput (rendered only when it runs).
+    pub kafka: crate::ingest::kafka::KafkaMetrics,
     /// Engine time per transaction.
     pub engine_latency: LatencyHistogram,
     /// Time from request parsed to decision durable.
@@ -188,6 +190,7 @@ impl Metrics {
             let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
         }
         self.deliveries.render(&mut out);
+        self.kafka.render(&mut out);
         self.engine_latency.render(
             &mut out,
             "ringfence_engine_seconds",

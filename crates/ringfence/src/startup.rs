@@ -15,7 +15,9 @@ use crate::auth::{Auth, AuthError, OneTimeLogin};
 use crate::config::Settings;
 use crate::host::{EngineHost, SharedState, StartError};
 use crate::http;
+use crate::ingest::kafka::KafkaConfig;
 use crate::ingest::redis_stream::{self as stream_worker, StreamConfig};
+use crate::ingest::WorkerError;
 use crate::metrics::Metrics;
 use crate::shared::log::SharedLog;
 use crate::store::postgres::PostgresStore;
@@ -36,13 +38,43 @@ pub struct Application {
     first_login: Option<OneTimeLogin>,
     /// The alert sinks' tasks (Redis, webhooks, e-mail).
     alert_writers: Vec<tokio::task::JoinHandle<()>>,
-    /// The Redis stream consumer, for `ringfence worker`.
-    worker: Option<(redis::Client, StreamConfig)>,
+    /// The stream consumer, for `ringfence worker`.
+    worker: Option<Worker>,
     /// Production mode: the task shipping the local buffer to PostgreSQL.
     shipper: Option<(Shipper, tokio::task::JoinHandle<()>)>,
     /// HTTPS: the certificate and key loaded at build (plain HTTP when `None`).
     tls: Option<Arc<rustls::ServerConfig>>,
 }
+
+/// What a `ringfence worker` consumes.
+enum Worker {
+    /// A Redis stream, as a member of its consumer group.
+    Redis(redis::Client, StreamConfig),
+    /// A Kafka topic, as a member of its consumer group.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+    Kafka(KafkaConfig),
+}
+
+impl Worker {
+    async fn run(
+        self,
+        host: Arc<EngineHost>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), WorkerError> {
+        match self {
+            Worker::Redis(client, config) => stream_worker::run(host, client, config, stop).await,
+            #[cfg(feature = "kafka")]
+            Worker::Kafka(config) => crate::ingest::kafka::run(host, config, stop).await,
+            #[cfg(not(feature = "kafka"))]
+            Worker::Kafka(_) => Err(WorkerError::Kafka(KAFKA_MISSING.into())),
+        }
+    }
+}
+
+/// Why `--kafka` fails in a build without the `kafka` feature.
+#[cfg(not(feature = "kafka"))]
+const KAFKA_MISSING: &str =
+    "this ringfence was built without Kafka support (cargo feature `kafka`, on by default)";
 
 /// How long shutdown tries to ship what is buffered (the rest ships at the next start).
 const SHIP_DRAIN: Duration = Duration::from_secs(10);
@@ -161,8 +193,23 @@ impl Application {
         let ca_cert = self.host.settings().redis_ca_cert.clone();
         let client = crate::alerts::redis::client(&url, ca_cert.as_deref())
             .map_err(|e| AppError::Redis(e.to_string()))?;
-        self.worker = Some((client, config));
+        self.worker = Some(Worker::Redis(client, config));
         Ok(self)
+    }
+
+    /// Also consumes a Kafka topic as a member of its consumer group (`ringfence worker
+    /// --kafka`), producing decisions to the decisions topic in Kafka transactions.
+    pub fn with_kafka_worker(mut self, config: KafkaConfig) -> Result<Application, AppError> {
+        #[cfg(not(feature = "kafka"))]
+        {
+            let _ = config;
+            Err(AppError::Worker(KAFKA_MISSING.into()))
+        }
+        #[cfg(feature = "kafka")]
+        {
+            self.worker = Some(Worker::Kafka(config));
+            Ok(self)
+        }
     }
 
     /// The bound address.
@@ -217,10 +264,10 @@ impl Application {
         // whole node stops with its error.
         let (stop_worker, stop_rx) = tokio::sync::watch::channel(false);
         let (worker_failed, on_worker_failed) = tokio::sync::oneshot::channel::<String>();
-        let worker = self.worker.take().map(|(client, config)| {
+        let worker = self.worker.take().map(|worker| {
             let host = Arc::clone(&self.host);
             tokio::spawn(async move {
-                if let Err(e) = stream_worker::run(host, client, config, stop_rx).await {
+                if let Err(e) = worker.run(host, stop_rx).await {
                     tracing::error!(error = %e, "stream worker stopped");
                     let _ = worker_failed.send(e.to_string());
                 }

@@ -160,7 +160,7 @@ async fn shared_mode_runs_over_tls_and_checks_the_servers_certificate() {
     let worker_dir = tempfile::tempdir().expect("dir");
     let stream = ringfence::ingest::redis_stream::StreamArgs {
         stream: "transactions".into(),
-        group: "scorers".into(),
+        group: Some("scorers".into()),
         consumer: Some("tls-worker".into()),
         decisions_stream: "decisions".into(),
         dead_letter_stream: None,

@@ -15,7 +15,7 @@ use serde_json::Value;
 fn stream_args(consumer: &str, claim_idle_ms: u64) -> StreamArgs {
     StreamArgs {
         stream: "transactions".into(),
-        group: "scorers".into(),
+        group: Some("scorers".into()),
         consumer: Some(consumer.into()),
         decisions_stream: "decisions".into(),
         dead_letter_stream: None,

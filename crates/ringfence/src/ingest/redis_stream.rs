@@ -35,11 +35,12 @@ pub struct StreamArgs {
     /// Stream to consume.
     #[arg(long, default_value = "transactions")]
     pub stream: String,
-    /// Consumer group (created at the start of the stream if missing).
-    #[arg(long, default_value = "scorers")]
-    pub group: String,
+    /// Consumer group (a Redis stream's is created at the start of the stream if missing).
+    /// Default: `scorers` on a Redis stream, `ringfence` on Kafka.
+    #[arg(long)]
+    pub group: Option<String>,
     /// This consumer's name in the group; keep it stable across restarts so the worker picks
-    /// up its own pending entries first. Default: `<hostname>-<pid>`.
+    /// up its own pending entries first (on Kafka: the client id). Default: `<hostname>-<pid>`.
     #[arg(long)]
     pub consumer: Option<String>,
     /// Stream the decisions are appended to.
@@ -83,7 +84,7 @@ impl StreamArgs {
                 .clone()
                 .unwrap_or_else(|| format!("{}:dead", self.stream)),
             stream: self.stream.clone(),
-            group: self.group.clone(),
+            group: self.group.clone().unwrap_or_else(|| "scorers".into()),
             consumer,
             decisions: self.decisions_stream.clone(),
             batch: self.batch.clamp(1, 10_000),
@@ -92,13 +93,7 @@ impl StreamArgs {
     }
 }
 
-/// Why the worker stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    /// The node can no longer store decisions.
-    #[error("storage failed: {0}")]
-    Storage(String),
-}
+pub use super::WorkerError;
 
 /// Consumes the stream until `stop` completes. Redis errors are retried (entries stay
 /// pending); a storage failure ends the worker, since nothing could be acknowledged.

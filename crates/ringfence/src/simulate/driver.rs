@@ -87,7 +87,7 @@ impl Anchor {
     }
 
     /// When a transaction stamped `ts_ms` is due.
-    fn due(&self, ts_ms: i64) -> Duration {
+    pub fn due(&self, ts_ms: i64) -> Duration {
         Duration::from_millis(u64::try_from(ts_ms - self.epoch_ms).unwrap_or(0))
     }
 }

@@ -607,9 +607,9 @@ fn civil_date(unix_day: i64) -> io::Result<String> {
 /// The config that `simulate --profile handbook` asks for, and where the CSV goes.
 fn plan(args: &SimulateArgs) -> Result<(HandbookConfig, PathBuf), SimulateError> {
     let usage = |m: &str| SimulateError::Usage(m.to_string());
-    if args.target.is_some() {
+    if args.target.is_some() || args.kafka.is_some() {
         return Err(usage(
-            "--target does not apply to --profile handbook: it writes a CSV dataset, give --out FILE",
+            "--target and --kafka do not apply to --profile handbook: it writes a CSV dataset, give --out FILE",
         ));
     }
     if args.count.is_some() {
@@ -968,7 +968,7 @@ mod tests {
             out: Some("x.csv".into()),
             ..handbook.clone()
         };
-        assert!(usage_error(&with_target).contains("--target does not apply"));
+        assert!(usage_error(&with_target).contains("do not apply"));
 
         let to_file = SimulateArgs {
             out: Some("x.csv".into()),

@@ -16,6 +16,8 @@ mod driver;
 mod feed;
 pub mod generator;
 pub mod handbook;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(test)]
 pub(crate) mod stub;
 pub mod tally;
@@ -77,6 +79,13 @@ pub struct SimulateArgs {
     /// Write NDJSON with `label` and `scenario` fields to this file (`-` for stdout).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Kafka bootstrap servers: publish to `--topic`, paced, keyed by card, each value the
+    /// `POST /v1/transactions` JSON.
+    #[arg(long, value_name = "BROKERS")]
+    pub kafka: Option<String>,
+    /// Topic to publish to (with --kafka).
+    #[arg(long, default_value = "transactions")]
+    pub topic: String,
     /// With --target: append the id of every transaction whose decision was received to this
     /// file, one per line, as each arrives (for checking after a crash that each is stored).
     #[arg(long, value_name = "FILE")]
@@ -118,6 +127,8 @@ impl Default for SimulateArgs {
             count: None,
             target: None,
             out: None,
+            kafka: None,
+            topic: "transactions".to_string(),
             acked_out: None,
             concurrency: 16,
             api_key: None,
@@ -181,6 +192,11 @@ enum Destination {
         url: String,
     },
     File(PathBuf),
+    /// Bootstrap servers and topic.
+    Kafka {
+        brokers: String,
+        topic: String,
+    },
 }
 
 impl SimulateArgs {
@@ -212,18 +228,25 @@ impl SimulateArgs {
                     .to_string(),
             ));
         }
-        match (&self.target, &self.out) {
-            (Some(target), None) => Ok(Destination::Target {
+        match (&self.target, &self.out, &self.kafka) {
+            (Some(target), None, None) => Ok(Destination::Target {
                 base: target.clone(),
                 url: endpoint_url(target, "/v1/transactions")?,
             }),
-            (None, Some(path)) => Ok(Destination::File(path.clone())),
-            (Some(_), Some(_)) => Err(SimulateError::Usage(
-                "give either --target URL (send to a server) or --out FILE (write NDJSON), not both"
+            (None, Some(path), None) => Ok(Destination::File(path.clone())),
+            (None, None, Some(brokers)) if !brokers.trim().is_empty() => Ok(Destination::Kafka {
+                brokers: brokers.trim().to_string(),
+                topic: self.topic.clone(),
+            }),
+            (None, None, Some(_)) => Err(SimulateError::Usage(
+                "--kafka: give the bootstrap servers, e.g. localhost:9092".to_string(),
+            )),
+            (None, None, None) => Err(SimulateError::Usage(
+                "say where the traffic goes: --target URL (send to a server), --out FILE (write NDJSON) or --kafka BROKERS (publish to --topic)"
                     .to_string(),
             )),
-            (None, None) => Err(SimulateError::Usage(
-                "say where the traffic goes: --target URL (send to a server) or --out FILE (write NDJSON)"
+            _ => Err(SimulateError::Usage(
+                "give one of --target URL (send to a server), --out FILE (write NDJSON) or --kafka BROKERS, not both"
                     .to_string(),
             )),
         }
@@ -282,6 +305,27 @@ pub async fn run(args: SimulateArgs) -> Result<(), SimulateError> {
             println!("{}", totals.summary());
             Ok(())
         }
+        #[cfg(feature = "kafka")]
+        Destination::Kafka { brokers, topic } => {
+            eprintln!(
+                "publishing ~{} tx/s to Kafka topic {topic} at {brokers} for {} s (Ctrl-C stops early)",
+                args.tps, args.duration
+            );
+            let published = kafka::publish(&args, &brokers, &topic, ctrl_c()).await?;
+            println!("{}", published.summary(&topic));
+            if published.failed > 0 {
+                return Err(SimulateError::Usage(format!(
+                    "{} messages were not delivered",
+                    published.failed
+                )));
+            }
+            Ok(())
+        }
+        #[cfg(not(feature = "kafka"))]
+        Destination::Kafka { .. } => Err(SimulateError::Usage(
+            "this ringfence was built without Kafka support (cargo feature `kafka`, on by default)"
+                .to_string(),
+        )),
     }
 }
 
@@ -378,6 +422,17 @@ mod tests {
             ..SimulateArgs::default()
         };
         assert!(usage_error(both).contains("not both"));
+        let kafka_and_file = SimulateArgs {
+            kafka: Some("127.0.0.1:9092".into()),
+            out: Some("x.ndjson".into()),
+            ..SimulateArgs::default()
+        };
+        assert!(usage_error(kafka_and_file).contains("not both"));
+        let blank_kafka = SimulateArgs {
+            kafka: Some(" ".into()),
+            ..SimulateArgs::default()
+        };
+        assert!(usage_error(blank_kafka).contains("bootstrap servers"));
         let bad_rate = SimulateArgs {
             out: Some("x.ndjson".into()),
             fraud_rate: 1.5,

@@ -68,6 +68,20 @@ pub async fn spawn_worker_with(
     serve(app, data)
 }
 
+/// Starts a `ringfence worker --kafka` on `data`: the server plus a Kafka consumer group member.
+pub async fn spawn_kafka_worker_with(
+    data: &Path,
+    kafka: ringfence::ingest::kafka::KafkaConfig,
+    configure: impl FnOnce(&mut ServeArgs),
+) -> TestApp {
+    let app = Application::build(settings_for(data, configure))
+        .await
+        .expect("app builds")
+        .with_kafka_worker(kafka)
+        .expect("worker");
+    serve(app, data)
+}
+
 fn serve(app: Application, data: &Path) -> TestApp {
     // `https://` when the test gave a certificate (its client then needs the CA).
     let base = app.base_url();
@@ -139,6 +153,15 @@ impl TestApp {
         let r = self.client.get(&self.url(path)).await.expect("request");
         let v = r.json::<Value>().unwrap_or(Value::Null);
         (r.status, v)
+    }
+
+    /// A GET's body as text (e.g. `/metrics`).
+    pub async fn get_text(&self, path: &str) -> String {
+        self.client
+            .get(&self.url(path))
+            .await
+            .expect("request")
+            .text()
     }
 
     /// Stops the server and waits until it has let go of its data directory.

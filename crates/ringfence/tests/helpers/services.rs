@@ -345,3 +345,79 @@ impl Drop for PostgresServer {
         }
     }
 }
+
+/// Where `./scripts/test` installs Tansu (a Kafka-compatible broker, built from crates.io):
+/// `$RINGFENCE_TANSU`, else `~/.cache/ringfence-test/tansu/bin/tansu`, else `tansu` on PATH.
+pub fn tansu_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("RINGFENCE_TANSU") {
+        return PathBuf::from(p);
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        let cached = PathBuf::from(home).join(".cache/ringfence-test/tansu/bin/tansu");
+        if cached.exists() {
+            return cached;
+        }
+    }
+    PathBuf::from("tansu")
+}
+
+/// A private Tansu broker: a real Kafka wire-protocol server, in memory, on a free loopback
+/// port. Killed when dropped.
+pub struct TansuServer {
+    pub port: u16,
+    dir: TempDir,
+    child: Child,
+}
+
+impl TansuServer {
+    /// Starts one and waits until it accepts connections.
+    pub fn start() -> TansuServer {
+        let dir = tempfile::Builder::new()
+            .prefix("tansu-")
+            .tempdir()
+            .expect("tansu dir");
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("tansu.log")).expect("tansu log");
+        let child = Command::new(tansu_binary())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start tansu ({e}): run ./scripts/test, which installs it with \
+                     `cargo install tansu --locked --features dynostore` into \
+                     ~/.cache/ringfence-test/tansu"
+                )
+            });
+        wait_for_port(port, "tansu");
+        TansuServer { port, dir, child }
+    }
+
+    /// `127.0.0.1:<port>`, for `bootstrap.servers`.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's log so far (for a failing assertion's message).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for TansuServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
