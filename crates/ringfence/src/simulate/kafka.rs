@@ -47,12 +47,20 @@ pub(crate) async fn publish(
 ) -> Result<Published, SimulateError> {
     let kafka = |e: KafkaError| SimulateError::Usage(format!("--kafka {brokers}: {e}"));
     // Idempotent: a retried send is written once.
-    let producer: FutureProducer = ClientConfig::new()
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .map_err(kafka)?;
+        .set("linger.ms", "5");
+    for p in &args.kafka_properties {
+        let Some((k, v)) = p.split_once('=') else {
+            return Err(SimulateError::Usage(format!(
+                "--kafka-property {p:?}: expected key=value"
+            )));
+        };
+        config.set(k.trim(), v.trim());
+    }
+    let producer: FutureProducer = config.create().map_err(kafka)?;
     // Fail fast, with the real reason, when no broker answers.
     let metadata_producer = producer.clone();
     let topic_owned = topic.to_owned();

@@ -86,6 +86,9 @@ pub struct SimulateArgs {
     /// Topic to publish to (with --kafka).
     #[arg(long, default_value = "transactions")]
     pub topic: String,
+    /// With --kafka: any librdkafka producer property, `key=value` (repeatable).
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE")]
+    pub kafka_properties: Vec<String>,
     /// With --target: append the id of every transaction whose decision was received to this
     /// file, one per line, as each arrives (for checking after a crash that each is stored).
     #[arg(long, value_name = "FILE")]
@@ -129,6 +132,7 @@ impl Default for SimulateArgs {
             out: None,
             kafka: None,
             topic: "transactions".to_string(),
+            kafka_properties: Vec::new(),
             acked_out: None,
             concurrency: 16,
             api_key: None,

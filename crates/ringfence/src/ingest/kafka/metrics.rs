@@ -28,14 +28,16 @@ pub struct KafkaMetrics {
     active: AtomicBool,
     /// Messages received from the input topic.
     pub received: AtomicU64,
-    /// Decisions produced (in committed transactions).
+    /// Decisions produced (acknowledged by the broker).
     pub decided: AtomicU64,
     /// Messages sent to the dead-letter topic.
     pub dead_lettered: AtomicU64,
-    /// Kafka transactions committed.
-    pub transactions: AtomicU64,
-    /// Kafka transactions aborted (their messages are decided again).
-    pub aborted: AtomicU64,
+    /// Outputs found already published by a partition's previous owner, not sent again.
+    pub already_published: AtomicU64,
+    /// Offset commits (one per batch).
+    pub commits: AtomicU64,
+    /// Batches whose publishing failed and was tried again.
+    pub retries: AtomicU64,
     /// Partition assignments received.
     pub rebalances: AtomicU64,
     /// Decisions per second over the last statistics interval (f64 bits).
@@ -127,7 +129,7 @@ impl KafkaMetrics {
             ),
             (
                 "ringfence_kafka_decisions_total",
-                "Decisions produced to the decisions topic in committed transactions.",
+                "Decisions produced to the decisions topic (acknowledged by the broker).",
                 &self.decided,
             ),
             (
@@ -136,14 +138,19 @@ impl KafkaMetrics {
                 &self.dead_lettered,
             ),
             (
-                "ringfence_kafka_transactions_total",
-                "Kafka transactions committed (decisions and offsets of one partition's batch).",
-                &self.transactions,
+                "ringfence_kafka_already_published_total",
+                "Outputs a partition's previous owner had published but not committed, not sent again.",
+                &self.already_published,
             ),
             (
-                "ringfence_kafka_transactions_aborted_total",
-                "Kafka transactions aborted (their messages are decided again, idempotently).",
-                &self.aborted,
+                "ringfence_kafka_commits_total",
+                "Offset commits, each after a batch's outputs were acknowledged.",
+                &self.commits,
+            ),
+            (
+                "ringfence_kafka_publish_retries_total",
+                "Batches whose publishing failed and was tried again.",
+                &self.retries,
             ),
             (
                 "ringfence_kafka_rebalances_total",

@@ -1,24 +1,31 @@
-//! The consumer group member and its transactional producers (librdkafka through `rdkafka`).
+//! The consumer group member and its producer (librdkafka through `rdkafka`).
 //!
-//! One loop: gather a batch from the consumer, decide it through the host (durable), then
-//! publish each input partition's share in a Kafka transaction of that partition's producer,
-//! with the offset after its last message. Rebalances are served only while gathering (they
-//! run inside the consumer's poll), so a partition is never revoked under a batch being
-//! published; a batch gathered across a rebalance is dropped, since the new assignment reads
-//! again from the committed offsets.
+//! One loop: gather a batch from the consumer, decide it through the host (durable), produce
+//! its decisions and dead letters with the idempotent producer and wait until the broker has
+//! them all, then commit the offsets after the batch. Rebalances are served only while
+//! gathering (they run inside the consumer's poll), so a partition is never revoked under a
+//! batch being published; a batch gathered across a rebalance is dropped, since the new
+//! assignment reads again from the committed offsets.
+//!
+//! What a previous owner published but did not commit is found in the output topics: the
+//! decisions (and dead letters) of input partition `p` go to partition `p` of their topic,
+//! written only by `p`'s owner, in input order, without gaps (idempotent producer with the
+//! gapless guarantee). So the last message there names, in its `ringfence-source` header, the
+//! last input offset already published; before publishing for a partition it has just been
+//! given (or after a failed publish), the worker reads that tail and skips what is there.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{
-    BaseConsumer, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -29,14 +36,16 @@ use crate::host::{EngineHost, HostError, Parsed};
 use crate::ingest::WorkerError;
 use crate::metrics::Metrics;
 
-/// How long one transactional call (init, offsets, commit, abort) may take.
-const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Header naming where a produced message came from: `<topic>/<partition>/<offset>`.
-const SOURCE_HEADER: &str = "ringfence-source";
+pub const SOURCE_HEADER: &str = "ringfence-source";
 /// Header of a dead letter: the error, as the JSON body HTTP would have answered.
-const ERROR_HEADER: &str = "ringfence-error";
-
-type TxProducer = ThreadedProducer<DefaultProducerContext>;
+pub const ERROR_HEADER: &str = "ringfence-error";
+/// Messages read back from the end of an output partition to find the last one published.
+const SCAN_TAIL: i64 = 100;
+/// Longest wait for an output partition's tail.
+const SCAN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for metadata and offset commits.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The consumer's callbacks: rebalances (counted, and remembered so a batch gathered across
 /// one is dropped), statistics (lag) and librdkafka's log, routed to tracing.
@@ -45,16 +54,24 @@ struct Context {
     topic: String,
     /// Bumped at every assignment or revocation.
     epoch: AtomicU64,
-    /// The partitions of the topic assigned now.
-    assigned: Mutex<HashSet<i32>>,
 }
 
-impl Context {
-    fn assigned(&self) -> HashSet<i32> {
-        self.assigned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+/// librdkafka's log through tracing, for every client of the worker.
+fn log(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    // Chosen knowingly (see `producer`): not worth a warning at every start.
+    if message.contains("enable.gapless.guarantee is experimental") {
+        return tracing::debug!(facility = fac, "kafka: {message}");
+    }
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => tracing::error!(facility = fac, "kafka: {message}"),
+        RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, "kafka: {message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(facility = fac, "kafka: {message}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(facility = fac, "kafka: {message}"),
     }
 }
 
@@ -63,7 +80,6 @@ impl ClientContext for Context {
         let kafka = &self.metrics.kafka;
         if let Some(topic) = statistics.topics.get(&self.topic) {
             for (partition, p) in &topic.partitions {
-                // The last stable offset is the end a read-committed consumer can reach.
                 let end = if p.ls_offset >= 0 {
                     p.ls_offset
                 } else {
@@ -76,17 +92,7 @@ impl ClientContext for Context {
     }
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(facility = fac, "kafka: {message}"),
-            RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, "kafka: {message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(facility = fac, "kafka: {message}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(facility = fac, "kafka: {message}"),
-        }
+        log(level, fac, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -99,10 +105,6 @@ impl ConsumerContext for Context {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         if let Rebalance::Revoke(list) = rebalance {
             tracing::info!(partitions = list.count(), "kafka: partitions revoked");
-            self.assigned
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clear();
             self.metrics.kafka.assigned(&self.topic, &[]);
         }
     }
@@ -117,8 +119,6 @@ impl ConsumerContext for Context {
                     .map(|e| e.partition())
                     .collect();
                 tracing::info!(?partitions, "kafka: partitions assigned");
-                *self.assigned.lock().unwrap_or_else(|p| p.into_inner()) =
-                    partitions.iter().copied().collect();
                 self.metrics.kafka.assigned(&self.topic, &partitions);
                 self.metrics
                     .kafka
@@ -130,6 +130,17 @@ impl ConsumerContext for Context {
         }
     }
 }
+
+/// The producer's and the tail reader's context: their log through tracing.
+struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        log(level, fac, message);
+    }
+}
+
+impl ConsumerContext for Quiet {}
 
 fn client_config(config: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -156,18 +167,29 @@ fn consumer(config: &KafkaConfig, context: Context) -> KafkaResult<StreamConsume
     c.create_with_context(context)
 }
 
-/// A producer for one input partition's transactions, its previous incarnation fenced.
-fn producer(config: &KafkaConfig, partition: i32) -> KafkaResult<TxProducer> {
+/// The idempotent producer: no duplicates from its retries, and a fatal error rather than a
+/// gap, so each output partition holds a prefix of what was sent to it. Messages never time
+/// out (the gapless guarantee does not cover a timeout): while the broker is away the worker
+/// waits, commits nothing, and resumes where it was.
+fn producer(config: &KafkaConfig) -> KafkaResult<FutureProducer<Quiet>> {
     let mut c = client_config(config);
-    c.set(
-        "transactional.id",
-        format!("{}.{}.{partition}", config.group, config.topic),
-    )
-    .set("enable.idempotence", "true")
-    .set("linger.ms", "1");
-    let p: TxProducer = c.create()?;
-    p.init_transactions(TXN_TIMEOUT)?;
-    Ok(p)
+    c.set("enable.idempotence", "true")
+        .set("enable.gapless.guarantee", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "0")
+        .set("linger.ms", "1");
+    c.create_with_context(Quiet)
+}
+
+/// A consumer outside the group that reads output partitions' tails.
+fn tail_reader(config: &KafkaConfig) -> KafkaResult<BaseConsumer<Quiet>> {
+    let mut c = client_config(config);
+    c.set("group.id", format!("{}.tail-reader", config.group))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true");
+    c.create_with_context(Quiet)
 }
 
 /// What one message comes to on the output side.
@@ -178,59 +200,73 @@ enum Output {
     Dead { error: String },
 }
 
-/// One partition's share of a batch.
+/// One input partition's share of a batch: (message, output) in offset order.
 struct Share {
     partition: i32,
-    /// (message, output) in offset order.
     items: Vec<(OwnedMessage, Output)>,
 }
 
 impl Share {
-    fn first_offset(&self) -> i64 {
-        self.items.first().map_or(0, |(m, _)| m.offset())
-    }
-
     fn next_offset(&self) -> i64 {
         self.items.last().map_or(0, |(m, _)| m.offset() + 1)
     }
 }
 
-/// How publishing a share ended.
-enum Published {
-    Committed,
-    /// Another producer took the transactional id: the partition has moved on.
-    Fenced,
+/// The last input offsets of one partition already in the output topics (-1: none).
+#[derive(Debug, Clone, Copy)]
+struct Published {
+    decisions: i64,
+    dead: i64,
 }
 
 /// Consumes until `stop` turns true. Kafka errors are retried; nothing is committed for a
-/// batch until its decisions are durable and produced.
+/// batch until its decisions are durable in the store and acknowledged by the broker.
 pub async fn run(
     host: Arc<EngineHost>,
     config: KafkaConfig,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), WorkerError> {
+    let setup = |e: KafkaError| WorkerError::Kafka(e.to_string());
     let metrics = Arc::clone(host.metrics());
     metrics.kafka.activate();
     let context = Context {
         metrics: Arc::clone(&metrics),
         topic: config.topic.clone(),
         epoch: AtomicU64::new(0),
-        assigned: Mutex::new(HashSet::new()),
     };
-    let consumer =
-        Arc::new(consumer(&config, context).map_err(|e| WorkerError::Kafka(e.to_string()))?);
-    consumer
-        .subscribe(&[&config.topic])
-        .map_err(|e| WorkerError::Kafka(e.to_string()))?;
+    let consumer = Arc::new(consumer(&config, context).map_err(setup)?);
+    let reader = Arc::new(Mutex::new(tail_reader(&config).map_err(setup)?));
+    let config = Arc::new(config);
+    // The output topics must be able to take partition p's messages in partition p.
+    loop {
+        let (c, r) = (Arc::clone(&config), Arc::clone(&reader));
+        let checked = tokio::task::spawn_blocking(move || check_topics(&c, &r))
+            .await
+            .map_err(|e| WorkerError::Kafka(e.to_string()))?;
+        match checked {
+            Ok(()) => break,
+            Err(Check::Fatal(message)) => return Err(WorkerError::Kafka(message)),
+            Err(Check::Retry(message)) => {
+                tracing::warn!("kafka: {message}; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return Ok(()),
+                }
+            }
+        }
+    }
+    consumer.subscribe(&[&config.topic]).map_err(setup)?;
     tracing::info!(
         brokers = %config.brokers,
         topic = %config.topic,
         group = %config.group,
         "kafka worker consuming"
     );
-    let config = Arc::new(config);
-    let mut producers: HashMap<i32, Arc<TxProducer>> = HashMap::new();
-    loop {
+    let mut producer = producer(&config).map_err(setup)?;
+    // Per input partition, what a previous owner left published; read once per assignment.
+    let mut published: HashMap<i32, Published> = HashMap::new();
+    let mut epoch = consumer.context().epoch.load(Ordering::Acquire);
+    'consume: loop {
         if *stop.borrow() {
             break;
         }
@@ -238,6 +274,12 @@ pub async fn run(
             g = gather(&consumer, &config) => g,
             _ = stop.changed() => break,
         };
+        let now = consumer.context().epoch.load(Ordering::Acquire);
+        if now != epoch {
+            // New owners may have written since: read the tails again.
+            published.clear();
+            epoch = now;
+        }
         let batch = match gathered {
             Ok(b) => b,
             Err(e) => {
@@ -246,15 +288,6 @@ pub async fn run(
                 continue;
             }
         };
-        // Producers of partitions no longer ours close (off the async threads: they flush).
-        let assigned = consumer.context().assigned();
-        let gone: Vec<Arc<TxProducer>> = producers
-            .extract_if(|p, _| !assigned.contains(p))
-            .map(|(_, p)| p)
-            .collect();
-        if !gone.is_empty() {
-            tokio::task::spawn_blocking(move || drop(gone));
-        }
         if batch.is_empty() {
             continue;
         }
@@ -265,34 +298,92 @@ pub async fn run(
         let Some(shares) = decide(&host, &config, batch, &mut stop).await else {
             break;
         };
-        let Some(group) = consumer.group_metadata() else {
-            tracing::warn!("kafka: no group metadata yet; the batch is read again");
-            rewind(&consumer, &config, &shares);
-            continue;
-        };
-        if publish(
-            &config,
-            &metrics,
-            &mut producers,
-            group,
-            shares,
-            &consumer,
-            &mut stop,
-        )
-        .await
-        .is_none()
-        {
-            break;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let published_now = tokio::select! {
+                p = publish(&config, &metrics, &producer, &reader, &mut published, &shares) => p,
+                // Nothing is committed: the next owner reads the tails and goes on.
+                _ = stop.changed() => break 'consume,
+            };
+            match published_now {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "kafka: publishing failed; reading the output tails and retrying");
+                    metrics.kafka.retries.fetch_add(1, Ordering::Relaxed);
+                    // The broker has some prefix of what was sent: read it again.
+                    published.clear();
+                    if producer.client().fatal_error().is_some() {
+                        match self::producer(&config) {
+                            Ok(p) => {
+                                // Dropping purges and flushes (up to half a second).
+                                let old = std::mem::replace(&mut producer, p);
+                                tokio::task::spawn_blocking(move || drop(old));
+                            }
+                            Err(e) => tracing::warn!(error = %e, "kafka: producer"),
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => break 'consume,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
         }
+        commit(&consumer, &config, &metrics, &shares).await;
     }
     tracing::info!("kafka worker stopping");
-    let closing: Vec<_> = producers.into_values().collect();
-    let _ = tokio::task::spawn_blocking(move || drop(closing)).await;
     let _ = tokio::task::spawn_blocking(move || {
+        let _ = producer.flush(CALL_TIMEOUT);
         consumer.unsubscribe();
-        drop(consumer)
+        drop(consumer);
+        drop(reader);
     })
     .await;
+    Ok(())
+}
+
+/// Why the topics cannot be used.
+enum Check {
+    /// A topic is missing or too small: the operator must act.
+    Fatal(String),
+    /// The broker did not answer.
+    Retry(String),
+}
+
+/// The input topic exists, and the decisions and dead-letter topics have at least as many
+/// partitions.
+fn check_topics(config: &KafkaConfig, reader: &Mutex<BaseConsumer<Quiet>>) -> Result<(), Check> {
+    let reader = reader.lock().unwrap_or_else(|p| p.into_inner());
+    let mut counts = Vec::new();
+    for topic in [&config.topic, &config.decisions, &config.dead_letter] {
+        let metadata = reader
+            .fetch_metadata(Some(topic), CALL_TIMEOUT)
+            .map_err(|e| Check::Retry(format!("metadata of {topic}: {e}")))?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic.as_str())
+            .filter(|t| t.error().is_none())
+            .map_or(0, |t| t.partitions().len());
+        if partitions == 0 {
+            return Err(Check::Fatal(format!(
+                "topic {topic} does not exist: create it (the worker creates no topics)"
+            )));
+        }
+        counts.push(partitions);
+    }
+    for (topic, n) in [
+        (&config.decisions, counts[1]),
+        (&config.dead_letter, counts[2]),
+    ] {
+        if n < counts[0] {
+            return Err(Check::Fatal(format!(
+                "topic {topic} has {n} partitions, fewer than {} ({}): the output of input partition p goes to partition p",
+                config.topic, counts[0]
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -392,9 +483,8 @@ async fn decide(
             }
             Err(e) => {
                 // Nothing is committed: the batch is decided again once the node can take it.
-                match &e {
-                    HostError::Overloaded => {}
-                    other => tracing::warn!(error = %other, "kafka: cannot decide the batch yet"),
+                if !matches!(e, HostError::Overloaded) {
+                    tracing::warn!(error = %e, "kafka: cannot decide the batch yet");
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -406,219 +496,203 @@ async fn decide(
     }
 }
 
-/// Publishes every share in its partition's transaction, the partitions in parallel. Retries
-/// failed transactions until they commit, the partition is fenced (then the consumer goes
-/// back to the share's first message) or the worker stops (`None`).
+/// Produces every share's decisions and dead letters that are not out already, and waits
+/// until the broker has them all.
 async fn publish(
     config: &Arc<KafkaConfig>,
-    metrics: &Arc<Metrics>,
-    producers: &mut HashMap<i32, Arc<TxProducer>>,
-    group: ConsumerGroupMetadata,
-    shares: Vec<Share>,
-    consumer: &StreamConsumer<Context>,
-    stop: &mut watch::Receiver<bool>,
-) -> Option<()> {
-    let group = Arc::new(group);
-    let mut pending: Vec<Share> = shares;
-    let mut backoff = Duration::from_millis(50);
-    while !pending.is_empty() {
-        let mut tasks = Vec::with_capacity(pending.len());
-        for share in pending.drain(..) {
-            let existing = producers.get(&share.partition).cloned();
-            let (config, group, metrics) =
-                (Arc::clone(config), Arc::clone(&group), Arc::clone(metrics));
-            tasks.push(tokio::task::spawn_blocking(move || {
-                let producer = match existing {
-                    Some(p) => p,
-                    None => match producer(&config, share.partition) {
-                        Ok(p) => Arc::new(p),
-                        Err(e) => return (share, None, Err(e)),
-                    },
-                };
-                let result = transact(&config, &metrics, &producer, &group, &share);
-                (share, Some(producer), result)
-            }));
-        }
-        for task in tasks {
-            let Ok((share, producer, result)) = task.await else {
-                // A panicked task: its share cannot be retried from here; rewinding reads it again.
-                continue;
-            };
-            match result {
-                Ok(Published::Committed) => {
-                    if let Some(p) = producer {
-                        producers.insert(share.partition, p);
-                    }
-                    metrics
-                        .kafka
-                        .committed(&config.topic, share.partition, share.next_offset());
-                }
-                Ok(Published::Fenced) => {
-                    tracing::warn!(
-                        partition = share.partition,
-                        "kafka: fenced by a newer owner of the partition; its batch is left to it"
-                    );
-                    producers.remove(&share.partition);
-                    rewind(consumer, config, std::slice::from_ref(&share));
-                }
-                Err(e) => {
-                    tracing::warn!(partition = share.partition, error = %e, "kafka: transaction failed; retrying");
-                    if let Some(p) = producer {
-                        producers.insert(share.partition, p);
-                    }
-                    pending.push(share);
-                }
-            }
-        }
-        if !pending.is_empty() {
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = stop.changed() => return None,
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
-    }
-    Some(())
-}
-
-/// Sends the consumer back to the first message of each share (read again, decided again
-/// idempotently).
-fn rewind(consumer: &StreamConsumer<Context>, config: &KafkaConfig, shares: &[Share]) {
-    for share in shares {
-        if let Err(e) = consumer.seek(
-            &config.topic,
-            share.partition,
-            Offset::Offset(share.first_offset()),
-            Duration::from_secs(5),
-        ) {
-            tracing::debug!(partition = share.partition, error = %e, "kafka: seek back failed");
-        }
-    }
-}
-
-/// One share in one transaction: its decisions and dead letters, and the offset after its
-/// last message. An abortable failure is aborted and reported (the caller retries).
-fn transact(
-    config: &KafkaConfig,
     metrics: &Metrics,
-    producer: &TxProducer,
-    group: &ConsumerGroupMetadata,
-    share: &Share,
-) -> KafkaResult<Published> {
-    let result = (|| {
-        producer.begin_transaction()?;
+    producer: &FutureProducer<Quiet>,
+    reader: &Arc<Mutex<BaseConsumer<Quiet>>>,
+    published: &mut HashMap<i32, Published>,
+    shares: &[Share],
+) -> KafkaResult<()> {
+    for share in shares {
+        if !published.contains_key(&share.partition) {
+            let (c, r, p) = (Arc::clone(config), Arc::clone(reader), share.partition);
+            let found = tokio::task::spawn_blocking(move || read_published(&c, &r, p))
+                .await
+                .map_err(|_| KafkaError::Canceled)??;
+            published.insert(share.partition, found);
+        }
+    }
+    let mut deliveries: Vec<DeliveryFuture> = Vec::new();
+    let (mut decided, mut dead, mut skipped) = (0u64, 0u64, 0u64);
+    for share in shares {
+        let done = published
+            .get(&share.partition)
+            .copied()
+            .unwrap_or(Published {
+                decisions: -1,
+                dead: -1,
+            });
         for (m, output) in &share.items {
             let source = format!("{}/{}/{}", config.topic, m.partition(), m.offset());
-            let source_header = Header {
+            let headers = OwnedHeaders::new().insert(Header {
                 key: SOURCE_HEADER,
                 value: Some(source.as_bytes()),
-            };
-            match output {
-                Output::Decision { id, json } => {
-                    let headers = OwnedHeaders::new().insert(source_header);
-                    let record = BaseRecord::to(&config.decisions)
-                        .key(id.as_bytes())
-                        .payload(json.as_slice())
-                        .headers(headers);
-                    send(producer, record)?;
-                }
-                Output::Dead { error } => {
-                    let headers = OwnedHeaders::new().insert(source_header).insert(Header {
+            });
+            let (topic, headers, key, payload, already) = match output {
+                Output::Decision { id, json } => (
+                    &config.decisions,
+                    headers,
+                    Some(id.as_bytes()),
+                    Some(json.as_slice()),
+                    m.offset() <= done.decisions,
+                ),
+                Output::Dead { error } => (
+                    &config.dead_letter,
+                    headers.insert(Header {
                         key: ERROR_HEADER,
                         value: Some(error.as_bytes()),
-                    });
-                    let mut record: BaseRecord<'_, [u8], [u8]> =
-                        BaseRecord::to(&config.dead_letter).headers(headers);
-                    if let Some(key) = m.key() {
-                        record = record.key(key);
-                    }
-                    if let Some(payload) = m.payload() {
-                        record = record.payload(payload);
-                    }
-                    send(producer, record)?;
-                }
+                    }),
+                    m.key(),
+                    m.payload(),
+                    m.offset() <= done.dead,
+                ),
+            };
+            if already {
+                skipped += 1;
+                continue;
+            }
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+                .partition(m.partition())
+                .headers(headers);
+            if let Some(key) = key {
+                record = record.key(key);
+            }
+            if let Some(payload) = payload {
+                record = record.payload(payload);
+            }
+            deliveries.push(send(producer, record).await?);
+            match output {
+                Output::Decision { .. } => decided += 1,
+                Output::Dead { .. } => dead += 1,
             }
         }
-        let mut offsets = TopicPartitionList::new();
-        offsets.add_partition_offset(
-            &config.topic,
-            share.partition,
-            Offset::Offset(share.next_offset()),
-        )?;
-        producer.send_offsets_to_transaction(&offsets, group, TXN_TIMEOUT)?;
-        commit(producer)
-    })();
-    match result {
-        Ok(()) => {
-            let dead = share
-                .items
-                .iter()
-                .filter(|(_, o)| matches!(o, Output::Dead { .. }))
-                .count() as u64;
-            metrics.kafka.transactions.fetch_add(1, Ordering::Relaxed);
-            metrics
-                .kafka
-                .decided
-                .fetch_add(share.items.len() as u64 - dead, Ordering::Relaxed);
-            metrics
-                .kafka
-                .dead_lettered
-                .fetch_add(dead, Ordering::Relaxed);
-            Ok(Published::Committed)
-        }
-        Err(e) if fenced(&e) => Ok(Published::Fenced),
-        Err(e) => {
-            metrics.kafka.aborted.fetch_add(1, Ordering::Relaxed);
-            if let Err(abort) = producer.abort_transaction(TXN_TIMEOUT) {
-                if fenced(&abort) {
-                    return Ok(Published::Fenced);
-                }
-                tracing::debug!(error = %abort, "kafka: abort failed");
-            }
-            Err(e)
+    }
+    for delivery in deliveries {
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(e),
+            Err(_) => return Err(KafkaError::Canceled),
         }
     }
-}
-
-/// Commits, retrying what librdkafka calls retriable (a timeout: the outcome is unknown until
-/// a retry answers).
-fn commit(producer: &TxProducer) -> KafkaResult<()> {
-    let mut tries = 0;
-    loop {
-        match producer.commit_transaction(TXN_TIMEOUT) {
-            Err(KafkaError::Transaction(e)) if e.is_retriable() && tries < 3 => tries += 1,
-            other => return other,
-        }
-    }
+    let k = &metrics.kafka;
+    k.decided.fetch_add(decided, Ordering::Relaxed);
+    k.dead_lettered.fetch_add(dead, Ordering::Relaxed);
+    k.already_published.fetch_add(skipped, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Enqueues a record, waiting while librdkafka's queue is full.
-fn send(producer: &TxProducer, mut record: BaseRecord<'_, [u8], [u8]>) -> KafkaResult<()> {
+async fn send<'a>(
+    producer: &FutureProducer<Quiet>,
+    mut record: FutureRecord<'a, [u8], [u8]>,
+) -> KafkaResult<DeliveryFuture> {
     loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
+        match producer.send_result(record) {
+            Ok(f) => return Ok(f),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                 record = back;
-                producer.poll(Duration::from_millis(10));
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
             Err((e, _)) => return Err(e),
         }
     }
 }
 
-/// Whether an error means a newer producer owns the transactional id (or this one is dead).
-fn fenced(e: &KafkaError) -> bool {
-    match e {
-        KafkaError::Transaction(t) => {
-            t.is_fatal()
-                || matches!(
-                    t.code(),
-                    RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::InvalidProducerEpoch
-                )
+/// The last input offsets of `partition` in the decisions and dead-letter topics.
+fn read_published(
+    config: &KafkaConfig,
+    reader: &Mutex<BaseConsumer<Quiet>>,
+    partition: i32,
+) -> KafkaResult<Published> {
+    let reader = reader.lock().unwrap_or_else(|p| p.into_inner());
+    Ok(Published {
+        decisions: last_source(config, &reader, &config.decisions, partition)?,
+        dead: last_source(config, &reader, &config.dead_letter, partition)?,
+    })
+}
+
+/// Reads the tail of `topic`'s partition `partition` up to its end; the highest input offset
+/// of `partition` named by a `ringfence-source` header there (-1: none).
+fn last_source(
+    config: &KafkaConfig,
+    reader: &BaseConsumer<Quiet>,
+    topic: &str,
+    partition: i32,
+) -> KafkaResult<i64> {
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, Offset::OffsetTail(SCAN_TAIL))?;
+    reader.assign(&list)?;
+    let prefix = format!("{}/{partition}/", config.topic);
+    let deadline = Instant::now() + SCAN_TIMEOUT;
+    let mut last = -1;
+    let result = loop {
+        if Instant::now() > deadline {
+            break Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::OperationTimedOut,
+            ));
         }
-        other => matches!(
-            other.rdkafka_error_code(),
-            Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::Fatal)
-        ),
+        match reader.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(_))) => break Ok(last),
+            Some(Err(e)) => break Err(e),
+            Some(Ok(m)) => {
+                let source = m.headers().and_then(|h| {
+                    h.iter()
+                        .find(|h| h.key == SOURCE_HEADER)
+                        .and_then(|h| h.value)
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                        .and_then(|v| v.strip_prefix(prefix.as_str()))
+                        .and_then(|o| o.parse::<i64>().ok())
+                });
+                if let Some(offset) = source {
+                    last = last.max(offset);
+                }
+            }
+        }
+    };
+    let _ = reader.unassign();
+    if let Ok(last) = result {
+        tracing::debug!(topic, partition, last, "kafka: output tail read");
+    }
+    result
+}
+
+/// Commits the offsets after the batch. A failure is logged, not retried: the decisions are
+/// out, and whoever reads the partition next skips them by the output tails.
+async fn commit(
+    consumer: &Arc<StreamConsumer<Context>>,
+    config: &Arc<KafkaConfig>,
+    metrics: &Arc<Metrics>,
+    shares: &[Share],
+) {
+    let mut list = TopicPartitionList::new();
+    for share in shares {
+        if let Err(e) = list.add_partition_offset(
+            &config.topic,
+            share.partition,
+            Offset::Offset(share.next_offset()),
+        ) {
+            tracing::warn!(error = %e, "kafka: offset list");
+            return;
+        }
+    }
+    let offsets: Vec<(i32, i64)> = shares
+        .iter()
+        .map(|s| (s.partition, s.next_offset()))
+        .collect();
+    let c = Arc::clone(consumer);
+    let committed = tokio::task::spawn_blocking(move || c.commit(&list, CommitMode::Sync)).await;
+    match committed {
+        Ok(Ok(())) => {
+            metrics.kafka.commits.fetch_add(1, Ordering::Relaxed);
+            for (partition, offset) in offsets {
+                metrics.kafka.committed(&config.topic, partition, offset);
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "kafka: offset commit failed"),
+        Err(e) => tracing::warn!(error = %e, "kafka: offset commit task"),
     }
 }
