@@ -199,7 +199,7 @@ impl Application {
 
     /// Also consumes a Kafka topic as a member of its consumer group (`ringfence worker
     /// --kafka`), producing decisions to the decisions topic in Kafka transactions.
-    pub fn with_kafka_worker(mut self, config: KafkaConfig) -> Result<Application, AppError> {
+    pub fn with_kafka_worker(self, config: KafkaConfig) -> Result<Application, AppError> {
         #[cfg(not(feature = "kafka"))]
         {
             let _ = config;
@@ -207,8 +207,9 @@ impl Application {
         }
         #[cfg(feature = "kafka")]
         {
-            self.worker = Some(Worker::Kafka(config));
-            Ok(self)
+            let mut app = self;
+            app.worker = Some(Worker::Kafka(config));
+            Ok(app)
         }
     }
 

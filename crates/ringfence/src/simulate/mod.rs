@@ -197,6 +197,7 @@ enum Destination {
     },
     File(PathBuf),
     /// Bootstrap servers and topic.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
     Kafka {
         brokers: String,
         topic: String,

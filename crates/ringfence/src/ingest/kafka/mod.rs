@@ -1,27 +1,32 @@
 //! `ringfence worker --kafka`: scores a Kafka topic as a member of a consumer group and
 //! produces each decision to a decisions topic, keyed by transaction id.
 //!
-//! Exactly once, end to end, with Kafka transactions:
+//! One decision per transaction in the decisions topic, with the idempotent producer and no
+//! broker transactions:
 //! - a batch is decided through the same host as HTTP, so every decision is durable in the
-//!   records store before anything reaches Kafka;
-//! - then, for each input partition in the batch, one Kafka transaction holds the partition's
-//!   decisions, its dead letters and the consumer offset after its last message
-//!   (`send_offsets_to_transaction`), and commits them together;
-//! - the transactional id is the input partition's (`<group>.<topic>.<partition>`): a worker
-//!   that takes a partition over (after a rebalance or a crash) fences the previous owner and
-//!   aborts its open transaction, then resumes from the committed offset.
+//!   records store (idempotent by transaction id) before anything reaches Kafka;
+//! - its decisions and dead letters are produced, those of input partition `p` to partition
+//!   `p` of their topic, by an idempotent producer with the gapless guarantee: each output
+//!   partition holds, in input order, a prefix of what was sent to it;
+//! - the offsets after the batch are committed only once the broker has acknowledged all of
+//!   it;
+//! - a worker given a partition (after a rebalance or a crash) reads the tail of the output
+//!   partitions: the `ringfence-source` header of the last message there names the last input
+//!   offset its predecessor published. Messages up to it are decided again (the store answers
+//!   with the stored decision, state untouched) but not published again.
 //!
-//! A worker killed mid-batch therefore leaves no committed decision and no committed offset
-//! for the batch; whoever owns the partition next decides it again. The records store is
-//! idempotent by transaction id (the stored decision comes back, state is not touched twice),
-//! so the decision produced the second time is the one stored the first time, and the
-//! decisions topic holds it once for consumers reading with `isolation.level=read_committed`.
+//! What this cannot fence is a zombie: a worker that lost its group session without dying
+//! (a long pause) and publishes after its successor read the tail. A worker whose assignment
+//! librdkafka considers lost publishes nothing, but a pause between that check and the
+//! broker's acknowledgement can still repeat a decision. Kafka transactions would fence it;
+//! the broker the tests run on (Tansu 0.6) does not implement them (no `EndTxn`), so they
+//! could not be built and tested here.
 //!
 //! A message's value is a transaction in the JSON of `POST /v1/transactions`. Without a
 //! `transaction_id` the message's coordinates name it (`<topic>-<partition>-<offset>`), and
 //! without a `timestamp` the message's timestamp is used: a redelivered message is the same
-//! transaction. A message that does not parse goes to the dead-letter topic (the original
-//! bytes, the error in the `ringfence-error` header) and the worker goes on.
+//! transaction. A message that does not parse goes to the dead-letter topic (the original key
+//! and value, the error in the `ringfence-error` header) and the worker goes on.
 
 use ringfence_core::event::{RawTransaction, Timestamp};
 
@@ -90,14 +95,17 @@ pub struct KafkaConfig {
 }
 
 /// Properties the worker sets itself: overriding them would break its guarantees.
-const OWN_PROPERTIES: [&str; 7] = [
+const OWN_PROPERTIES: [&str; 10] = [
+    "bootstrap.servers",
     "group.id",
     "enable.auto.commit",
     "enable.auto.offset.store",
-    "isolation.level",
-    "transactional.id",
+    "enable.partition.eof",
     "enable.idempotence",
-    "bootstrap.servers",
+    "enable.gapless.guarantee",
+    "acks",
+    "message.timeout.ms",
+    "transactional.id",
 ];
 
 impl KafkaArgs {

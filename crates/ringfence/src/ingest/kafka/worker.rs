@@ -298,6 +298,12 @@ pub async fn run(
         let Some(shares) = decide(&host, &config, batch, &mut stop).await else {
             break;
         };
+        if consumer.assignment_lost() {
+            // The group moved on (a session lost in a long pause): the partitions' new owners
+            // decide this batch again and publish it.
+            tracing::warn!("kafka: assignment lost; the batch is left to the new owners");
+            continue;
+        }
         let mut backoff = Duration::from_millis(50);
         loop {
             let published_now = tokio::select! {
@@ -507,12 +513,12 @@ async fn publish(
     shares: &[Share],
 ) -> KafkaResult<()> {
     for share in shares {
-        if !published.contains_key(&share.partition) {
+        if let std::collections::hash_map::Entry::Vacant(entry) = published.entry(share.partition) {
             let (c, r, p) = (Arc::clone(config), Arc::clone(reader), share.partition);
             let found = tokio::task::spawn_blocking(move || read_published(&c, &r, p))
                 .await
                 .map_err(|_| KafkaError::Canceled)??;
-            published.insert(share.partition, found);
+            entry.insert(found);
         }
     }
     let mut deliveries: Vec<DeliveryFuture> = Vec::new();
