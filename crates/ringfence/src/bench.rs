@@ -125,6 +125,10 @@ pub struct BenchArgs {
     /// With --kafka: the topic the workers produce decisions to.
     #[arg(long, default_value = "decisions")]
     pub decisions_topic: String,
+    /// With --kafka: first create --topic, --decisions-topic and `<topic>.dead-letter` with
+    /// this many partitions where missing (with --count 0, only that).
+    #[arg(long, value_name = "PARTITIONS")]
+    pub create_topics: Option<i32>,
 }
 
 impl Default for BenchArgs {
@@ -154,6 +158,7 @@ impl Default for BenchArgs {
             kafka: None,
             topic: "transactions".into(),
             decisions_topic: "decisions".into(),
+            create_topics: None,
         }
     }
 }

@@ -246,10 +246,17 @@ fn exit(result: Result<(), String>) -> std::process::ExitCode {
 /// `ringfence bench --kafka`: end to end through running Kafka workers.
 #[cfg(feature = "kafka")]
 async fn run_kafka_bench(args: &BenchArgs, brokers: &str) -> Result<(), String> {
-    ringfence::kafka_bench::run(args, brokers, &args.topic, &args.decisions_topic)
-        .await
-        .map(|r| print_report(&r, args.json, r.to_text()))
-        .map_err(|e| e.to_string())
+    match ringfence::kafka_bench::run(args, brokers, &args.topic, &args.decisions_topic).await {
+        Ok(Some(r)) => {
+            print_report(&r, args.json, r.to_text());
+            Ok(())
+        }
+        Ok(None) => {
+            eprintln!("topics ready");
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 #[cfg(not(feature = "kafka"))]
