@@ -39,6 +39,23 @@ fn log_to_test_output() {
         .try_init();
 }
 
+/// A private broker with `transactions`, `decisions` and `transactions.dead-letter` of these
+/// partition counts; its bootstrap servers.
+async fn broker_with_topics(input: i32, decisions: i32, dead: i32) -> (TansuServer, String) {
+    let broker = TansuServer::start();
+    let brokers = broker.brokers();
+    create_topics(
+        &brokers,
+        &[
+            ("transactions", input),
+            ("decisions", decisions),
+            ("transactions.dead-letter", dead),
+        ],
+    )
+    .await;
+    (broker, brokers)
+}
+
 async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -179,17 +196,7 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_are_decided_as_over_http_and_bad_ones_are_dead_lettered() {
     log_to_test_output();
-    let broker = TansuServer::start();
-    let brokers = broker.brokers();
-    create_topics(
-        &brokers,
-        &[
-            ("transactions", 1),
-            ("decisions", 3),
-            ("transactions.dead-letter", 1),
-        ],
-    )
-    .await;
+    let (_broker, brokers) = broker_with_topics(1, 3, 1).await;
     let n = 40;
     let mut messages = Vec::new();
     for i in 0..n {
@@ -323,17 +330,7 @@ async fn messages_are_decided_as_over_http_and_bad_ones_are_dead_lettered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_crashed_owner_published_but_did_not_commit_is_not_published_again() {
     log_to_test_output();
-    let broker = TansuServer::start();
-    let brokers = broker.brokers();
-    create_topics(
-        &brokers,
-        &[
-            ("transactions", 1),
-            ("decisions", 1),
-            ("transactions.dead-letter", 1),
-        ],
-    )
-    .await;
+    let (_broker, brokers) = broker_with_topics(1, 1, 1).await;
     // Offsets 0..=11; offset 5 does not parse.
     let mut messages = Vec::new();
     for i in 0..12 {
@@ -486,17 +483,7 @@ async fn metrics_of(client: &HttpClient, base: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_one_killed_mid_stream_leave_one_decision_per_transaction() {
-    let broker = TansuServer::start();
-    let brokers = broker.brokers();
-    create_topics(
-        &brokers,
-        &[
-            ("transactions", 4),
-            ("decisions", 4),
-            ("transactions.dead-letter", 4),
-        ],
-    )
-    .await;
+    let (_broker, brokers) = broker_with_topics(4, 4, 4).await;
     let redis = RedisServer::start_with(&["--appendonly", "yes"]);
     let postgres = PostgresServer::start();
     let (r, p) = (redis.url(), postgres.url());
@@ -658,19 +645,7 @@ async fn two_workers_one_killed_mid_stream_leave_one_decision_per_transaction() 
         })
         .collect();
     assert_eq!(bodies.len(), n);
-    let mut order = Vec::new();
-    for entry in redis.log_entries().await {
-        if entry["op"] != "tx" {
-            continue;
-        }
-        let id = entry["tx"]["transaction_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        if !order.contains(&id) {
-            order.push(id);
-        }
-    }
+    let order = redis.log_transaction_order().await;
     assert_eq!(order.len(), n, "each transaction applied once");
     let single_dir = tempfile::tempdir().expect("dir");
     let single = spawn_app_with(single_dir.path(), |a| {

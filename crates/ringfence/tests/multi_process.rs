@@ -172,27 +172,7 @@ async fn two_servers_and_two_workers_act_as_one_node() {
     assert_eq!(answers.len(), n);
 
     // A single node over the log's order decides exactly the same.
-    let log: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg("ringfence:log")
-        .arg("-")
-        .arg("+")
-        .query_async(&mut con)
-        .await
-        .expect("XRANGE log");
-    let mut order = Vec::new();
-    for e in &log.ids {
-        let entry: Value = serde_json::from_str(&e.get::<String>("e").expect("e")).expect("entry");
-        if entry["op"] != "tx" {
-            continue; // the rules and models every node started with
-        }
-        let id = entry["tx"]["transaction_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        if !order.contains(&id) {
-            order.push(id);
-        }
-    }
+    let order = redis.log_transaction_order().await;
     assert_eq!(order.len(), n, "each transaction applied once");
     let single_dir = tempfile::tempdir().expect("dir");
     let single = spawn_app_with(single_dir.path(), |a| {

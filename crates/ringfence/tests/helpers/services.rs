@@ -109,6 +109,25 @@ impl RedisServer {
             .collect()
     }
 
+    /// The ids of the transactions in the shared log, in its order, each once (a transaction
+    /// appended twice is applied once; rules and models entries carry none).
+    pub async fn log_transaction_order(&self) -> Vec<String> {
+        let mut order: Vec<String> = Vec::new();
+        for entry in self.log_entries().await {
+            if entry["op"] != "tx" {
+                continue;
+            }
+            let id = entry["tx"]["transaction_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if !order.contains(&id) {
+                order.push(id);
+            }
+        }
+        order
+    }
+
     /// A connection to it (no password), for assertions on keys and streams.
     pub async fn connect(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())
