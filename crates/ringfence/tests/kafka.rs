@@ -10,11 +10,11 @@
 mod helpers;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use helpers::services::{free_port, PostgresServer, RedisServer, TansuServer};
-use helpers::{spawn_app_with, spawn_kafka_worker_with};
+use helpers::{spawn_app_with, spawn_kafka_worker_with, Proc};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -426,18 +426,6 @@ async fn what_a_crashed_owner_published_but_did_not_commit_is_not_published_agai
 }
 
 const KEY: &str = "kafka-test-card-hash-key-0123456789abc";
-
-struct Proc {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn start_worker(
     name: &str,

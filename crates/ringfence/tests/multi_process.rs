@@ -6,27 +6,15 @@
 mod helpers;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use helpers::services::{free_port, PostgresServer, RedisServer};
-use helpers::spawn_app_with;
+use helpers::{spawn_app_with, Proc};
 use ringfence::client::HttpClient;
 use serde_json::Value;
 
 const KEY: &str = "multi-process-card-hash-key-0123456789";
-
-struct Proc {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn start(args: &[&str], redis: &str, postgres: &str, data: &std::path::Path) -> Proc {
     let port = free_port();

@@ -305,6 +305,19 @@ pub fn test_asset(name: &str) -> Vec<u8> {
     })
 }
 
+/// A `ringfence` started as a separate process, and its base URL; killed when dropped.
+pub struct Proc {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Waits (up to 60 s) until the server at `base` answers `GET /healthz` with 200; `what`
 /// names it in the failure.
 pub async fn wait_healthy(base: &str, what: &str) {
