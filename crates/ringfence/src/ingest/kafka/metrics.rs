@@ -32,7 +32,8 @@ pub struct KafkaMetrics {
     pub decided: AtomicU64,
     /// Messages sent to the dead-letter topic.
     pub dead_lettered: AtomicU64,
-    /// Outputs found already published by a partition's previous owner, not sent again.
+    /// Outputs found already published (by a partition's previous owner, or by an attempt of
+    /// this worker that failed part way), not sent again.
     pub already_published: AtomicU64,
     /// Offset commits (one per batch).
     pub commits: AtomicU64,
@@ -139,7 +140,7 @@ impl KafkaMetrics {
             ),
             (
                 "ringfence_kafka_already_published_total",
-                "Outputs a partition's previous owner had published but not committed, not sent again.",
+                "Outputs found already in the output topics (published by a partition's previous owner, or by a failed attempt) and not sent again.",
                 &self.already_published,
             ),
             (
