@@ -15,8 +15,6 @@ use std::time::{Duration, Instant};
 
 use helpers::services::{free_port, PostgresServer, RedisServer, TansuServer};
 use helpers::{spawn_app_with, spawn_kafka_worker_with, Proc};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -44,34 +42,16 @@ fn log_to_test_output() {
 async fn broker_with_topics(input: i32, decisions: i32, dead: i32) -> (TansuServer, String) {
     let broker = TansuServer::start();
     let brokers = broker.brokers();
-    create_topics(
-        &brokers,
-        &[
-            ("transactions", input),
-            ("decisions", decisions),
-            ("transactions.dead-letter", dead),
-        ],
-    )
-    .await;
-    (broker, brokers)
-}
-
-async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .expect("admin client");
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
-        .collect();
-    let results = admin
-        .create_topics(&new, &AdminOptions::new())
-        .await
-        .expect("create topics");
-    for r in results {
-        r.expect("topic created");
+    for (topic, partitions) in [
+        ("transactions", input),
+        ("decisions", decisions),
+        ("transactions.dead-letter", dead),
+    ] {
+        ringfence::kafka_bench::create_topics(&brokers, &[topic], partitions)
+            .await
+            .expect("topic created");
     }
+    (broker, brokers)
 }
 
 async fn produce(brokers: &str, topic: &str, messages: &[(Option<String>, Option<String>)]) {
@@ -434,32 +414,27 @@ async fn start_worker(
     postgres: &str,
     data: &std::path::Path,
 ) -> Proc {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_ringfence"))
-        .args([
-            "worker",
-            "--kafka",
-            brokers,
-            "--topic",
-            "transactions",
-            "--group",
-            "scorers",
-        ])
-        .args(["--consumer", name, "--batch", "8"])
-        .args(["--session-timeout-ms", &SESSION_TIMEOUT_MS.to_string()])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data")
-        .arg(data)
-        .args(["--redis", redis, "--postgres", postgres])
-        .env("RINGFENCE_CARD_HASH_KEY", KEY)
-        .env("RINGFENCE_ADMIN_KEY", helpers::ADMIN_KEY)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ringfence worker");
-    let base = format!("http://127.0.0.1:{port}");
-    helpers::wait_healthy(&base, name).await;
-    Proc { child, base }
+    let session = SESSION_TIMEOUT_MS.to_string();
+    let args = [
+        "worker",
+        "--kafka",
+        brokers,
+        "--topic",
+        "transactions",
+        "--group",
+        "scorers",
+        "--consumer",
+        name,
+        "--batch",
+        "8",
+        "--session-timeout-ms",
+        &session,
+        "--redis",
+        redis,
+        "--postgres",
+        postgres,
+    ];
+    helpers::start_process(&args, data, KEY).await
 }
 
 async fn metrics_of(client: &HttpClient, base: &str) -> String {

@@ -6,10 +6,9 @@
 mod helpers;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use helpers::services::{free_port, PostgresServer, RedisServer};
+use helpers::services::{PostgresServer, RedisServer};
 use helpers::{spawn_app_with, Proc};
 use ringfence::client::HttpClient;
 use serde_json::Value;
@@ -17,22 +16,9 @@ use serde_json::Value;
 const KEY: &str = "multi-process-card-hash-key-0123456789";
 
 async fn start(args: &[&str], redis: &str, postgres: &str, data: &std::path::Path) -> Proc {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_ringfence"))
-        .args(args)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data")
-        .arg(data)
-        .args(["--redis", redis, "--postgres", postgres])
-        .env("RINGFENCE_CARD_HASH_KEY", KEY)
-        .env("RINGFENCE_ADMIN_KEY", helpers::ADMIN_KEY)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ringfence");
-    let base = format!("http://127.0.0.1:{port}");
-    helpers::wait_healthy(&base, &format!("{args:?}")).await;
-    Proc { child, base }
+    let mut all = args.to_vec();
+    all.extend(["--redis", redis, "--postgres", postgres]);
+    helpers::start_process(&all, data, KEY).await
 }
 
 fn tx(i: usize) -> Value {

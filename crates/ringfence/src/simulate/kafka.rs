@@ -53,12 +53,8 @@ pub(crate) async fn publish(
         .set("enable.idempotence", "true")
         .set("linger.ms", "5");
     for p in &args.kafka_properties {
-        let Some((k, v)) = p.split_once('=') else {
-            return Err(SimulateError::Usage(format!(
-                "--kafka-property {p:?}: expected key=value"
-            )));
-        };
-        config.set(k.trim(), v.trim());
+        let (k, v) = crate::ingest::kafka::parse_property(p).map_err(SimulateError::Usage)?;
+        config.set(k, v);
     }
     let producer: FutureProducer = config.create().map_err(kafka)?;
     // Fail fast, with the real reason, when no broker answers.

@@ -318,6 +318,26 @@ impl Drop for Proc {
     }
 }
 
+/// Starts the `ringfence` binary with `args` plus `--listen` (a free port) and `--data`, the
+/// shared card hash key and the admin key, and waits until it answers `/healthz`.
+pub async fn start_process(args: &[&str], data: &Path, card_hash_key: &str) -> Proc {
+    let port = services::free_port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_ringfence"))
+        .args(args)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data")
+        .arg(data)
+        .env("RINGFENCE_CARD_HASH_KEY", card_hash_key)
+        .env("RINGFENCE_ADMIN_KEY", ADMIN_KEY)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn ringfence");
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&base, &format!("{args:?}")).await;
+    Proc { child, base }
+}
+
 /// Waits (up to 60 s) until the server at `base` answers `GET /healthz` with 200; `what`
 /// names it in the failure.
 pub async fn wait_healthy(base: &str, what: &str) {

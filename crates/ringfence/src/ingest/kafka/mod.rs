@@ -141,16 +141,13 @@ impl KafkaArgs {
         }
         let mut properties = Vec::with_capacity(self.properties.len());
         for p in &self.properties {
-            let Some((k, v)) = p.split_once('=') else {
-                return Err(format!("--kafka-property {p:?}: expected key=value"));
-            };
-            let k = k.trim();
-            if OWN_PROPERTIES.contains(&k) {
+            let (k, v) = parse_property(p)?;
+            if OWN_PROPERTIES.contains(&k.as_str()) {
                 return Err(format!(
                     "--kafka-property {k}: set by the worker itself (its guarantees depend on it)"
                 ));
             }
-            properties.push((k.to_owned(), v.trim().to_owned()));
+            properties.push((k, v));
         }
         if !(1_000..=3_600_000).contains(&self.session_timeout_ms) {
             return Err("--session-timeout-ms must be between 1000 and 3600000".into());
@@ -167,6 +164,14 @@ impl KafkaArgs {
             linger: std::time::Duration::from_millis(self.linger_ms.min(1_000)),
             properties,
         }))
+    }
+}
+
+/// One `--kafka-property key=value`, trimmed.
+pub fn parse_property(p: &str) -> Result<(String, String), String> {
+    match p.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+        _ => Err(format!("--kafka-property {p:?}: expected key=value")),
     }
 }
 

@@ -159,8 +159,8 @@ fn client_config(config: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfi
 }
 
 /// The consumer's defaults. A fetch waits at most 10 ms for data (librdkafka's 500 ms is for
-/// brokers that answer as soon as there is any: Tansu waits the whole time, which was 400 ms
-/// of a decision's latency, and the worker's throughput fell sevenfold).
+/// brokers that answer as soon as there is any: Tansu waits the whole time, and at 500 ms a
+/// worker decided a backlog twelve times slower; see BENCHMARKS.md).
 const CONSUMER_DEFAULTS: [(&str, &str); 1] = [("fetch.wait.max.ms", "10")];
 
 fn consumer(config: &KafkaConfig, context: Context) -> KafkaResult<StreamConsumer<Context>> {
