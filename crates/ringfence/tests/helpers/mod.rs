@@ -305,6 +305,34 @@ pub fn test_asset(name: &str) -> Vec<u8> {
     })
 }
 
+/// Replays the shared log's `n` transactions, in its order, on a fresh single node (no Redis,
+/// `card_hash_key`) and asserts each decision equals `answers[id]`; `body` gives a
+/// transaction's JSON by id. Returns how many the single node flagged.
+pub async fn assert_one_node_decides_alike(
+    redis: &services::RedisServer,
+    n: usize,
+    card_hash_key: &str,
+    answers: &std::collections::HashMap<String, Value>,
+    body: impl Fn(&str) -> Value,
+) -> usize {
+    let order = redis.log_transaction_order().await;
+    assert_eq!(order.len(), n, "each transaction applied once");
+    let dir = tempfile::tempdir().expect("dir");
+    let single = spawn_app_with(dir.path(), |a| {
+        a.card_hash_key = Some(Secret::new(card_hash_key))
+    })
+    .await;
+    let mut flagged = 0;
+    for id in &order {
+        let (status, d) = single.post_json("/v1/transactions", &body(id)).await;
+        assert_eq!(status, 200, "{d}");
+        assert_eq!(decision_essence(&answers[id]), decision_essence(&d), "{id}");
+        flagged += usize::from(d["decision"] != "approve");
+    }
+    single.stop().await;
+    flagged
+}
+
 /// A `ringfence` started as a separate process, and its base URL; killed when dropped.
 pub struct Proc {
     pub child: std::process::Child,
