@@ -61,11 +61,27 @@ try {
   await shot(page, shots, 'live-blocks');
 
   step('a bad amount filter is reported on its field');
+  // Typing 50 then 10 checks two filters: {min 50} when the min field loses focus, then
+  // {min 50, max 10}. The first answer is held back so that it arrives last: a stale answer
+  // must not clear the error of the newer filter (seen in CI under load).
+  const staleOnly = (url) => url.searchParams.has('min_amount') && !url.searchParams.has('max_amount');
+  const staleAnswered = page.waitForResponse((r) => r.url().includes('/v1/stream/transactions?') && staleOnly(new URL(r.url())));
+  await page.route(/\/v1\/stream\/transactions\?/, async (route) => {
+    const url = new URL(route.request().url());
+    if (staleOnly(url)) {
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+    }
+    await route.continue();
+  });
   await page.fill('#live-min', '50');
   await page.fill('#live-max', '10');
   await page.dispatchEvent('#live-max', 'change');
   await page.waitForFunction(() => document.getElementById('live-filter-error').textContent.length > 0, null, { timeout: WAIT });
+  // The held-back answer arrives, and the page has had time to handle it.
+  await staleAnswered;
+  await page.waitForTimeout(300);
   const filterError = await page.textContent('#live-filter-error');
+  assert.match(filterError, /must not be below min_amount/, 'the error is still shown after the stale answer');
   assert.ok(await page.locator('#live-max.line-error').count() === 1, 'the max field is marked');
   page.assertNoErrors();
   result({ first, moved, pausedTop, cards, blocks, filterError, canvases });

@@ -307,17 +307,31 @@
         });
       }
 
+      // Checks can overlap (typing a min then a max checks twice, once per field left) and
+      // their answers can arrive in any order: only the newest check's answer is applied, so
+      // an older one cannot clear the newer one's error or connect with an outdated filter.
+      let check = 0;
+
+      function clearFilterError() {
+        filterError.textContent = "";
+        for (const input of [store, min, max]) input.classList.remove("line-error");
+      }
+
       /** Checks a filter on the server (a 400 names the field) before reconnecting with it. */
       async function applyFilter() {
+        const mine = ++check;
         const next = { decision: decision.value, store: store.value.trim(), min: min.value.trim(), max: max.value.trim() };
-        if (JSON.stringify(next) === JSON.stringify(filter)) return;
-        for (const input of [store, min, max]) input.classList.remove("line-error");
+        if (JSON.stringify(next) === JSON.stringify(filter)) {
+          clearFilterError();
+          return;
+        }
         try {
           // The stream answers a plain request with 400 for a bad filter, and for a good one
           // with 400 on the missing upgrade: only the field tells them apart.
           await RF.api.get(`/v1/stream/transactions${streamQuery(next)}`, ctx.signal);
         } catch (e) {
-          if (e.name === "AbortError") return;
+          if (e.name === "AbortError" || mine !== check) return;
+          clearFilterError();
           if (e.field && e.field !== "upgrade") {
             filterError.textContent = e.message;
             const input = { store, min_amount: min, max_amount: max }[e.field];
@@ -325,7 +339,8 @@
             return;
           }
         }
-        filterError.textContent = "";
+        if (mine !== check) return;
+        clearFilterError();
         Object.assign(filter, next);
         history.replaceState(null, "", `#/live${streamQuery(filter)}`);
         // Rows shown so far followed the old filter.
