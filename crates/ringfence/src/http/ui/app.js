@@ -101,8 +101,23 @@ const RF = (() => {
     return {
       get live() { return live; },
       signal: aborter.signal,
+      /**
+       * Calls fn every ms while the page is shown. When fn returns a promise, the ticks until
+       * it settles are skipped: a refresh slower than its period is not overlapped by the next
+       * one (both would write the same elements, and requests would pile up on a slow server).
+       */
       every(ms, fn) {
-        const id = setInterval(() => { if (live) fn(); }, ms);
+        let running = false;
+        const done = () => { running = false; };
+        const id = setInterval(() => {
+          if (!live || running) return;
+          const r = fn();
+          if (r && typeof r.then === "function") {
+            running = true;
+            // A rejection is still reported as unhandled, as it would be without this.
+            r.then(done, (e) => { done(); throw e; });
+          }
+        }, ms);
         timers.add(id);
         return id;
       },

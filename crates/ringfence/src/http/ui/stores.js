@@ -137,7 +137,7 @@
       }
 
       await Promise.all([refreshLinks(), refresh()]);
-      ctx.every(REFRESH, () => { refreshLinks(); refresh(); });
+      ctx.every(REFRESH, () => Promise.all([refreshLinks(), refresh()]));
     },
   });
 })();
