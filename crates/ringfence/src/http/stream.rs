@@ -26,13 +26,14 @@ use ringfence_core::decision::Action;
 use ringfence_core::event::EntityId;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, watch};
 use tokio::time::{timeout, Instant};
 
 use super::error::ApiError;
 use super::ApiContext;
 use crate::auth::Role;
 use crate::live::row::LiveFilter;
-use crate::live::{Frame, LiveHub, Stream, HISTORY_SECONDS};
+use crate::live::{ClientGuard, Frame, Stream, HISTORY_SECONDS};
 
 /// How often the server pings an open socket.
 pub const PING_EVERY: Duration = Duration::from_secs(20);
@@ -145,11 +146,16 @@ async fn transactions(
     let Query(q) = q.map_err(super::query_error)?;
     let filter = q.filter()?;
     let ws = ws.map_err(not_upgradable)?;
-    let hub = std::sync::Arc::clone(cx.host.live());
+    let hub = cx.host.live();
+    let listener = Listener {
+        _open: hub.client(Stream::Feed),
+        items: hub.subscribe(),
+        closing: hub.closing(),
+    };
     let holder = Holder::of(&cx, &headers);
     Ok(ws
         .max_write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| feed(socket, hub, filter, holder)))
+        .on_upgrade(move |socket| feed(socket, listener, filter, holder)))
 }
 
 /// `GET /v1/stream/alerts`: every alert stored from now on, as JSON like a row of
@@ -160,11 +166,26 @@ async fn alerts(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let ws = ws.map_err(not_upgradable)?;
-    let hub = std::sync::Arc::clone(cx.host.live());
+    let hub = cx.host.live();
+    let listener = Listener {
+        _open: hub.client(Stream::Alerts),
+        items: hub.subscribe_alerts(),
+        closing: hub.closing(),
+    };
     let holder = Holder::of(&cx, &headers);
     Ok(ws
         .max_write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| alert_stream(socket, hub, holder)))
+        .on_upgrade(move |socket| alert_stream(socket, listener, holder)))
+}
+
+/// A socket's subscription, taken before its handshake is answered: a client whose handshake
+/// completed misses nothing published after that, and is counted among the open streams
+/// (the upgrade callback runs only after the answer is sent). Dropped with the callback if
+/// the upgrade fails.
+struct Listener<T> {
+    _open: ClientGuard,
+    items: broadcast::Receiver<T>,
+    closing: watch::Receiver<bool>,
 }
 
 /// The credentials a socket was opened with, checked again at every ping: access is checked
@@ -251,13 +272,15 @@ const SHUTTING_DOWN: End = End::Close(close_code::AWAY, "the server is shutting 
 /// One feed client until it leaves, stops reading, or the server shuts down.
 async fn feed(
     mut socket: WebSocket,
-    hub: std::sync::Arc<LiveHub>,
+    listener: Listener<Frame>,
     filter: LiveFilter,
     holder: Holder,
 ) {
-    let _open = hub.client(Stream::Feed);
-    let mut frames = hub.subscribe();
-    let mut closing = hub.closing();
+    let Listener {
+        _open,
+        items: mut frames,
+        mut closing,
+    } = listener;
     let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
     let mut last_heard = Instant::now();
     let end = loop {
@@ -287,10 +310,12 @@ async fn feed(
 }
 
 /// One alert listener until it leaves, falls behind, or the server shuts down.
-async fn alert_stream(mut socket: WebSocket, hub: std::sync::Arc<LiveHub>, holder: Holder) {
-    let _open = hub.client(Stream::Alerts);
-    let mut alerts = hub.subscribe_alerts();
-    let mut closing = hub.closing();
+async fn alert_stream(mut socket: WebSocket, listener: Listener<Utf8Bytes>, holder: Holder) {
+    let Listener {
+        _open,
+        items: mut alerts,
+        mut closing,
+    } = listener;
     let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
     let mut last_heard = Instant::now();
     let end = loop {

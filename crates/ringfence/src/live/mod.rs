@@ -116,13 +116,14 @@ pub enum Stream {
 }
 
 /// Counts an open stream while it lives.
-pub struct ClientGuard<'a> {
-    count: &'a AtomicUsize,
+pub struct ClientGuard {
+    hub: Arc<LiveHub>,
+    stream: Stream,
 }
 
-impl Drop for ClientGuard<'_> {
+impl Drop for ClientGuard {
     fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.hub.count(self.stream).fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -277,13 +278,19 @@ impl LiveHub {
     }
 
     /// Counts an open stream until the guard drops.
-    pub fn client(&self, stream: Stream) -> ClientGuard<'_> {
-        let count = match stream {
+    pub fn client(self: &Arc<Self>, stream: Stream) -> ClientGuard {
+        self.count(stream).fetch_add(1, Ordering::Relaxed);
+        ClientGuard {
+            hub: Arc::clone(self),
+            stream,
+        }
+    }
+
+    fn count(&self, stream: Stream) -> &AtomicUsize {
+        match stream {
             Stream::Feed => &self.feed_clients,
             Stream::Alerts => &self.alert_clients,
-        };
-        count.fetch_add(1, Ordering::Relaxed);
-        ClientGuard { count }
+        }
     }
 
     /// Streams open now.
