@@ -137,14 +137,7 @@ pub async fn run(
     brokers: &str,
     topic: &str,
     decisions_topic: &str,
-) -> Result<Option<KafkaBenchReport>, KafkaBenchError> {
-    if let Some(partitions) = args.create_topics {
-        let dead = format!("{topic}.dead-letter");
-        create_topics(brokers, &[topic, decisions_topic, &dead], partitions).await?;
-        if args.count == 0 {
-            return Ok(None);
-        }
-    }
+) -> Result<KafkaBenchReport, KafkaBenchError> {
     if args.count == 0 || args.count > 10_000_000 {
         return Err(KafkaBenchError::Usage(
             "--count must be between 1 and 10000000 with --kafka".into(),
@@ -356,7 +349,7 @@ pub async fn run(
         });
     }
     let secs = last.duration_since(first_send).as_secs_f64().max(1e-9);
-    Ok(Some(KafkaBenchReport {
+    Ok(KafkaBenchReport {
         mode: "kafka".into(),
         brokers: brokers.to_owned(),
         messages: messages.len(),
@@ -366,5 +359,5 @@ pub async fn run(
         throughput: decided as f64 / secs,
         latency_us: LatencySummary::from_histogram(&latency),
         output_hop_us: LatencySummary::from_histogram(&output_hop),
-    }))
+    })
 }

@@ -246,17 +246,22 @@ fn exit(result: Result<(), String>) -> std::process::ExitCode {
 /// `ringfence bench --kafka`: end to end through running Kafka workers.
 #[cfg(feature = "kafka")]
 async fn run_kafka_bench(args: &BenchArgs, brokers: &str) -> Result<(), String> {
-    match ringfence::kafka_bench::run(args, brokers, &args.topic, &args.decisions_topic).await {
-        Ok(Some(r)) => {
-            print_report(&r, args.json, r.to_text());
-            Ok(())
-        }
-        Ok(None) => {
+    use ringfence::kafka_bench;
+    let (topic, decisions) = (args.topic.as_str(), args.decisions_topic.as_str());
+    if let Some(partitions) = args.create_topics {
+        let dead = format!("{topic}.dead-letter");
+        kafka_bench::create_topics(brokers, &[topic, decisions, &dead], partitions)
+            .await
+            .map_err(|e| e.to_string())?;
+        if args.count == 0 {
             eprintln!("topics ready");
-            Ok(())
+            return Ok(());
         }
-        Err(e) => Err(e.to_string()),
     }
+    kafka_bench::run(args, brokers, topic, decisions)
+        .await
+        .map(|r| print_report(&r, args.json, r.to_text()))
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(not(feature = "kafka"))]

@@ -33,7 +33,7 @@ use super::error::ApiError;
 use super::ApiContext;
 use crate::auth::Role;
 use crate::live::row::LiveFilter;
-use crate::live::{ClientGuard, Frame, Stream, HISTORY_SECONDS};
+use crate::live::{ClientGuard, Frame, LiveHub, Stream, HISTORY_SECONDS};
 
 /// How often the server pings an open socket.
 pub const PING_EVERY: Duration = Duration::from_secs(20);
@@ -147,11 +147,7 @@ async fn transactions(
     let filter = q.filter()?;
     let ws = ws.map_err(not_upgradable)?;
     let hub = cx.host.live();
-    let listener = Listener {
-        _open: hub.client(Stream::Feed),
-        items: hub.subscribe(),
-        closing: hub.closing(),
-    };
+    let listener = Listener::new(hub, Stream::Feed, hub.subscribe());
     let holder = Holder::of(&cx, &headers);
     Ok(ws
         .max_write_buffer_size(WRITE_BUFFER)
@@ -167,11 +163,7 @@ async fn alerts(
 ) -> Result<Response, ApiError> {
     let ws = ws.map_err(not_upgradable)?;
     let hub = cx.host.live();
-    let listener = Listener {
-        _open: hub.client(Stream::Alerts),
-        items: hub.subscribe_alerts(),
-        closing: hub.closing(),
-    };
+    let listener = Listener::new(hub, Stream::Alerts, hub.subscribe_alerts());
     let holder = Holder::of(&cx, &headers);
     Ok(ws
         .max_write_buffer_size(WRITE_BUFFER)
@@ -186,6 +178,16 @@ struct Listener<T> {
     _open: ClientGuard,
     items: broadcast::Receiver<T>,
     closing: watch::Receiver<bool>,
+}
+
+impl<T> Listener<T> {
+    fn new(hub: &std::sync::Arc<LiveHub>, stream: Stream, items: broadcast::Receiver<T>) -> Self {
+        Listener {
+            _open: hub.client(stream),
+            items,
+            closing: hub.closing(),
+        }
+    }
 }
 
 /// The credentials a socket was opened with, checked again at every ping: access is checked
@@ -272,22 +274,17 @@ const SHUTTING_DOWN: End = End::Close(close_code::AWAY, "the server is shutting 
 /// One feed client until it leaves, stops reading, or the server shuts down.
 async fn feed(
     mut socket: WebSocket,
-    listener: Listener<Frame>,
+    mut listener: Listener<Frame>,
     filter: LiveFilter,
     holder: Holder,
 ) {
-    let Listener {
-        _open,
-        items: mut frames,
-        mut closing,
-    } = listener;
     let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
     let mut last_heard = Instant::now();
     let end = loop {
         let step = tokio::select! {
-            () = crate::live::closed(&mut closing) => Err(SHUTTING_DOWN),
+            () = crate::live::closed(&mut listener.closing) => Err(SHUTTING_DOWN),
             msg = socket.recv() => heard(msg).map(|()| last_heard = Instant::now()),
-            frame = frames.recv() => match frame {
+            frame = listener.items.recv() => match frame {
                 Ok(Frame::Tx(batch)) => match batch.message_for(&filter) {
                     Some(text) => send(&mut socket, Message::Text(text)).await,
                     None => Ok(()),
@@ -310,19 +307,14 @@ async fn feed(
 }
 
 /// One alert listener until it leaves, falls behind, or the server shuts down.
-async fn alert_stream(mut socket: WebSocket, listener: Listener<Utf8Bytes>, holder: Holder) {
-    let Listener {
-        _open,
-        items: mut alerts,
-        mut closing,
-    } = listener;
+async fn alert_stream(mut socket: WebSocket, mut listener: Listener<Utf8Bytes>, holder: Holder) {
     let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
     let mut last_heard = Instant::now();
     let end = loop {
         let step = tokio::select! {
-            () = crate::live::closed(&mut closing) => Err(SHUTTING_DOWN),
+            () = crate::live::closed(&mut listener.closing) => Err(SHUTTING_DOWN),
             msg = socket.recv() => heard(msg).map(|()| last_heard = Instant::now()),
-            alert = alerts.recv() => match alert {
+            alert = listener.items.recv() => match alert {
                 Ok(text) => send(&mut socket, Message::Text(text)).await,
                 Err(RecvError::Lagged(_)) => Err(End::Close(
                     close_code::AGAIN,

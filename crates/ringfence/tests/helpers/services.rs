@@ -112,6 +112,7 @@ impl RedisServer {
     /// The ids of the transactions in the shared log, in its order, each once (a transaction
     /// appended twice is applied once; rules and models entries carry none).
     pub async fn log_transaction_order(&self) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
         let mut order: Vec<String> = Vec::new();
         for entry in self.log_entries().await {
             if entry["op"] != "tx" {
@@ -121,7 +122,7 @@ impl RedisServer {
                 .as_str()
                 .unwrap_or_default()
                 .to_owned();
-            if !order.contains(&id) {
+            if seen.insert(id.clone()) {
                 order.push(id);
             }
         }
